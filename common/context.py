@@ -1,0 +1,387 @@
+"""Causality: dotted version vector sets (DVV sets) and the client context.
+
+A stored object is a DVV set (Almeida et al. 2014; the semantics of Riak's
+``dvvset.erl``, reimplemented here). For every actor (a node incarnation such as
+``"n1.3"``) an entry ``(actor, counter, values)`` says: this replica has seen the
+actor's events ``1..counter``, and ``values`` (newest first) are the siblings
+created by the actor's latest ``len(values)`` events, i.e. ``values[i]`` carries
+the dot ``(actor, counter - i)``. Keeping the dot of every sibling is what lets
+a put drop exactly the siblings its context covers and nothing else, so two
+writes from the same context never silently replace one another.
+
+Clients only ever see ``join(clock)``, a plain version vector, encoded as an
+opaque string by ``encode_context``. Everything that arrives from outside goes
+through ``decode_context``, ``from_wire`` or ``decode``, which validate fully and
+raise ``InvalidContext`` / ``InvalidClock`` (both ``ValueError``) on bad input.
+
+Limits (explicit, checked on every decode):
+- actors are non-empty strings of at most ``MAX_ACTOR_CHARS`` characters;
+- counters and ``written_at`` are integers in ``0..MAX_INT`` (2**63 - 1);
+  clock counters are at least 1 (an entry with counter 0 carries no history);
+- an encoded context is at most ``max_bytes`` characters (default 16 KiB);
+- ``from_wire``/``decode`` optionally cap the number of siblings.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import cbor2
+
+MAX_INT = 2**63 - 1
+MAX_ACTOR_CHARS = 128  # a node id (<= 64) plus "." and an incarnation number, with room to spare
+DIGEST_BYTES = 16
+_MAX_CBOR_DEPTH = 8  # the clock wire form nests 5 deep, a context 2 deep
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+VersionVector = dict[str, int]
+
+
+class InvalidContext(ValueError):
+    """A client context string that is not one ``encode_context`` could have produced."""
+
+
+class InvalidClock(ValueError):
+    """A DVV set (wire or storage form) that breaks the structure's invariants."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sibling:
+    """One concurrent value; ``value is None`` is a tombstone left by a delete."""
+
+    value: bytes | None
+    written_at: int  # ms since the Unix epoch, stamped by the coordinator
+
+
+@dataclass(frozen=True, slots=True)
+class DVVSet:
+    """Causal history plus the siblings it has not superseded.
+
+    ``entries`` is sorted by actor, one ``(actor, counter, values newest first)`` per
+    actor. ``anonymous`` holds values without a dot; only a client clock built by
+    ``new`` has one, and ``update`` turns it into a dotted sibling. It is kept in a
+    canonical (sorted, duplicate-free) order so that ``==`` is structural equality.
+    """
+
+    entries: tuple[tuple[str, int, tuple[Sibling, ...]], ...] = ()
+    anonymous: tuple[Sibling, ...] = ()
+
+
+_EMPTY = DVVSet()
+
+
+def empty() -> DVVSet:
+    """The clock of a key nobody has written."""
+    return _EMPTY
+
+
+def new(value: Sibling, context: VersionVector | None = None) -> DVVSet:
+    """A client clock: the history the client has read (``context``) and its new value.
+
+    Zero counters in the context carry no history and are dropped.
+    """
+    entries = tuple((actor, counter, ()) for actor, counter in sorted((context or {}).items())
+                    if counter > 0)
+    return DVVSet(entries, (value,))
+
+
+def _merge_entry(actor: str, counter_a: int, values_a: tuple[Sibling, ...],
+                 counter_b: int, values_b: tuple[Sibling, ...]
+                 ) -> tuple[str, int, tuple[Sibling, ...]]:
+    """Merge one actor's entry: keep the dots that both sides still have or only one has seen."""
+    if counter_a < counter_b:
+        counter_a, values_a, counter_b, values_b = counter_b, values_b, counter_a, values_a
+    # Now counter_a >= counter_b: every dot of side b is within side a's history, so a
+    # dot survives iff side a still holds it and side b either holds it or never saw it.
+    oldest_kept_a = counter_a - len(values_a)
+    oldest_kept_b = counter_b - len(values_b)
+    if oldest_kept_a >= oldest_kept_b:
+        return (actor, counter_a, values_a)
+    return (actor, counter_a, values_a[:counter_a - oldest_kept_b])
+
+
+def _sync_entries(a: tuple[tuple[str, int, tuple[Sibling, ...]], ...],
+                  b: tuple[tuple[str, int, tuple[Sibling, ...]], ...]
+                  ) -> tuple[tuple[str, int, tuple[Sibling, ...]], ...]:
+    """Merge two actor-sorted entry tuples in one pass."""
+    if not a:
+        return b
+    if not b:
+        return a
+    merged = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        actor_a, actor_b = a[i][0], b[j][0]
+        if actor_a < actor_b:
+            merged.append(a[i])
+            i += 1
+        elif actor_b < actor_a:
+            merged.append(b[j])
+            j += 1
+        else:
+            merged.append(_merge_entry(actor_a, a[i][1], a[i][2], b[j][1], b[j][2]))
+            i += 1
+            j += 1
+    merged.extend(a[i:])
+    merged.extend(b[j:])
+    return tuple(merged)
+
+
+def _sibling_order(sibling: Sibling) -> tuple[int, bool, bytes]:
+    return (sibling.written_at, sibling.value is None, sibling.value or b"")
+
+
+def _canonical_anonymous(siblings: Iterable[Sibling]) -> tuple[Sibling, ...]:
+    return tuple(sorted(set(siblings), key=_sibling_order))
+
+
+def _history_dominates(a: DVVSet, b: DVVSet) -> bool:
+    """True if every event in b's history is in a's history (join(a) >= join(b))."""
+    counters_a = {actor: counter for actor, counter, _ in a.entries}
+    return all(counters_a.get(actor, 0) >= counter for actor, counter, _ in b.entries)
+
+
+def sync(a: DVVSet, b: DVVSet) -> DVVSet:
+    """Merge two replicas' clocks: union of histories, minus siblings either side superseded.
+
+    Commutative, associative and idempotent for clocks without anonymous values
+    (every stored clock). Anonymous values follow dvvset: the strictly older side's
+    are dropped, otherwise both sides' are kept.
+    """
+    entries = _sync_entries(a.entries, b.entries)
+    if not a.anonymous and not b.anonymous:
+        return DVVSet(entries)
+    a_le_b = _history_dominates(b, a)
+    b_le_a = _history_dominates(a, b)
+    if a_le_b and not b_le_a:
+        anonymous = b.anonymous
+    elif b_le_a and not a_le_b:
+        anonymous = a.anonymous
+    else:
+        anonymous = _canonical_anonymous(a.anonymous + b.anonymous)
+    return DVVSet(entries, anonymous)
+
+
+def merge_all(clocks: Iterable[DVVSet]) -> DVVSet:
+    """Fold ``sync`` over many replies (e.g. a get's R answers); ``empty()`` if none."""
+    merged = _EMPTY
+    for clock in clocks:
+        merged = sync(merged, clock)
+    return merged
+
+
+def _add_event(entries: tuple[tuple[str, int, tuple[Sibling, ...]], ...], actor: str,
+               value: Sibling) -> tuple[tuple[str, int, tuple[Sibling, ...]], ...]:
+    """Mint the next dot of ``actor`` for ``value``, keeping entries sorted."""
+    for index, (entry_actor, counter, values) in enumerate(entries):
+        if entry_actor == actor:
+            return entries[:index] + ((actor, counter + 1, (value, *values)),) + entries[index + 1:]
+        if entry_actor > actor:
+            return entries[:index] + ((actor, 1, (value,)),) + entries[index:]
+    return entries + ((actor, 1, (value,)),)
+
+
+def update(client: DVVSet, stored: DVVSet | None, actor: str) -> DVVSet:
+    """Coordinate a put at ``actor``: the result is causally newer than both clocks.
+
+    ``client`` comes from ``new(value, context)``: its single anonymous value gets
+    a new dot of ``actor``; the stored siblings that ``context`` covers are dropped,
+    all others stay as siblings. ``actor`` must be the coordinating node's own
+    incarnation and ``stored`` its local clock, or dots could be minted twice.
+    """
+    if len(client.anonymous) != 1:
+        raise ValueError("update() needs a client clock with exactly one new value, "
+                         f"got {len(client.anonymous)}")
+    synced = sync(DVVSet(client.entries), stored or _EMPTY)
+    return DVVSet(_add_event(synced.entries, actor, client.anonymous[0]), synced.anonymous)
+
+
+def join(clock: DVVSet) -> VersionVector:
+    """The causal context handed to clients: actor -> highest event seen."""
+    return {actor: counter for actor, counter, _ in clock.entries}
+
+
+def values(clock: DVVSet) -> list[Sibling]:
+    """Every sibling, tombstones included: anonymous first, then by actor, newest first."""
+    result = list(clock.anonymous)
+    for _, _, entry_values in clock.entries:
+        result.extend(entry_values)
+    return result
+
+
+def live_values(clock: DVVSet) -> list[Sibling]:
+    """The siblings a reader sees: tombstones hidden."""
+    return [sibling for sibling in values(clock) if sibling.value is not None]
+
+
+def sibling_count(clock: DVVSet) -> int:
+    """Number of siblings including tombstones (what the sibling limit counts)."""
+    return len(clock.anonymous) + sum(len(entry_values) for _, _, entry_values in clock.entries)
+
+
+def is_tombstone(clock: DVVSet) -> bool:
+    """True if the clock has siblings and all of them are tombstones: a reap candidate.
+
+    A clock without any sibling is not a tombstone (there is nothing to reap).
+    """
+    siblings = values(clock)
+    return bool(siblings) and all(sibling.value is None for sibling in siblings)
+
+
+def descends(a: DVVSet, b: DVVSet) -> bool:
+    """True if ``a`` has seen everything ``b`` has, so ``b`` needs no say (read repair).
+
+    For clocks built by ``update``/``sync`` the siblings are a function of the
+    history, so comparing histories is enough.
+    """
+    return _history_dominates(a, b)
+
+
+def equal(a: DVVSet, b: DVVSet) -> bool:
+    """Same causal history and the same siblings (clocks are kept canonical)."""
+    return a == b
+
+
+def _decode_cbor(data: bytes, error: type[ValueError], what: str) -> object:
+    """Decode exactly one CBOR item; any failure of the decoder becomes ``error``."""
+    stream = io.BytesIO(data)
+    try:
+        obj = cbor2.CBORDecoder(stream, max_depth=_MAX_CBOR_DEPTH).decode()
+    except Exception as exc:  # cbor2 raises many types on hostile input
+        raise error(f"{what}: not valid CBOR ({exc})") from exc
+    if stream.tell() != len(data):
+        raise error(f"{what}: {len(data) - stream.tell()} trailing bytes after the CBOR item")
+    return obj
+
+
+def _check_int(value: object, what: str, error: type[ValueError], minimum: int = 0) -> int:
+    if type(value) is not int or not minimum <= value <= MAX_INT:
+        raise error(f"{what} must be an integer in {minimum}..2**63-1, got {value!r:.40}")
+    return value
+
+
+def _check_actor(value: object, error: type[ValueError]) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ACTOR_CHARS:
+        raise error(f"actor must be a non-empty string of at most {MAX_ACTOR_CHARS} "
+                    f"characters, got {value!r:.40}")
+    return value
+
+
+def _check_list(value: object, what: str, error: type[ValueError],
+                length: int | None = None) -> list | tuple:
+    if not isinstance(value, list | tuple) or (length is not None and len(value) != length):
+        shape = "a list" if length is None else f"a list of {length} items"
+        raise error(f"{what} must be {shape}, got {value!r:.40}")
+    return value
+
+
+def encode_context(vv: VersionVector) -> str:
+    """The opaque context string: base64url (unpadded) of canonical CBOR [[actor, n], ...]."""
+    if not vv:
+        return ""
+    payload = cbor2.dumps([[actor, counter] for actor, counter in sorted(vv.items())],
+                          canonical=True)
+    return base64.urlsafe_b64encode(payload).rstrip(b"=").decode("ascii")
+
+
+def decode_context(s: str, max_bytes: int = 16384) -> VersionVector:
+    """Parse a client context; ``""`` is the empty context (a blind write).
+
+    Accepts at most ``max_bytes`` characters; counters are integers in 0..2**63-1,
+    actors unique non-empty strings. Raises ``InvalidContext`` on anything else.
+    """
+    if not isinstance(s, str):
+        raise InvalidContext(f"context must be a string, got {type(s).__name__}")
+    if len(s) > max_bytes:
+        raise InvalidContext(f"context is {len(s)} characters, the limit is {max_bytes}")
+    if not s:
+        return {}
+    if not _BASE64URL.fullmatch(s) or len(s) % 4 == 1:
+        raise InvalidContext("context is not unpadded base64url text")
+    payload = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    pairs = _check_list(_decode_cbor(payload, InvalidContext, "context"), "context",
+                        InvalidContext)
+    vv: VersionVector = {}
+    for pair in pairs:
+        actor, counter = _check_list(pair, "context entry", InvalidContext, length=2)
+        actor = _check_actor(actor, InvalidContext)
+        if actor in vv:
+            raise InvalidContext(f"context names actor {actor!r} twice")
+        vv[actor] = _check_int(counter, f"context counter of {actor!r}", InvalidContext)
+    return vv
+
+
+def _sibling_to_wire(sibling: Sibling) -> list:
+    return [sibling.value, sibling.written_at]
+
+
+def to_wire(clock: DVVSet) -> list:
+    """CBOR-friendly form: [[[actor, counter, [[value|None, written_at], ...]], ...], [anon...]]."""
+    return [
+        [[actor, counter, [_sibling_to_wire(s) for s in entry_values]]
+         for actor, counter, entry_values in clock.entries],
+        [_sibling_to_wire(s) for s in clock.anonymous],
+    ]
+
+
+def _sibling_from_wire(obj: object) -> Sibling:
+    value, written_at = _check_list(obj, "sibling", InvalidClock, length=2)
+    if value is not None and type(value) is not bytes:
+        raise InvalidClock(f"sibling value must be bytes or None, got {type(value).__name__}")
+    return Sibling(value, _check_int(written_at, "written_at", InvalidClock))
+
+
+def from_wire(obj: object, *, max_siblings: int | None = None) -> DVVSet:
+    """Validate and rebuild a clock from ``to_wire`` form (peer messages, storage).
+
+    Checks the shape and types, that actors are strictly sorted (so unique), that
+    counters are 1..2**63-1 and at least the number of values they carry, and,
+    when given, that the clock holds at most ``max_siblings`` siblings.
+    """
+    entries_obj, anonymous_obj = _check_list(obj, "clock", InvalidClock, length=2)
+    entries = []
+    previous_actor: str | None = None
+    for entry in _check_list(entries_obj, "clock entries", InvalidClock):
+        actor, counter, values_obj = _check_list(entry, "clock entry", InvalidClock, length=3)
+        actor = _check_actor(actor, InvalidClock)
+        if previous_actor is not None and actor <= previous_actor:
+            raise InvalidClock(f"clock actors must be sorted and unique: {actor!r} follows "
+                               f"{previous_actor!r}")
+        previous_actor = actor
+        counter = _check_int(counter, f"counter of {actor!r}", InvalidClock, minimum=1)
+        entry_values = tuple(_sibling_from_wire(s)
+                             for s in _check_list(values_obj, "entry values", InvalidClock))
+        if len(entry_values) > counter:
+            raise InvalidClock(f"actor {actor!r} has {len(entry_values)} values but counter "
+                               f"{counter}")
+        entries.append((actor, counter, entry_values))
+    anonymous = _canonical_anonymous(
+        _sibling_from_wire(s) for s in _check_list(anonymous_obj, "anonymous values",
+                                                   InvalidClock))
+    clock = DVVSet(tuple(entries), anonymous)
+    if max_siblings is not None and sibling_count(clock) > max_siblings:
+        raise InvalidClock(f"clock has {sibling_count(clock)} siblings, the limit is "
+                           f"{max_siblings}")
+    return clock
+
+
+def encode(clock: DVVSet) -> bytes:
+    """Storage form: canonical CBOR of ``to_wire`` (also what ``digest`` hashes)."""
+    return cbor2.dumps(to_wire(clock), canonical=True)
+
+
+def decode(data: bytes) -> DVVSet:
+    """Parse the storage form, validating it as strictly as a peer message."""
+    if not isinstance(data, bytes):
+        raise InvalidClock(f"clock data must be bytes, got {type(data).__name__}")
+    return from_wire(_decode_cbor(data, InvalidClock, "clock"))
+
+
+def digest(clock: DVVSet) -> bytes:
+    """16-byte stable hash of the clock: equal clocks, equal digests (Merkle leaves)."""
+    return hashlib.blake2b(encode(clock), digest_size=DIGEST_BYTES).digest()

@@ -1,0 +1,272 @@
+"""Request and response shapes of the wire protocol, and the validation of requests.
+
+Requests are ``{"v": 1, "id": int, "op": str, ...fields}``; responses are
+``{"id": int, "ok": true, ...}`` or ``{"id": int, "ok": false, "error": {code, message},
+...partial}``. Every op's fields live in one table, ``SCHEMA``, so the node, the client and
+the tests agree on a single definition; ``validate_request`` checks a decoded map against
+it and against the size limits before any handler sees it.
+
+Types are checked exactly as cbor2 decodes them: a bool is not an int. Nested protocol
+objects (a clock, a cluster state, a forwarded request, a member) are only checked to be a
+map or an array here; the module that owns their format validates their content.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from common.errors import DynError, ProtocolError, Rejected, error_from_wire
+from common.limits import Limits
+
+PROTOCOL_VERSION = 1
+MAX_REQUEST_ID = 2**63 - 1
+MAX_NODE_ID_BYTES = 64
+MAX_REPLICATION = 64  # n, r and w are each in 1..MAX_REPLICATION
+MAX_FETCH_LIMIT = 10_000  # items per p_fetch page
+MAX_TOKENS = 2**20  # a tokens count, far above any ring size
+MAX_TREE_LEVEL = 64  # Merkle tree level in p_tree
+MAX_SEED_CHARS = 261  # "host:port": a 253-character DNS name, ':' and a 5-digit port; brackets
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
+
+_Type = type | tuple[type, ...]
+_BUCKET = (str, True)
+_KEY = (bytes, True)
+_PARTITION = (int, True)
+
+SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
+    # Client ops.
+    "ping": {},
+    "get": {"bucket": _BUCKET, "key": _KEY, "r": (int, False)},
+    "put": {"bucket": _BUCKET, "key": _KEY, "value": (bytes, True), "context": (str, False),
+            "w": (int, False)},
+    "delete": {"bucket": _BUCKET, "key": _KEY, "context": (str, False), "w": (int, False)},
+    "bucket_set": {"name": (str, True), "n": (int, False), "r": (int, False), "w": (int, False)},
+    "bucket_get": {"name": (str, True)},
+    "bucket_list": {},
+    "replicas": {"bucket": _BUCKET, "key": _KEY},
+    "cluster_join": {"seed": (str, True)},
+    "cluster_leave": {"node": (str, False)},
+    "cluster_remove": {"node": (str, True)},
+    "cluster_replace": {"old": (str, True), "new": (str, True)},
+    "tokens": {"node": (str, True), "count": (int, False)},
+    "cluster_plan": {},
+    "cluster_commit": {},
+    "cluster_clear": {},
+    "cluster_status": {},
+    "cluster_check": {},
+    "ring": {},
+    "status": {},
+    "hints": {},
+    "transfers": {},
+    "repair": {"bucket": (str, False), "partition": (int, False)},
+    "stats": {},
+    # Peer ops.
+    "p_get": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION, "hint_for": (str, False)},
+    "p_put": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION,
+              "clock": ((dict, list), True), "hint_for": (str, False)},
+    "p_forward": {"req": (dict, True)},
+    "p_gossip": {"state": (dict, False), "heartbeats": (dict, False)},
+    "p_join": {"member": (dict, True)},
+    "p_fetch": {"partition": _PARTITION, "after": (list, False), "limit": (int, True)},
+    "p_tree": {"partition": _PARTITION, "level": (int, True), "indices": (list, True)},
+    "p_segments": {"partition": _PARTITION, "segments": (list, True)},
+    "p_status": {},
+    "p_reap": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION, "clock": (list, True)},
+}
+
+PEER_OPS = frozenset(op for op in SCHEMA if op.startswith("p_"))
+CLIENT_OPS = frozenset(SCHEMA) - PEER_OPS
+ADMIN_OPS = frozenset(op for op in CLIENT_OPS if op.startswith("cluster_")) - {
+    "cluster_status", "cluster_check"} | {"tokens", "bucket_set", "repair"}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request that passed ``validate_request``: its fields match ``SCHEMA[op]``."""
+
+    op: str
+    id: int
+    fields: dict[str, Any]
+
+
+def is_peer_op(op: str) -> bool:
+    """Peer ops are node-to-node; the server may restrict them to peer certificates."""
+    return op in PEER_OPS
+
+
+def request(op: str, rid: int, **fields: Any) -> dict[str, Any]:
+    """Build a request map (not validated: the receiver validates)."""
+    _refuse_envelope_fields(fields, ("v", "id", "op"))
+    return {"v": PROTOCOL_VERSION, "id": rid, "op": op, **fields}
+
+
+def ok(rid: int, **fields: Any) -> dict[str, Any]:
+    """Build a success response carrying the op's result fields."""
+    _refuse_envelope_fields(fields, ("id", "ok", "error"))
+    return {"id": rid, "ok": True, **fields}
+
+
+def failure(rid: int, exc: DynError, **partial: Any) -> dict[str, Any]:
+    """Build an error response; ``partial`` carries what the op did achieve, if anything."""
+    _refuse_envelope_fields(partial, ("id", "ok", "error"))
+    return {"id": rid, "ok": False, "error": exc.to_wire(), **partial}
+
+
+def reply_id(msg: Any) -> int:
+    """The id to answer ``msg`` with even when it is invalid: its id if readable, else 0."""
+    if isinstance(msg, dict):
+        rid = msg.get("id")
+        if type(rid) is int and 0 <= rid <= MAX_REQUEST_ID:
+            return rid
+    return 0
+
+
+def check_response(msg: Any) -> dict[str, Any]:
+    """Return a success response, or raise the DynError a failure response reports.
+
+    The fields of a failure other than id/ok/error (partial results) are put in the
+    exception's ``details``.
+    """
+    if not isinstance(msg, dict) or type(msg.get("ok")) is not bool:
+        raise ProtocolError(f"malformed response: {msg!r:.100}")
+    if msg["ok"]:
+        return msg
+    exc = error_from_wire(msg.get("error"))
+    exc.details.update((k, v) for k, v in msg.items() if k not in ("id", "ok", "error"))
+    raise exc
+
+
+def validate_request(msg: Any, limits: Limits) -> Request:
+    """Check a decoded map against the envelope, ``SCHEMA`` and ``limits``.
+
+    Raises ProtocolError for a malformed message (version, id, unknown op or field, missing
+    field, wrong type) and Rejected for a well-formed one whose values break a limit or a
+    naming rule (key too long, bad bucket name, r out of range, ...).
+    """
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"request must be a map, not {type(msg).__name__}")
+    version = msg.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version!r:.20}; "
+                            f"this node speaks {PROTOCOL_VERSION}")
+    rid = msg.get("id")
+    if type(rid) is not int or not 0 <= rid <= MAX_REQUEST_ID:
+        raise ProtocolError(f"request id must be an int in 0..{MAX_REQUEST_ID}")
+    op = msg.get("op")
+    schema = SCHEMA.get(op) if type(op) is str else None
+    if schema is None:
+        raise ProtocolError(f"unknown op {op!r:.70}")
+    fields = {name: value for name, value in msg.items() if name not in ("v", "id", "op")}
+    for name, value in fields.items():
+        spec = schema.get(name) if type(name) is str else None
+        if spec is None:
+            raise ProtocolError(f"unknown field {name!r:.70} for op {op!r}")
+        expected = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+        if type(value) not in expected:
+            wanted = " or ".join(t.__name__ for t in expected)
+            raise ProtocolError(f"field {name!r} of op {op!r} must be {wanted}, "
+                                f"not {type(value).__name__}")
+        check = _VALUE_CHECKS.get(name)
+        if check is not None:
+            check(name, value, limits)
+    for name, (_, required) in schema.items():
+        if required and name not in fields:
+            raise ProtocolError(f"op {op!r} needs field {name!r}")
+    return Request(op=op, id=rid, fields=fields)
+
+
+def _refuse_envelope_fields(fields: dict[str, Any], reserved: tuple[str, ...]) -> None:
+    clash = [name for name in reserved if name in fields]
+    if clash:
+        raise ValueError(f"fields {clash} are reserved for the message envelope")
+
+
+def _check_key(name: str, key: bytes, limits: Limits) -> None:
+    if not key:
+        raise Rejected(f"{name} must not be empty")
+    if len(key) > limits.max_key_bytes:
+        raise Rejected(f"{name} of {len(key)} bytes exceeds limit {limits.max_key_bytes}")
+
+
+def _check_value(name: str, value: bytes, limits: Limits) -> None:
+    if len(value) > limits.max_value_bytes:
+        raise Rejected(f"{name} of {len(value)} bytes exceeds limit {limits.max_value_bytes}")
+
+
+def _check_name(label: str, text: str, max_bytes: int) -> None:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise Rejected(f"{label} of {size} bytes exceeds limit {max_bytes}")
+    if not _NAME_CHARS.fullmatch(text):
+        raise Rejected(f"{label} {text!r} must be 1..{max_bytes} characters of A-Z a-z 0-9 _ . -")
+
+
+def _check_bucket(name: str, bucket: str, limits: Limits) -> None:
+    _check_name("bucket name", bucket, limits.max_bucket_name_bytes)
+
+
+def _check_node_id(name: str, node: str, limits: Limits) -> None:
+    _check_name(f"node id in {name!r}", node, MAX_NODE_ID_BYTES)
+
+
+def _check_context(name: str, context: str, limits: Limits) -> None:
+    size = len(context.encode("utf-8", "surrogatepass"))
+    if size > limits.max_context_bytes:
+        raise Rejected(f"{name} of {size} bytes exceeds limit {limits.max_context_bytes}")
+
+
+def _check_seed(name: str, seed: str, limits: Limits) -> None:
+    if not 0 < len(seed) <= MAX_SEED_CHARS:
+        raise Rejected(f"{name} must be a host:port of 1..{MAX_SEED_CHARS} characters")
+
+
+def _in_range(low: int, high: int | None) -> Callable[[str, int, Limits], None]:
+    def check(name: str, number: int, limits: Limits) -> None:
+        if number < low or (high is not None and number > high):
+            bounds = f"in {low}..{high}" if high is not None else f"at least {low}"
+            raise Rejected(f"{name} must be {bounds}, not {number}")
+    return check
+
+
+def _check_index_list(name: str, indices: list[Any], limits: Limits) -> None:
+    for index in indices:
+        if type(index) is not int or index < 0:
+            raise ProtocolError(f"{name} must hold non-negative ints, not {index!r:.40}")
+
+
+def _check_after(name: str, after: list[Any], limits: Limits) -> None:
+    if len(after) != 2 or type(after[0]) is not str or type(after[1]) is not bytes:
+        raise ProtocolError(f"{name} must be [bucket: str, key: bytes]")
+    _check_bucket(f"{name}[0]", after[0], limits)
+    _check_key(f"{name}[1]", after[1], limits)
+
+
+_check_replication = _in_range(1, MAX_REPLICATION)
+_check_non_negative = _in_range(0, None)
+
+# Limit and naming checks by field name; a field means the same thing in every op.
+_VALUE_CHECKS: dict[str, Callable[[str, Any, Limits], None]] = {
+    "key": _check_key,
+    "value": _check_value,
+    "bucket": _check_bucket,
+    "name": _check_bucket,
+    "node": _check_node_id,
+    "old": _check_node_id,
+    "new": _check_node_id,
+    "hint_for": _check_node_id,
+    "context": _check_context,
+    "seed": _check_seed,
+    "n": _check_replication,
+    "r": _check_replication,
+    "w": _check_replication,
+    "partition": _check_non_negative,
+    "limit": _in_range(1, MAX_FETCH_LIMIT),
+    "count": _in_range(0, MAX_TOKENS),
+    "level": _in_range(0, MAX_TREE_LEVEL),
+    "indices": _check_index_list,
+    "segments": _check_index_list,
+    "after": _check_after,
+}

@@ -1,0 +1,234 @@
+"""Operator ops: buckets, staged membership changes, ring and status views.
+
+Thin over dynd.membership (which validates and computes) and the node's
+services; every change to the cluster state is persisted and pushed to the
+other members at once instead of waiting for the next gossip round.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from common.errors import DynError, Rejected
+from dynd import membership
+from dynd.membership import Change, ClusterState, Member, MembershipError
+
+if TYPE_CHECKING:
+    from dynd.node import Node
+    from dynd.server import Peer
+
+log = logging.getLogger("dynd.admin")
+
+
+def _bucket_wire(props: membership.BucketProps) -> dict[str, Any]:
+    return {"name": props.name, "n": props.n, "r": props.r, "w": props.w}
+
+
+class Admin:
+    OPS = ("bucket_set", "bucket_get", "bucket_list", "cluster_join", "cluster_leave",
+           "cluster_remove", "cluster_replace", "tokens", "cluster_plan", "cluster_commit",
+           "cluster_clear", "cluster_status", "cluster_check", "ring", "status",
+           "p_join", "p_status")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def _change(self, state: ClusterState) -> None:
+        """Adopt, wait until durable, then tell every member."""
+        ticket = self.node.set_state(state)
+        if ticket is not None:
+            await ticket.wait()
+        self.node.background.start_soon(self.node.gossip.push_now)
+
+    def _apply(self, change: Any, *args: Any) -> ClusterState:
+        try:
+            return change(self.node.state, *args)
+        except MembershipError as exc:
+            raise Rejected(str(exc)) from None
+
+    # ---- buckets -------------------------------------------------------------------
+
+    async def op_bucket_set(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        name = fields["name"]
+        current = membership.bucket(self.node.state, name)
+        n = fields.get("n", current.n)
+        r = fields.get("r", min(current.r, n))
+        w = fields.get("w", min(current.w, n))
+        await self._change(self._apply(membership.set_bucket, name, n, r, w, self.node.id))
+        result: dict[str, Any] = {"bucket": _bucket_wire(membership.bucket(self.node.state, name))}
+        if r + w <= n:
+            result["warning"] = (f"r + w <= n ({r} + {w} <= {n}): a read may miss the latest "
+                                 "acknowledged write")
+            log.warning("event=weak_quorum node=%s bucket=%s n=%d r=%d w=%d",
+                        self.node.id, name, n, r, w)
+        return result
+
+    async def op_bucket_get(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"bucket": _bucket_wire(membership.bucket(self.node.state, fields["name"]))}
+
+    async def op_bucket_list(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"buckets": [_bucket_wire(b) for _, b in sorted(self.node.state.buckets.items())]}
+
+    # ---- membership ----------------------------------------------------------------
+
+    async def op_cluster_join(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Sent to the NEW node: ask the seed's cluster to stage us, then adopt its state."""
+        state = self.node.state
+        others = [m for m in state.members if m != self.node.id]
+        if others:
+            raise Rejected(f"node {self.node.id} is already in a cluster with {len(others)} "
+                           "other member(s); `cluster leave` it first")
+        me = state.members[self.node.id]
+        member = {"id": me.id, "addr": me.addr, "zone": me.zone, "incarnation": me.incarnation}
+        reply = await self.node.transport.call(fields["seed"], "p_join", {"member": member},
+                                               self.node.request_timeout)
+        try:
+            joined = membership.from_wire(reply["state"])
+        except (MembershipError, KeyError) as exc:
+            raise Rejected(f"seed answered an invalid cluster state: {exc}") from None
+        self.node.state = joined  # a new cluster id: adopt, do not reconcile
+        self.node.set_state(joined)
+        await self.node.persist_identity()
+        log.info("event=join_staged node=%s seed=%s", self.node.id, fields["seed"])
+        return {"epoch": joined.epoch}
+
+    async def op_p_join(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        wire = fields["member"]
+        try:
+            member = Member(wire["id"], wire["addr"], wire["zone"], "joining", None,
+                            wire["incarnation"])
+        except (KeyError, TypeError) as exc:
+            raise Rejected(f"bad member: {exc}") from None
+        state = self._apply(membership.stage, Change("join", member.id, None), self.node.id,
+                            member)
+        await self._change(state)
+        return {"state": membership.to_wire(self.node.state)}
+
+    async def op_cluster_leave(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        node = fields.get("node", self.node.id)
+        await self._change(self._apply(membership.stage, Change("leave", node, None), self.node.id))
+        return {}
+
+    async def op_cluster_remove(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        change = Change("remove", fields["node"], None)
+        await self._change(self._apply(membership.stage, change, self.node.id))
+        return {}
+
+    async def op_cluster_replace(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        change = Change("replace", fields["old"], fields["new"])
+        await self._change(self._apply(membership.stage, change, self.node.id))
+        return {}
+
+    async def op_tokens(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        node = fields["node"]
+        member = self.node.state.members.get(node)
+        if member is None:
+            raise Rejected(f"unknown node {node!r}")
+        if "count" in fields:
+            change = Change("tokens", node, fields["count"])
+            await self._change(self._apply(membership.stage, change, self.node.id))
+            member = self.node.state.members[node]
+        owned = self.node.ring().counts().get(node, 0)
+        wanted = next((c.arg for c in self.node.state.staged
+                       if c.kind == "tokens" and c.node == node), member.tokens)
+        return {"node": node, "tokens": owned, "wanted": wanted}
+
+    async def op_cluster_plan(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        try:
+            plan = membership.plan(self.node.state, self.node.claim_n())
+        except MembershipError as exc:
+            raise Rejected(str(exc)) from None
+        return {
+            "changes": [{"kind": c.kind, "node": c.node, "arg": c.arg} for c in plan.changes],
+            "transfers": [{"partition": t.partition, "source": t.sources[0] if t.sources else "",
+                           "target": t.target} for t in plan.transfers],
+            "owners_after": dict(plan.owners_after),
+        }
+
+    async def op_cluster_commit(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        state = self._apply(membership.commit, self.node.claim_n(), self.node.id)
+        await self._change(state)
+        log.info("event=commit node=%s epoch=%d transfers=%d", self.node.id, state.epoch,
+                 len(state.transfers))
+        return {"epoch": state.epoch, "transfers": len(state.transfers)}
+
+    async def op_cluster_clear(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        await self._change(self._apply(membership.clear, self.node.id))
+        return {}
+
+    def _member_rows(self) -> list[dict[str, Any]]:
+        state = self.node.state
+        counts = self.node.ring().counts()
+        pending = membership.pending_transfers(state)
+        rows = []
+        for member_id, member in sorted(state.members.items()):
+            rows.append({
+                "id": member_id, "addr": member.addr, "zone": member.zone,
+                "status": membership.member_status(state, member_id),
+                "reachable": self.node.is_up(member_id),
+                "tokens": counts.get(member_id, 0),
+                "pending_transfers": sum(
+                    1 for t in pending if member_id in (t.target, *t.sources[:1])),
+            })
+        return rows
+
+    async def op_cluster_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"epoch": self.node.state.epoch, "members": self._member_rows()}
+
+    async def op_p_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"epoch": self.node.state.epoch,
+                "pending_transfers": len(membership.pending_transfers(self.node.state))}
+
+    async def op_cluster_check(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Has every reachable member the same epoch, with no transfer pending?"""
+        epochs: dict[str, int] = {self.node.id: self.node.state.epoch}
+        pending = {self.node.id: len(membership.pending_transfers(self.node.state))}
+        unreachable: list[str] = []
+
+        async def ask(member_id: str) -> None:
+            try:
+                reply = await self.node.call(member_id, "p_status", {}, 2.0)
+            except DynError:
+                unreachable.append(member_id)
+                return
+            epochs[member_id] = reply["epoch"]
+            pending[member_id] = reply["pending_transfers"]
+
+        async with trio.open_nursery() as nursery:
+            for member_id, member in self.node.state.members.items():
+                if member_id != self.node.id and member.status != "removed":
+                    nursery.start_soon(ask, member_id)
+        converged = len(set(epochs.values())) == 1 and not any(pending.values())
+        return {"converged": converged, "epochs": epochs,
+                "pending_transfers": max(pending.values()), "unreachable": sorted(unreachable)}
+
+    async def op_ring(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        ring = self.node.ring()
+        return {"ring_size": ring.ring_size, "epoch": self.node.state.epoch,
+                "owners": list(ring.owners), "balance": round(ring.balance(), 3)}
+
+    async def op_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        now = trio.current_time()
+        detector = self.node.detector.snapshot(now)
+        return {
+            "node": self.node.id,
+            "actor": self.node.actor,
+            "epoch": self.node.state.epoch,
+            "members": [{"id": row["id"], "status": row["status"], "reachable": row["reachable"],
+                         "phi": _finite(detector.get(row["id"], {}).get("phi"))}
+                        for row in self._member_rows()],
+            "hints": self.node.storage.hint_counts(),
+            "transfers": (await self.node.handoff.op_transfers({}, peer))["transfers"],
+            "antientropy": self.node.antientropy.status_rows(),
+            "storage_bytes": self.node.storage.approximate_size(),
+        }
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, int | float) and value != float("inf"):
+        return round(float(value), 2)
+    return None
+

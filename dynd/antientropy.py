@@ -1,0 +1,271 @@
+"""Merkle anti-entropy: replicas of a partition compare trees and repair what differs.
+
+Hinted handoff covers short outages; this covers everything else (Dynamo
+4.7). Each node walks the partitions it is a primary for and exchanges with
+every other primary of each, so every pair of replicas is compared at least
+once per `antientropy.period`. An exchange walks down the two trees
+(dynd.merkle, one round trip per level), lists the keys of the differing
+segments on both sides, and merges the DVV sets in both directions. Repairs
+are rate limited in keys per second so foreground latency barely moves.
+
+Tombstones are reaped here too, only when (1) the grace period has passed,
+(2) every primary holds exactly that tombstone, and (3) no reachable member
+holds undelivered hints, so neither repair, nor a late hint, nor a returning
+replica can resurrect a deleted value.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from common import context
+from common.context import DVVSet
+from common.errors import DynError, Rejected
+from dynd import merkle
+from dynd.merkle import MerkleError, TreeComparison
+from dynd.replica import key_id, split_key_id
+from dynd.ring import Target
+
+if TYPE_CHECKING:
+    from dynd.node import Node
+    from dynd.server import Peer
+
+log = logging.getLogger("dynd.antientropy")
+
+
+@dataclass
+class ExchangeRecord:
+    partition: int
+    last_exchange: float | None = None  # wall-clock seconds
+    compared: int = 0
+    repaired: int = 0
+
+
+class AntiEntropy:
+    OPS = ("repair", "p_tree", "p_segments", "p_reap")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.records: dict[int, ExchangeRecord] = {}
+        self._repair_lock = trio.Lock()
+
+    def status_rows(self) -> list[dict[str, Any]]:
+        return [{"partition": r.partition, "last_exchange": r.last_exchange,
+                 "compared": r.compared, "repaired": r.repaired}
+                for _, r in sorted(self.records.items())]
+
+    # ---- peer ops -----------------------------------------------------------------
+
+    async def op_p_tree(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        tree = self.node.replica.tree(fields["partition"])
+        try:
+            return {"hashes": tree.hashes(fields["level"], fields["indices"])}
+        except MerkleError as exc:
+            raise Rejected(str(exc)) from None
+
+    async def op_p_segments(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        items = self._segment_digests(fields["partition"], fields["segments"])
+        return {"items": [[*split_key_id(kid), digest] for kid, digest in items.items()]}
+
+    async def op_p_reap(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        clock = self.node._clock_from(fields["clock"])
+        if clock is None or not context.is_tombstone(clock):
+            raise Rejected("p_reap needs a tombstone clock")
+        ticket = self.node.replica.reap(fields["partition"], fields["bucket"], fields["key"], clock)
+        if ticket is not None:
+            await ticket.wait()
+        return {"reaped": ticket is not None}
+
+    def _segment_digests(self, partition: int, segments: list[int]) -> dict[bytes, bytes]:
+        """key id -> version digest for every local key in the given segments."""
+        wanted = set(segments)
+        size = self.node.replica.tree(partition).segments
+        found: dict[bytes, bytes] = {}
+        after = None
+        while True:
+            rows = self.node.storage.scan_partition(partition, after=after, limit=1000)
+            for bucket, key, raw in rows:
+                kid = key_id(bucket, key)
+                if merkle.key_segment(kid, size) in wanted:
+                    found[kid] = context.digest(context.decode(raw))
+            if len(rows) < 1000:
+                return found
+            after = (rows[-1][0], rows[-1][1])
+
+    # ---- exchange -----------------------------------------------------------------
+
+    def _peers(self, partition: int) -> list[str]:
+        primaries = self.node.primaries(partition)
+        if self.node.id not in primaries:
+            return []
+        return [p for p in primaries if p != self.node.id]
+
+    async def exchange(
+        self, partition: int, peer: str, bucket: str | None = None
+    ) -> tuple[int, int]:
+        """Compare and repair one partition with one peer; (keys compared, keys repaired)."""
+        comparison = TreeComparison(self.node.replica.tree(partition))
+        while (request := comparison.next_request()) is not None:
+            level, indices = request
+            reply = await self.node.call(peer, "p_tree", {"partition": partition, "level": level,
+                                                          "indices": indices})
+            try:
+                comparison.receive(reply["hashes"])
+            except (MerkleError, KeyError) as exc:
+                raise Rejected(f"bad tree answer from {peer}: {exc}") from None
+        segments = comparison.differing_segments
+        if not segments:
+            return 0, 0
+        local = self._segment_digests(partition, segments)
+        reply = await self.node.call(peer, "p_segments", {"partition": partition,
+                                                          "segments": segments})
+        remote = {key_id(b, k): d for b, k, d in reply["items"]}
+        only_local, only_remote, different = merkle.diff_keys(local, remote)
+        repaired = 0
+        for kid in [*only_local, *only_remote, *different]:
+            b, k = split_key_id(kid)
+            if bucket is not None and b != bucket:
+                continue
+            await self._repair_key(partition, peer, b, k)
+            repaired += 1
+            self.node.stats.count("antientropy_repaired")
+            await trio.sleep(1 / self.node.config.antientropy.keys_per_second)
+        compared = len(set(local) | set(remote))
+        self.node.stats.count("antientropy_compared", compared)
+        return compared, repaired
+
+    async def _repair_key(self, partition: int, peer: str, bucket: str, key: bytes) -> None:
+        target = Target(peer, peer, "primary")
+        theirs = await self.node.replica_get(target, partition, bucket, key)
+        ours = self.node.replica.get(partition, bucket, key)
+        clocks = [c for c in (ours, theirs) if c is not None]
+        merged = context.merge_all(clocks)
+        if ours is None or not context.equal(ours, merged):
+            await self.node.store_replica(partition, bucket, key, merged, None)
+        if theirs is None or not context.equal(theirs, merged):
+            await self.node.replica_put(target, partition, bucket, key, merged)
+
+    async def repair_partition(self, partition: int, bucket: str | None = None) -> tuple[int, int]:
+        record = self.records.setdefault(partition, ExchangeRecord(partition))
+        compared = repaired = 0
+        for peer in self._peers(partition):
+            if not self.node.is_up(peer):
+                continue
+            try:
+                c, r = await self.exchange(partition, peer, bucket)
+            except DynError as exc:
+                log.info("event=exchange_failed node=%s partition=%d peer=%s error=%r",
+                         self.node.id, partition, peer, exc.message)
+                continue
+            compared += c
+            repaired += r
+        record.last_exchange = self.node.wall()
+        record.compared += compared
+        record.repaired += repaired
+        if repaired:
+            log.info("event=antientropy_repaired node=%s partition=%d keys=%d",
+                     self.node.id, partition, repaired)
+        await self.reap_tombstones(partition)
+        return compared, repaired
+
+    async def op_repair(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        partitions = sorted(self.node.owned_partitions())
+        if "partition" in fields:
+            if fields["partition"] >= self.node.ring().ring_size:
+                raise Rejected(f"partition {fields['partition']} out of range")
+            partitions = [p for p in partitions if p == fields["partition"]]
+        compared = repaired = 0
+        async with self._repair_lock:
+            for partition in partitions:
+                c, r = await self.repair_partition(partition, fields.get("bucket"))
+                compared += c
+                repaired += r
+        return {"partitions": len(partitions), "compared": compared, "repaired": repaired}
+
+    async def run(self) -> None:
+        """Exchange every owned partition once per period, spread evenly over the period."""
+        config = self.node.config.antientropy
+        if not config.enabled:
+            return
+        while True:
+            partitions = sorted(self.node.owned_partitions())
+            pause = config.period / max(len(partitions), 1)
+            for partition in partitions:
+                await trio.sleep(pause * (0.5 + self.node.rng.random()))
+                async with self._repair_lock:
+                    await self.repair_partition(partition)
+            if not partitions:
+                await trio.sleep(config.period)
+
+    # ---- tombstones ---------------------------------------------------------------
+
+    async def reap_tombstones(self, partition: int) -> int:
+        """Reap expired tombstones of a partition this node is the first primary of."""
+        primaries = self.node.primaries(partition)
+        if not primaries or primaries[0] != self.node.id:
+            return 0
+        grace_ms = self.node.config.antientropy.tombstone_grace * 1000
+        now_ms = self.node.wall_ms()
+        candidates: list[tuple[str, bytes, DVVSet]] = []
+        after = None
+        while True:
+            rows = self.node.storage.scan_partition(partition, after=after, limit=1000)
+            for bucket, key, raw in rows:
+                clock = context.decode(raw)
+                if context.is_tombstone(clock) and all(
+                        now_ms - s.written_at >= grace_ms for s in context.values(clock)):
+                    candidates.append((bucket, key, clock))
+            if len(rows) < 1000:
+                break
+            after = (rows[-1][0], rows[-1][1])
+        if not candidates or not await self._no_hints_anywhere():
+            return 0
+        reaped = 0
+        for bucket, key, clock in candidates:
+            if await self._reap_everywhere(partition, primaries, bucket, key, clock):
+                reaped += 1
+        if reaped:
+            self.node.stats.count("tombstones_reaped", reaped)
+        return reaped
+
+    async def _no_hints_anywhere(self) -> bool:
+        if self.node.storage.hint_counts():
+            return False
+        for member_id, member in self.node.state.members.items():
+            if member_id == self.node.id or member.status == "removed":
+                continue
+            try:
+                reply = await self.node.call(member_id, "hints", {}, 2.0)
+            except DynError:
+                return False
+            if reply["hints"]:
+                return False
+        return True
+
+    async def _reap_everywhere(self, partition: int, primaries: list[str], bucket: str,
+                               key: bytes, clock: DVVSet) -> bool:
+        for primary in primaries:
+            try:
+                theirs = await self.node.replica_get(Target(primary, primary, "primary"),
+                                                     partition, bucket, key)
+            except DynError:
+                return False
+            if theirs is None or not context.equal(theirs, clock):
+                return False
+        wire = context.to_wire(clock)
+        for primary in primaries:
+            if primary == self.node.id:
+                ticket = self.node.replica.reap(partition, bucket, key, clock)
+                if ticket is not None:
+                    await ticket.wait()
+                continue
+            try:
+                await self.node.call(primary, "p_reap", {"partition": partition, "bucket": bucket,
+                                                         "key": key, "clock": wire})
+            except DynError:
+                return False
+        return True

@@ -1,0 +1,140 @@
+"""Epidemic dissemination of the cluster state, and heartbeats for the detector.
+
+Every `gossip.interval` the node pushes its state to one random member (or a
+configured seed, which lets partitioned views meet) and merges the state it
+gets back (push-pull), so a change reaches every node in O(log S) rounds.
+Liveness rides along Cassandra-style: each node bumps its own heartbeat
+(boot generation, counter) every round and the map of the newest heartbeats
+seen travels with the state; a newer heartbeat for X, from any path, is a
+heartbeat of X for the phi-accrual detector. A state from another cluster is
+refused: a stranger cannot gossip its way into the ring.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from common.errors import DynError, Rejected
+from dynd import membership
+from dynd.membership import MembershipError
+
+if TYPE_CHECKING:
+    from dynd.node import Node
+    from dynd.server import Peer
+
+log = logging.getLogger("dynd.gossip")
+
+Heartbeat = tuple[int, int]  # (boot generation, counter)
+
+
+class Gossip:
+    OPS = ("p_gossip",)
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.generation = node.wall_ms()
+        self.counter = 0
+        self.heartbeats: dict[str, Heartbeat] = {}
+        self.rounds = 0
+        self.bytes_sent = 0
+
+    def _heartbeat_wire(self) -> dict[str, list[int]]:
+        self.heartbeats[self.node.id] = (self.generation, self.counter)
+        return {node: list(hb) for node, hb in self.heartbeats.items()
+                if node in self.node.state.members}
+
+    def _absorb_heartbeats(self, wire: Any) -> None:
+        if not isinstance(wire, dict):
+            return
+        now = trio.current_time()
+        for node, hb in wire.items():
+            if (not isinstance(node, str) or node == self.node.id or not isinstance(hb, list)
+                    or len(hb) != 2 or not all(isinstance(x, int) for x in hb)):
+                continue
+            beat = (hb[0], hb[1])
+            if beat > self.heartbeats.get(node, (-1, -1)):
+                self.heartbeats[node] = beat
+                self.node.detector.heartbeat(node, now)
+
+    def _merge(self, wire: Any) -> None:
+        try:
+            remote = membership.from_wire(wire)
+            merged = membership.reconcile(self.node.state, remote)
+        except membership.ForeignCluster as exc:
+            raise Rejected(f"refusing gossip from another cluster: {exc}") from None
+        except MembershipError as exc:
+            raise Rejected(f"invalid cluster state: {exc}") from None
+        self.node.set_state(merged)
+
+    def _message(self) -> dict[str, Any]:
+        return {"state": membership.to_wire(self.node.state), "heartbeats": self._heartbeat_wire()}
+
+    async def op_p_gossip(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        if "state" in fields:
+            self._merge(fields["state"])
+            self._absorb_heartbeats(fields.get("heartbeats"))
+        return self._message()
+
+    def _pick_peer(self) -> str | None:
+        """A random live-or-not member address; now and then a seed."""
+        peers = [m.addr for m in self.node.state.members.values()
+                 if m.id != self.node.id and m.status != "removed"]
+        seeds = [s for s in self.node.config.seeds if s != self.node.addr]
+        if seeds and (not peers or self.node.rng.random() < 0.1):
+            return self.node.rng.choice(seeds)
+        return self.node.rng.choice(peers) if peers else None
+
+    async def exchange(self, addr: str) -> None:
+        """One push-pull round with the node at `addr`."""
+        message = self._message()
+        reply = await self.node.transport.call(addr, "p_gossip", message,
+                                               self.node.config.gossip.interval * 2)
+        self.rounds += 1
+        self._merge(reply["state"])
+        self._absorb_heartbeats(reply.get("heartbeats"))
+
+    async def push_now(self) -> None:
+        """After a local change (commit, staged change) tell every member at once."""
+        async with trio.open_nursery() as nursery:
+            for member in list(self.node.state.members.values()):
+                if member.id != self.node.id and member.status != "removed":
+                    nursery.start_soon(self._quiet_exchange, member.addr)
+
+    async def _quiet_exchange(self, addr: str) -> None:
+        try:
+            await self.exchange(addr)
+        except DynError as exc:
+            log.debug("event=gossip_failed node=%s peer=%s error=%r", self.node.id, addr,
+                      exc.message)
+
+    async def run(self) -> None:
+        interval = self.node.config.gossip.interval
+        while True:
+            self.counter += 1
+            addr = self._pick_peer()
+            if addr is not None:
+                await self._quiet_exchange(addr)
+            await trio.sleep(interval * (0.5 + self.node.rng.random()))
+
+    async def recover_identity(self) -> None:
+        """A fresh data dir with seeds: if a seed's cluster lists our id, we are that member
+        recovering a lost disk: adopt its state and take an incarnation above the old one."""
+        for addr in self.node.config.seeds:
+            try:
+                reply = await self.node.transport.call(addr, "p_gossip", {}, 2.0)
+                remote = membership.from_wire(reply["state"])
+            except (DynError, MembershipError, KeyError) as exc:
+                log.info("event=seed_unreachable node=%s seed=%s error=%r", self.node.id, addr, exc)
+                continue
+            member = remote.members.get(self.node.id)
+            if member is None or member.status == "removed":
+                return
+            self.node.incarnation = max(self.node.incarnation, member.incarnation + 1)
+            self.node.actor = f"{self.node.id}.{self.node.incarnation}"
+            self.node.state = remote
+            log.warning("event=recovering_lost_disk node=%s incarnation=%d seed=%s",
+                        self.node.id, self.node.incarnation, addr)
+            return

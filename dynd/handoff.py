@@ -1,0 +1,219 @@
+"""Hinted handoff and ownership transfer: moving replicas to where they belong.
+
+Hints: a fallback keeps a replica for an unreachable primary in the hints
+column family; this service hands each one back once the primary answers
+again, and deletes the hint only after the primary acknowledged it (and only
+if the hint did not change meanwhile).
+
+Transfers: after a commit, a node that gained key partitions pulls them,
+page by page, from any replica of the old ring (the old owner first, so a
+dead owner costs nothing but a retry). The cursor of every partition is
+persisted, so a transfer resumes after a crash. While a partition moves,
+writes also reach the new owner (dynd.node.placement), reads still go to the
+old one. When every page is in, the node records the transfer as complete in
+the gossiped state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+import trio
+
+from common import context
+from common.errors import DynError, Rejected, Unavailable
+from dynd import membership
+from dynd.membership import Transfer
+from dynd.storage import Batch
+
+if TYPE_CHECKING:
+    from dynd.node import Node
+    from dynd.server import Peer
+
+log = logging.getLogger("dynd.handoff")
+
+
+@dataclass
+class Progress:
+    partition: int
+    source: str
+    target: str
+    keys: int = 0
+    state: str = "waiting"
+
+
+class Handoff:
+    OPS = ("hints", "transfers", "p_fetch")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.progress: dict[int, Progress] = {}
+        self.hints_delivered = 0
+
+    # ---- ops -------------------------------------------------------------------
+
+    async def op_hints(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"hints": self.node.storage.hint_counts()}
+
+    async def op_transfers(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Ownership moves of the current epoch, with this node's pull progress where known."""
+        rows = [{"partition": t.partition, "source": next(iter(t.sources), ""),
+                 "target": t.target, "keys": 0, "state": "queued"}
+                for t in membership.pending_transfers(self.node.state)]
+        rows += [{"partition": p.partition, "source": p.source, "target": p.target,
+                  "keys": p.keys, "state": p.state}
+                 for _, p in sorted(self.progress.items()) if p.state != "done"]
+        return {"transfers": rows}
+
+    async def op_p_fetch(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """One page of a partition for a transfer: stored clocks passed through as bytes."""
+        after = fields.get("after")
+        if after is not None and not (
+                isinstance(after, list) and len(after) == 2
+                and isinstance(after[0], str) and isinstance(after[1], bytes)):
+            raise Rejected("p_fetch cursor must be [bucket, key]")
+        limit = fields["limit"]
+        rows = self.node.storage.scan_partition(
+            fields["partition"], after=None if after is None else (after[0], after[1]), limit=limit)
+        return {"items": [[b, k, raw] for b, k, raw in rows], "done": len(rows) < limit}
+
+    # ---- services ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._hint_loop)
+            nursery.start_soon(self._transfer_loop)
+
+    async def _hint_loop(self) -> None:
+        config = self.node.config.handoff
+        while True:
+            await trio.sleep(config.interval)
+            for target in sorted(self.node.storage.hint_counts()):
+                if self.node.is_up(target) or target not in self.node.state.members:
+                    await self.deliver_hints(target)
+
+    async def deliver_hints(self, target: str) -> int:
+        """Hand back every hint held for `target`; returns how many were delivered."""
+        config = self.node.config.handoff
+        delivered = 0
+        while True:
+            rows = self.node.storage.scan_hints(target, limit=config.batch_keys)
+            if not rows:
+                return delivered
+            for _, partition, bucket, key, raw in rows:
+                recipients = self._hint_recipients(target, partition)
+                clock = context.decode(raw)
+                try:
+                    for recipient in recipients:
+                        await self.node.call(recipient, "p_put", {
+                            "bucket": bucket, "key": key, "partition": partition,
+                            "clock": context.to_wire(clock)})
+                except DynError as exc:
+                    log.info("event=hint_delivery_paused node=%s target=%s error=%r",
+                             self.node.id, target, exc.message)
+                    return delivered
+                if self.node.storage.get_hint(target, partition, bucket, key) == raw:
+                    batch = Batch()
+                    batch.delete_hint(target, partition, bucket, key)
+                    self.node.storage.stage(batch)
+                delivered += 1
+                self.hints_delivered += 1
+                self.node.stats.count("hint_delivered")
+                await trio.sleep(1 / config.keys_per_second)
+
+    def _hint_recipients(self, target: str, partition: int) -> list[str]:
+        """The primary the hint was for; if it left the ring meanwhile, today's primaries."""
+        member = self.node.state.members.get(target)
+        if member is not None and member.status != "removed":
+            return [target]
+        return [p for p in self.node.primaries(partition) if p != self.node.id]
+
+    async def _transfer_loop(self) -> None:
+        while True:
+            state = self.node.state
+            mine = [t for t in membership.pending_transfers(state) if t.target == self.node.id]
+            if mine:
+                try:
+                    await self._pull_all(state.epoch, mine)
+                except DynError as exc:
+                    log.warning("event=transfer_stalled node=%s epoch=%d error=%r",
+                                self.node.id, state.epoch, exc.message)
+            with trio.move_on_after(1.0):
+                await self.node.state_changed.wait()
+
+    def _needed(self) -> list[int]:
+        """Key partitions whose primaries gain this node in the planned ring."""
+        state = self.node.state
+        n = self.node.target_n()
+        return [p for p in range(state.ring_size)
+                if self.node.id in self.node.primaries(p, n, state.next_owners)
+                and self.node.id not in self.node.primaries(p, n, state.owners)]
+
+    async def _pull_all(self, epoch: int, mine: list[Transfer]) -> None:
+        """Pull every key partition this epoch brings us, then report our transfers done.
+
+        Completion is reported only once all of them are in: until then the old
+        owners stay primaries and keep serving reads.
+        """
+        state = self.node.state
+        first_sources = [s for t in mine for s in t.sources]
+        for partition in self._needed():
+            progress = self.progress.setdefault(
+                partition, Progress(partition, "", self.node.id))
+            candidates = (*self.node.primaries(partition, owners=state.owners), *first_sources)
+            sources = list(dict.fromkeys(s for s in candidates if s != self.node.id))
+            await self._pull_partition(epoch, partition, sources, progress)
+            progress.state = "done"
+        for transfer in mine:
+            if self.node.state.epoch != epoch:
+                return
+            self.node.set_state(membership.complete_transfer(
+                self.node.state, transfer.partition, epoch))
+            self.node.stats.count("transfer_completed")
+        log.info("event=transfers_done node=%s epoch=%d partitions=%d",
+                 self.node.id, epoch, len(mine))
+        self.node.background.start_soon(self.node.gossip.push_now)
+
+    async def _pull_partition(
+        self, epoch: int, partition: int, sources: list[str], progress: Progress
+    ) -> None:
+        meta = f"xfer:{epoch}:{partition}"
+        raw_cursor = self.node.storage.get_meta(meta)
+        cursor = None if raw_cursor is None else cbor2.loads(raw_cursor)
+        if cursor == "done":
+            return
+        limit = self.node.config.handoff.batch_keys
+        errors = []
+        for source in sources:
+            progress.source, progress.state = source, "running"
+            try:
+                while True:
+                    fields: dict[str, Any] = {"partition": partition, "limit": limit}
+                    if cursor is not None:
+                        fields["after"] = cursor
+                    page = await self.node.call(source, "p_fetch", fields)
+                    tickets = []
+                    for bucket, key, raw in page["items"]:
+                        _, ticket = self.node.replica.merge(partition, bucket, key,
+                                                            context.decode(raw))
+                        if ticket is not None:
+                            tickets.append(ticket)
+                    for ticket in tickets:
+                        await ticket.wait()
+                    progress.keys += len(page["items"])
+                    self.node.stats.count("transfer_keys", len(page["items"]))
+                    if page["items"]:
+                        cursor = [page["items"][-1][0], page["items"][-1][1]]
+                    batch = Batch()
+                    batch.put_meta(meta, cbor2.dumps("done" if page["done"] else cursor))
+                    await self.node.storage.write(batch)
+                    if page["done"]:
+                        return
+                    await trio.sleep(len(page["items"]) / self.node.config.handoff.keys_per_second)
+            except (DynError, KeyError, ValueError, TypeError) as exc:
+                errors.append(f"{source}: {exc}")
+        progress.state = "waiting for a source"
+        raise Unavailable(f"no source for partition {partition}: {'; '.join(errors)}")

@@ -1,0 +1,427 @@
+"""One dynd node: identity, cluster state, and the services of its root nursery.
+
+`Node.run` starts the storage writer, the transport, gossip, hinted handoff,
+ownership transfer and anti-entropy as tasks of one nursery; `handle`
+dispatches a validated request to the op that serves it. Clock and
+randomness are injected (trio's clock for intervals and the failure detector,
+`wall` for `written_at`), which lets tests/sim run many nodes in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import cbor2
+import trio
+
+from common import context, messages
+from common.config import Config
+from common.context import DVVSet
+from common.errors import DynError, Rejected, Unavailable, UsageError
+from common.messages import Request
+from dynd import membership
+from dynd.admin import Admin
+from dynd.antientropy import AntiEntropy
+from dynd.coordinator import Coordinator, Placement
+from dynd.detector import PhiAccrualDetector
+from dynd.gossip import Gossip
+from dynd.handoff import Handoff
+from dynd.membership import ClusterState, Member
+from dynd.metrics import Stats
+from dynd.replica import Replica
+from dynd.ring import Ring, Target, partition_of
+from dynd.server import Peer
+from dynd.storage import Batch, Storage, Ticket
+from dynd.transport import Transport
+
+log = logging.getLogger("dynd.node")
+
+OpHandler = Callable[[dict[str, Any], Peer], Awaitable[dict[str, Any]]]
+
+META_NODE_ID = "node_id"
+META_INCARNATION = "incarnation"
+META_STATE = "state"
+
+
+class Node:
+    def __init__(
+        self, config: Config, storage: Storage, transport: Transport, *, addr: str,
+        wall: Callable[[], float] = time.time, rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.transport = transport
+        self.addr = addr
+        self.wall = wall
+        self.rng = rng or random.Random()
+        self.limits = config.limits
+        self.request_timeout = config.limits.request_timeout
+        self.detector = PhiAccrualDetector(
+            threshold=config.detector.phi_threshold,
+            min_std_seconds=config.detector.min_std,
+            acceptable_pause_seconds=config.detector.acceptable_pause,
+            first_interval_seconds=config.gossip.interval,
+        )
+        self.replica = Replica(storage, max_siblings=config.limits.max_siblings)
+        self.coordinator = Coordinator(self)
+        self.fresh = storage.get_meta(META_NODE_ID) is None
+        self.id = self._node_id()
+        self.stats = Stats(self.id)
+        self.incarnation = int(storage.get_meta(META_INCARNATION) or b"0") + 1
+        self.actor = f"{self.id}.{self.incarnation}"
+        raw_state = storage.get_meta(META_STATE)
+        if raw_state is not None:
+            self.state = membership.from_wire(cbor2.loads(raw_state))
+        else:
+            self.state = membership.new_cluster(
+                f"{self.id}-{self.rng.getrandbits(64):016x}", self._me("valid"), config.ring_size
+            )
+        self.state_changed = trio.Event()
+        self.background: trio.Nursery
+        self.ready = trio.Event()
+        self._handlers: dict[str, OpHandler] = {}
+        self.register(self, ("ping", "get", "put", "delete", "replicas", "stats",
+                             "p_get", "p_put", "p_forward"))
+        self.gossip = Gossip(self)
+        self.handoff = Handoff(self)
+        self.antientropy = AntiEntropy(self)
+        for service in (self.gossip, self.handoff, self.antientropy, Admin(self)):
+            self.register(service, service.OPS)
+        missing = (messages.CLIENT_OPS | messages.PEER_OPS) - set(self._handlers)
+        assert not missing, f"ops without a handler: {sorted(missing)}"
+
+    def register(self, owner: object, ops: Iterable[str]) -> None:
+        """Route each op to `owner.op_<op>`: one mechanism per module, one table."""
+        for op in ops:
+            self._handlers[op] = getattr(owner, "op_" + op)
+
+    # ---- identity and state -------------------------------------------------
+
+    def _node_id(self) -> str:
+        stored = self.storage.get_meta(META_NODE_ID)
+        if stored is not None:
+            if self.config.node_id and self.config.node_id != stored.decode():
+                raise UsageError(
+                    f"data dir belongs to node {stored.decode()!r}, not {self.config.node_id!r}"
+                )
+            return stored.decode()
+        return self.config.node_id or f"node-{self.rng.getrandbits(32):08x}"
+
+    def _me(self, status: str) -> Member:
+        return Member(self.id, self.addr, self.config.zone, status, None, self.incarnation)
+
+    async def persist_identity(self) -> None:
+        """Record id, incarnation and state before serving: a restart must never reuse a dot."""
+        batch = Batch()
+        batch.put_meta(META_NODE_ID, self.id.encode())
+        batch.put_meta(META_INCARNATION, str(self.incarnation).encode())
+        member = self.state.members.get(self.id)
+        if member is not None and (
+                member.incarnation != self.incarnation or member.addr != self.addr):
+            self.state = membership.update_member(
+                self.state, Member(self.id, self.addr, member.zone, member.status, member.tokens,
+                                   self.incarnation))
+        batch.put_meta(META_STATE, cbor2.dumps(membership.to_wire(self.state)))
+        await self.storage.write(batch)
+
+    def set_state(self, state: ClusterState) -> Ticket | None:
+        """Adopt a new cluster state (local change or gossip) and persist it."""
+        if state == self.state:
+            return None
+        old_epoch = self.state.epoch
+        self.state = state
+        batch = Batch()
+        batch.put_meta(META_STATE, cbor2.dumps(membership.to_wire(state)))
+        ticket = self.storage.stage(batch)
+        if state.epoch != old_epoch:
+            log.info("event=ring_changed node=%s epoch=%d", self.id, state.epoch)
+        self.state_changed.set()
+        self.state_changed = trio.Event()
+        return ticket
+
+    def addr_of(self, node: str) -> str:
+        member = self.state.members.get(node)
+        if member is None:
+            raise Unavailable(f"unknown node {node!r}")
+        return member.addr
+
+    def ring(self) -> Ring:
+        return membership.ring(self.state)
+
+    def claim_n(self) -> int:
+        """The largest N of any bucket: how many consecutive partitions claim keeps distinct."""
+        return max(b.n for b in self.state.buckets.values())
+
+    def target_n(self) -> int:
+        """The largest N of any bucket, capped by the member count: the claim's diversity goal."""
+        return min(self.claim_n(), self.active_member_count())
+
+    def active_member_count(self) -> int:
+        return sum(1 for m in self.state.members.values() if m.status in ("valid", "leaving")) or 1
+
+    def quorum_sizes(
+        self, bucket: str, *, r: int | None = None, w: int | None = None
+    ) -> tuple[int, int, int]:
+        """N, R, W for a request: bucket props, per-request overrides, capped by members."""
+        props = membership.bucket(self.state, bucket)
+        n = min(props.n, self.active_member_count())
+        r = r if r is not None else props.r
+        w = w if w is not None else props.w
+        if r > props.n or w > props.n:
+            raise Rejected(f"r={r} w={w} exceed the bucket's n={props.n}")
+        return n, min(r, n), min(w, n)
+
+    # ---- liveness -------------------------------------------------------------
+
+    def is_up(self, node: str) -> bool:
+        if node == self.id:
+            return True
+        return self.detector.is_available(node, trio.current_time())
+
+    def up_nodes(self) -> set[str]:
+        return {m for m, member in self.state.members.items()
+                if member.status != "removed" and self.is_up(m)}
+
+    def suspect(self, node: str, reason: str) -> None:
+        if node != self.id:
+            log.debug("event=suspect node=%s peer=%s reason=%r", self.id, node, reason)
+            self.detector.suspect(node, trio.current_time())
+
+    def zones(self) -> dict[str, str]:
+        return membership.zones(self.state)
+
+    def primaries(
+        self, partition: int, n: int | None = None, owners: tuple[str, ...] | None = None
+    ) -> list[str]:
+        """The primary replicas of a key partition, zone-aware: the one rule every module uses.
+
+        `owners` picks another ring (the pre-commit or the planned one); default the
+        effective ring of now.
+        """
+        ring = self.ring() if owners is None else Ring(self.state.ring_size, owners)
+        return ring.primaries(partition, n or self.target_n(), self.zones())
+
+    def placement(self, bucket: str, key: bytes, n: int) -> Placement:
+        ring = self.ring()
+        partition = partition_of(bucket, key, ring.ring_size)
+        targets = ring.preference_list(partition, n, self.up_nodes(), self.zones())
+        future = self.primaries(partition, n, self.state.next_owners)
+        current = set(self.primaries(partition, n))
+        extra = [node for node in future if node not in current]
+        return Placement(partition, n, targets, extra)
+
+    def replacement(self, place: Placement, failed: Target, tried: set[str]) -> Target | None:
+        """A fallback for a replica that just failed, not one already asked."""
+        self.suspect(failed.node, "request failed")
+        up = self.up_nodes() - tried
+        candidates = self.ring().preference_list(place.partition, place.n, up, self.zones())
+        for target in candidates:
+            if target.node not in tried:
+                return Target(target.node, failed.primary, "fallback")
+        return None
+
+    # ---- replica calls (local or remote) -------------------------------------
+
+    async def call(self, node: str, op: str, fields: dict[str, Any],
+                   timeout: float | None = None) -> dict[str, Any]:
+        try:
+            return await self.transport.call(
+                self.addr_of(node), op, fields, timeout or self.request_timeout)
+        except Unavailable as exc:
+            self.suspect(node, exc.message)
+            raise
+
+    async def replica_get(
+        self, target: Target, partition: int, bucket: str, key: bytes
+    ) -> DVVSet | None:
+        hint_for = None if target.role == "primary" else target.primary
+        if target.node == self.id:
+            return self.replica.get(partition, bucket, key, hint_for)
+        fields: dict[str, Any] = {"bucket": bucket, "key": key, "partition": partition}
+        if hint_for is not None:
+            fields["hint_for"] = hint_for
+        reply = await self.call(target.node, "p_get", fields)
+        return self._clock_from(reply.get("clock"))
+
+    async def replica_put(
+        self, target: Target, partition: int, bucket: str, key: bytes, clock: DVVSet
+    ) -> None:
+        hint_for = None if target.role == "primary" else target.primary
+        if target.node == self.id:
+            await self.store_replica(partition, bucket, key, clock, hint_for)
+            return
+        fields: dict[str, Any] = {"bucket": bucket, "key": key, "partition": partition,
+                                  "clock": context.to_wire(clock)}
+        if hint_for is not None:
+            fields["hint_for"] = hint_for
+        await self.call(target.node, "p_put", fields)
+
+    async def store_replica(
+        self, partition: int, bucket: str, key: bytes, clock: DVVSet, hint_for: str | None
+    ) -> None:
+        if hint_for is not None and hint_for != self.id:
+            self.stats.count("hint_stored")
+            await self.replica.store_hint(hint_for, partition, bucket, key, clock).wait()
+            return
+        _, ticket = self.replica.merge(partition, bucket, key, clock)
+        if ticket is not None:
+            await ticket.wait()
+
+    def _clock_from(self, wire: Any) -> DVVSet | None:
+        if wire is None:
+            return None
+        try:
+            return context.from_wire(wire, max_siblings=self.limits.max_siblings)
+        except ValueError as exc:
+            raise Rejected(f"invalid clock from peer: {exc}") from None
+
+    def wall_ms(self) -> int:
+        return int(self.wall() * 1000)
+
+    # ---- dispatch ----------------------------------------------------------------
+
+    async def handle(self, request: Request, peer: Peer) -> dict[str, Any]:
+        start = trio.current_time()
+        outcome = "ok"
+        try:
+            return await self._handlers[request.op](request.fields, peer)
+        except DynError as exc:
+            outcome = exc.code
+            raise
+        except Exception:
+            outcome = "internal"
+            raise
+        finally:
+            self.stats.observe(request.op, outcome, trio.current_time() - start)
+
+    # ---- services ----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Every service of the node, in one nursery; `task_status.started()` once it serves."""
+        async with trio.open_nursery() as nursery:
+            self.background = nursery
+            await nursery.start(self.storage.run)
+            if hasattr(self.transport, "run"):
+                await nursery.start(self.transport.run)
+            if self.fresh and self.config.seeds:
+                await self.gossip.recover_identity()
+            await self.persist_identity()
+            for partition in sorted(self.owned_partitions()):
+                self.replica.rebuild_tree(partition)
+                await trio.sleep(0)
+            nursery.start_soon(self.gossip.run)
+            nursery.start_soon(self.handoff.run)
+            nursery.start_soon(self.antientropy.run)
+            self.ready.set()
+            log.info("event=node_ready node=%s actor=%s addr=%s epoch=%d",
+                     self.id, self.actor, self.addr, self.state.epoch)
+            task_status.started()
+
+    def owned_partitions(self) -> set[int]:
+        """Key partitions this node is a primary replica for, in the current ring."""
+        ring = self.ring()
+        n = self.target_n()
+        return {p for p in range(ring.ring_size) if self.id in self.primaries(p, n)}
+
+    # ---- data ops ------------------------------------------------------------------
+
+    async def op_ping(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"node": self.id, "epoch": self.state.epoch}
+
+    async def op_get(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        result = await self.coordinator.get(fields["bucket"], fields["key"], fields.get("r"))
+        self.stats.siblings.observe(len(result["values"]))
+        if len(result["values"]) > self.config.warn_siblings:
+            log.warning("event=many_siblings node=%s bucket=%s key=%r siblings=%d",
+                        self.id, fields["bucket"], fields["key"][:64], len(result["values"]))
+        return result
+
+    async def op_put(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return await self._write(fields, fields["value"], forwarded=False)
+
+    async def op_delete(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return await self._write(fields, None, forwarded=False)
+
+    async def _write(
+        self, fields: dict[str, Any], value: bytes | None, *, forwarded: bool
+    ) -> dict[str, Any]:
+        try:
+            client_context = context.decode_context(
+                fields.get("context") or "", self.limits.max_context_bytes)
+        except ValueError as exc:
+            raise Rejected(f"bad context: {exc}") from None
+        op = "put" if value is not None else "delete"
+
+        async def forward(node: str) -> dict[str, Any]:
+            request = messages.request(op, 1, **fields)
+            return await self.call(node, "p_forward", {"req": request})
+
+        return await self.coordinator.put(
+            fields["bucket"], fields["key"], value, client_context, fields.get("w"),
+            None if forwarded else forward,
+        )
+
+    async def op_p_forward(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        inner = messages.validate_request(fields["req"], self.limits)
+        if inner.op not in ("put", "delete"):
+            raise Rejected(f"only put and delete are forwarded, not {inner.op!r}")
+        value = inner.fields["value"] if inner.op == "put" else None
+        return await self._write(inner.fields, value, forwarded=True)
+
+    async def op_p_get(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        clock = self.replica.get(fields["partition"], fields["bucket"], fields["key"],
+                                 fields.get("hint_for"))
+        return {"clock": None if clock is None else context.to_wire(clock)}
+
+    async def op_p_put(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        clock = self._clock_from(fields["clock"])
+        if clock is None or clock.anonymous:
+            raise Rejected("p_put needs a stored clock (no anonymous values)")
+        await self.store_replica(fields["partition"], fields["bucket"], fields["key"], clock,
+                                 fields.get("hint_for"))
+        return {}
+
+    async def op_replicas(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Every replica's local copy of a key: primaries, and fallbacks holding hints."""
+        bucket, key = fields["bucket"], fields["key"]
+        n, _, _ = self.quorum_sizes(bucket)
+        ring = self.ring()
+        partition = partition_of(bucket, key, ring.ring_size)
+        primaries = self.primaries(partition, n)
+        targets = [Target(node, node, "primary") for node in primaries]
+        for node in sorted(self.state.members):
+            if node not in primaries and self.state.members[node].status != "removed":
+                for primary in primaries:
+                    targets.append(Target(node, primary, "fallback"))
+        rows: list[dict[str, Any]] = []
+
+        async def ask(target: Target) -> None:
+            try:
+                clock = await self.replica_get(target, partition, bucket, key)
+                reachable = True
+            except DynError:
+                clock, reachable = None, False
+            if target.role == "fallback" and clock is None:
+                return  # a fallback is listed only when it holds a hint
+            rows.append({
+                "node": target.node, "role": target.role, "reachable": reachable,
+                "found": clock is not None and bool(context.live_values(clock)),
+                "siblings": 0 if clock is None else context.sibling_count(clock),
+                "context": "" if clock is None else context.encode_context(context.join(clock)),
+                **({"hint_for": target.primary} if target.role == "fallback" else {}),
+            })
+
+        async with trio.open_nursery() as nursery:
+            for target in targets:
+                nursery.start_soon(ask, target)
+        order = {node: i for i, node in enumerate(primaries)}
+        rows.sort(key=lambda row: (row["role"] != "primary", order.get(row["node"], 0),
+                                   row["node"]))
+        return {"partition": partition, "replicas": rows}
+
+    async def op_stats(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"node": self.id, **self.stats.summary()}

@@ -1,0 +1,77 @@
+"""Quorum bookkeeping for one get or put: when is the answer ready, and what is it.
+
+Pure (riak_kv's get_core / put_core): the coordinator feeds replies in and
+asks whether R or W is met, whether it can still be met, and after a get
+which replicas are stale and need read repair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common import context
+from common.context import DVVSet
+
+
+@dataclass
+class GetCore:
+    """Collects p_get replies; `merged` is the answer once `enough()`."""
+
+    r: int
+    n: int
+    replies: dict[str, DVVSet | None] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def add_reply(self, node: str, clock: DVVSet | None) -> None:
+        self.replies[node] = clock
+
+    def add_failure(self, node: str, reason: str) -> None:
+        self.failures[node] = reason
+
+    def enough(self) -> bool:
+        return len(self.replies) >= self.r
+
+    def hopeless(self) -> bool:
+        """R can no longer be met: too many replicas failed."""
+        return self.n - len(self.failures) < self.r
+
+    def merged(self) -> DVVSet | None:
+        """The sync of every reply, or None when no replica held the key."""
+        clocks = [c for c in self.replies.values() if c is not None]
+        return context.merge_all(clocks) if clocks else None
+
+    def stale(self, merged: DVVSet) -> list[str]:
+        """Replicas whose copy does not descend the merged answer: read repair targets."""
+        return [
+            node
+            for node, clock in self.replies.items()
+            if clock is None or not context.descends(clock, merged)
+        ]
+
+
+@dataclass
+class PutCore:
+    """Counts replica acknowledgements against W."""
+
+    w: int
+    n: int
+    acks: set[str] = field(default_factory=set)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def add_ack(self, node: str) -> None:
+        self.acks.add(node)
+
+    def add_failure(self, node: str, reason: str) -> None:
+        self.failures[node] = reason
+
+    def enough(self) -> bool:
+        return len(self.acks) >= self.w
+
+    def hopeless(self) -> bool:
+        return self.n - len(self.failures) < self.w
+
+    def describe(self) -> str:
+        """What is known when W was not met, for the error message."""
+        reasons = "; ".join(f"{node}: {why}" for node, why in sorted(self.failures.items()))
+        text = f"{len(self.acks)} of {self.w} required acknowledgements"
+        return f"{text} ({reasons})" if reasons else text

@@ -1,0 +1,131 @@
+"""The vnode: apply replica operations to local storage, keeping Merkle trees current.
+
+Every read-modify-write here is synchronous from `storage.get` to
+`storage.stage` (no await in between), and storage makes staged writes visible
+at once, so two concurrent writes to one key can never both merge into the
+same old value. The caller awaits the returned ticket for durability.
+"""
+
+from __future__ import annotations
+
+from common import context
+from common.context import DVVSet, Sibling
+from common.errors import Rejected
+from dynd.merkle import PartitionTree
+from dynd.storage import Batch, Storage, Ticket
+
+
+def key_id(bucket: str, key: bytes) -> bytes:
+    """The identity of an object inside one partition's hash tree."""
+    raw = bucket.encode()
+    return bytes([len(raw)]) + raw + key
+
+
+def split_key_id(kid: bytes) -> tuple[str, bytes]:
+    size = kid[0]
+    return kid[1 : 1 + size].decode(), kid[1 + size :]
+
+
+class Replica:
+    """Local copies of objects: coordinated puts, replica merges, hints, trees."""
+
+    def __init__(self, storage: Storage, *, max_siblings: int, segments: int = 1024) -> None:
+        self.storage = storage
+        self.max_siblings = max_siblings
+        self.segments = segments
+        self.trees: dict[int, PartitionTree] = {}
+
+    def tree(self, partition: int) -> PartitionTree:
+        tree = self.trees.get(partition)
+        if tree is None:
+            tree = self.trees[partition] = PartitionTree(self.segments)
+        return tree
+
+    def rebuild_tree(self, partition: int) -> PartitionTree:
+        """Recompute one partition's tree from storage (startup, or after a wipe)."""
+        tree = PartitionTree(self.segments)
+        after = None
+        while True:
+            rows = self.storage.scan_partition(partition, after=after, limit=1000)
+            for bucket, key, raw in rows:
+                tree.update(key_id(bucket, key), None, context.digest(context.decode(raw)))
+            if len(rows) < 1000:
+                break
+            after = (rows[-1][0], rows[-1][1])
+        self.trees[partition] = tree
+        return tree
+
+    def get(
+        self, partition: int, bucket: str, key: bytes, hint_for: str | None = None
+    ) -> DVVSet | None:
+        """Our copy: the data copy, or with `hint_for` the hint held for that primary."""
+        if hint_for is None:
+            raw = self.storage.get(partition, bucket, key)
+        else:
+            raw = self.storage.get_hint(hint_for, partition, bucket, key)
+        return None if raw is None else context.decode(raw)
+
+    def coordinate(
+        self, partition: int, bucket: str, key: bytes, value: bytes | None,
+        client_context: dict[str, int], actor: str, written_at: int,
+        hint_for: str | None = None,
+    ) -> tuple[DVVSet, Ticket]:
+        """Mint a new dot for a client write on this node (the coordinating replica).
+
+        A coordinator that is itself a fallback keeps its copy as a hint.
+        """
+        stored = self.get(partition, bucket, key, hint_for)
+        client = context.new(Sibling(value, written_at), client_context)
+        result = context.update(client, stored, actor)
+        if context.sibling_count(result) > self.max_siblings:
+            raise Rejected(
+                f"key would have {context.sibling_count(result)} siblings, limit is "
+                f"{self.max_siblings}: resolve them (dynctl resolve) before writing blind"
+            )
+        if hint_for is not None:
+            return result, self.store_hint(hint_for, partition, bucket, key, result)
+        return result, self._store(partition, bucket, key, stored, result)
+
+    def merge(
+        self, partition: int, bucket: str, key: bytes, incoming: DVVSet
+    ) -> tuple[DVVSet, Ticket | None]:
+        """Sync a replica's copy into ours; no write when it brings nothing new."""
+        stored = self.get(partition, bucket, key)
+        merged = incoming if stored is None else context.sync(stored, incoming)
+        if stored is not None and context.equal(stored, merged):
+            return stored, None
+        return merged, self._store(partition, bucket, key, stored, merged)
+
+    def _store(
+        self, partition: int, bucket: str, key: bytes, old: DVVSet | None, new: DVVSet
+    ) -> Ticket:
+        batch = Batch()
+        batch.put(partition, bucket, key, context.encode(new))
+        ticket = self.storage.stage(batch)
+        self.tree(partition).update(
+            key_id(bucket, key),
+            None if old is None else context.digest(old),
+            context.digest(new),
+        )
+        return ticket
+
+    def reap(self, partition: int, bucket: str, key: bytes, expected: DVVSet) -> Ticket | None:
+        """Delete a tombstone, but only if it is still exactly what was agreed to be reaped."""
+        stored = self.get(partition, bucket, key)
+        if stored is None or not context.equal(stored, expected):
+            return None
+        batch = Batch()
+        batch.delete(partition, bucket, key)
+        ticket = self.storage.stage(batch)
+        self.tree(partition).update(key_id(bucket, key), context.digest(stored), None)
+        return ticket
+
+    def store_hint(
+        self, target: str, partition: int, bucket: str, key: bytes, incoming: DVVSet
+    ) -> Ticket:
+        """Keep a replica for an unreachable primary until it can be handed back."""
+        raw = self.storage.get_hint(target, partition, bucket, key)
+        merged = incoming if raw is None else context.sync(context.decode(raw), incoming)
+        batch = Batch()
+        batch.put_hint(target, partition, bucket, key, context.encode(merged))
+        return self.storage.stage(batch)

@@ -1,0 +1,192 @@
+"""The listener: one port for clients and peers, frames in, responses out.
+
+Per connection: one reader loop (decode, validate, admit) and one writer task
+that coalesces every queued response into a single send. Requests run as
+tasks in the connection's nursery, bounded by `max_inflight_per_connection`
+(the reader stops reading while the bound is reached: back-pressure, not
+unbounded queues). Idle connections and half-sent frames (slow loris) are
+closed on their deadlines. Nothing a client sends can end `serve`: every
+failure is confined to its connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from common import messages
+from common.codec import FrameDecoder, encode_frame
+from common.errors import DynError, ProtocolError
+from common.limits import Limits
+from common.messages import Request
+
+log = logging.getLogger("dynd.server")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of a connection."""
+
+    address: str
+    identity: str | None  # certificate common name under TLS, else None
+
+
+Handler = Callable[[Request, Peer], Awaitable[dict[str, Any]]]
+
+
+class FrameWriter:
+    """Queue encoded frames; one task sends everything queued in one send_all."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._queue: list[bytes] = []
+        self._wakeup = trio.Event()
+        self._sending = False
+
+    def send(self, frame: bytes) -> None:
+        self._queue.append(frame)
+        self._wakeup.set()
+
+    async def drained(self) -> None:
+        """Wait until everything queued so far has been handed to the stream."""
+        while self._queue or self._sending:
+            await trio.sleep(0.005)
+
+    async def run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            data, self._queue = b"".join(self._queue), []
+            self._sending = True
+            await self.stream.send_all(data)
+            self._sending = False
+
+
+class Server:
+    def __init__(
+        self, handler: Handler, limits: Limits, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.ssl_context = ssl_context
+        self.connections = 0
+
+    async def serve(
+        self, listeners: list[trio.SocketListener], *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept on already-bound listeners until cancelled."""
+        await trio.serve_listeners(self._guarded, listeners, task_status=task_status)
+
+    async def _guarded(self, stream: trio.SocketStream) -> None:
+        address = _address_of(stream)
+        if self.connections >= self.limits.max_connections:
+            log.warning("event=connection_refused peer=%s reason=max_connections", address)
+            await trio.aclose_forcefully(stream)
+            return
+        self.connections += 1
+        try:
+            await self.handle_connection(stream, address)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            log.debug("event=connection_lost peer=%s error=%r", address, exc)
+        finally:
+            self.connections -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def handle_connection(self, stream: trio.abc.Stream, address: str) -> None:
+        identity = None
+        if self.ssl_context is not None:
+            stream = trio.SSLStream(stream, self.ssl_context, server_side=True)
+            with trio.fail_after(self.limits.frame_timeout):
+                await stream.do_handshake()
+            identity = _common_name(stream.getpeercert())
+        peer = Peer(address, identity)
+        decoder = FrameDecoder(self.limits.max_frame_bytes, self.limits.max_nesting)
+        writer = FrameWriter(stream)
+        admission = trio.Semaphore(self.limits.max_inflight_per_connection)
+        fatal: ProtocolError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            try:
+                await self._read_loop(stream, decoder, writer, admission, peer, nursery)
+            except ProtocolError as exc:
+                fatal = exc
+            else:  # the peer stopped sending: answer what it already asked, then close
+                with trio.move_on_after(self.limits.request_timeout):
+                    while admission.value < self.limits.max_inflight_per_connection:
+                        await trio.sleep(0.005)
+                    await writer.drained()
+            nursery.cancel_scope.cancel()
+        if fatal is not None:
+            log.info("event=protocol_error peer=%s error=%r", address, fatal.message)
+            with trio.move_on_after(1):  # tell the peer why, then hang up
+                await stream.send_all(encode_frame(messages.failure(0, fatal)))
+
+    async def _read_loop(
+        self, stream: trio.abc.Stream, decoder: FrameDecoder, writer: FrameWriter,
+        admission: trio.Semaphore, peer: Peer, nursery: trio.Nursery,
+    ) -> None:
+        while True:
+            try:
+                message = decoder.next_message()
+            except ProtocolError as exc:
+                if decoder.failed:
+                    raise  # the stream cannot be resynchronised: hang up
+                writer.send(encode_frame(messages.failure(0, exc)))
+                continue
+            if message is None:
+                limits = self.limits
+                timeout = limits.frame_timeout if decoder.buffered else limits.idle_timeout
+                with trio.move_on_after(timeout) as scope:
+                    data = await stream.receive_some(65536)
+                if scope.cancelled_caught:
+                    log.info("event=connection_timeout peer=%s partial_frame=%s",
+                             peer.address, bool(decoder.buffered))
+                    return
+                if not data:
+                    return
+                decoder.receive_data(data)
+                continue
+            try:
+                request = messages.validate_request(message, self.limits)
+            except DynError as exc:
+                writer.send(encode_frame(messages.failure(messages.reply_id(message), exc)))
+                continue
+            await admission.acquire()
+            nursery.start_soon(self._answer, request, peer, writer, admission)
+
+    async def _answer(
+        self, request: Request, peer: Peer, writer: FrameWriter, admission: trio.Semaphore
+    ) -> None:
+        try:
+            result = await self.handler(request, peer)
+            response = messages.ok(request.id, **result)
+        except DynError as exc:
+            response = messages.failure(request.id, exc)
+        except Exception as exc:
+            log.exception("event=handler_crash op=%s", request.op)
+            response = messages.failure(request.id, DynError(f"internal error: {exc!r}"))
+        finally:
+            admission.release()
+        writer.send(encode_frame(response))
+
+
+def _address_of(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+def _common_name(cert: dict[str, Any] | None) -> str | None:
+    for rdn in (cert or {}).get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return value
+    return None

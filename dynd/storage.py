@@ -1,0 +1,523 @@
+"""The node's RocksDB (the only rocksdict user): column families and group commit.
+
+Column families: ``data`` (objects), ``hints`` (hinted handoff), ``meta`` (node
+id, cluster state, ...), plus RocksDB's ``default``, unused.
+
+Key layouts (big-endian lengths, so that ordering is byte ordering):
+
+- data: ``partition (4) | len(bucket) (1) | bucket | len(key) (2) | key``. One
+  partition is one contiguous range, so handoff, Merkle builds and repair are
+  range scans; a sort key can later be appended after the key.
+- hints: ``len(target) (1) | target | <data key>``: one target is one range.
+- meta: the UTF-8 name.
+
+Limits (from the layout): partition 0..2**32-1, bucket and hint target at most
+255 bytes of UTF-8, key at most 65535 bytes; beyond them ValueError.
+
+Writes go through group commit: ``stage()`` queues a Batch and makes its writes
+visible at once to every read through an in-memory overlay of not-yet-committed
+writes; ``run()`` (one service task) drains the queue into one RocksDB
+WriteBatch, writes it (fsync under ``sync="batch"``), and wakes every waiter of
+that drain. Reads and the commit call rocksdict directly: its calls hold the
+GIL anyway, and a worker-thread hop costs more than the call (DESIGN.md).
+A read-modify-write without an ``await`` between read and ``stage()`` is thus
+atomic. The overlay holds only the writes of the current drain and the ones
+staged while it was written, so scans merge it cheaply.
+
+If a RocksDB write fails, every waiter of that drain gets StorageError and the
+failed writes leave the overlay (readers may have seen them meanwhile; the node
+treats a storage error as fatal).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+import rocksdict
+import trio
+
+CF_DATA = "data"
+CF_HINTS = "hints"
+CF_META = "meta"
+_COLUMN_FAMILIES = (CF_DATA, CF_HINTS, CF_META)
+_MAX_PARTITION = 2**32 - 1
+_MAX_NAME_BYTES = 255
+_MAX_KEY_BYTES = 65535
+_BLOCK_CACHE_BYTES = 64 * 1024 * 1024
+_MAX_OPEN_FILES = 512
+_BLOOM_BITS_PER_KEY = 10
+
+_Op = tuple[str, bytes, bytes | None]  # (column family, raw key, value or None = delete)
+
+
+class StorageError(Exception):
+    """RocksDB could not open, or could not write a batch; the node should stop."""
+
+
+class StorageClosed(StorageError):
+    """The storage was used after close()."""
+
+
+# --- key layout --------------------------------------------------------------------
+
+
+def _name_bytes(what: str, name: str) -> bytes:
+    raw = name.encode()
+    if len(raw) > _MAX_NAME_BYTES:
+        raise ValueError(f"{what} is {len(raw)} bytes of UTF-8, at most {_MAX_NAME_BYTES}")
+    return raw
+
+
+def _partition_prefix(partition: int) -> bytes:
+    if not 0 <= partition <= _MAX_PARTITION:
+        raise ValueError(f"partition {partition} is outside 0..{_MAX_PARTITION}")
+    return partition.to_bytes(4, "big")
+
+
+def _as_bytes(what: str, value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
+
+
+def data_key(partition: int, bucket: str, key: bytes) -> bytes:
+    """The data column family key of (partition, bucket, key)."""
+    key = _as_bytes("key", key)
+    raw_bucket = _name_bytes("bucket name", bucket)
+    if len(key) > _MAX_KEY_BYTES:
+        raise ValueError(f"key is {len(key)} bytes, at most {_MAX_KEY_BYTES}")
+    return b"".join((_partition_prefix(partition), bytes((len(raw_bucket),)), raw_bucket,
+                     len(key).to_bytes(2, "big"), key))
+
+
+def _decode_data_key(raw: bytes, offset: int = 0) -> tuple[int, str, bytes]:
+    """Inverse of data_key() for the data key starting at ``offset`` of ``raw``."""
+    try:
+        partition = int.from_bytes(raw[offset:offset + 4], "big")
+        bucket_end = offset + 5 + raw[offset + 4]
+        bucket = raw[offset + 5:bucket_end].decode()
+        (key_len,) = struct.unpack_from(">H", raw, bucket_end)
+    except (IndexError, UnicodeDecodeError, struct.error) as exc:
+        raise StorageError(f"corrupt storage key {raw!r}") from exc
+    key = raw[bucket_end + 2:]
+    if len(key) != key_len:
+        raise StorageError(f"corrupt storage key {raw!r}")
+    return partition, bucket, key
+
+
+def _hint_prefix(target: str) -> bytes:
+    raw_target = _name_bytes("hint target", target)
+    return bytes((len(raw_target),)) + raw_target
+
+
+def hint_key(target: str, partition: int, bucket: str, key: bytes) -> bytes:
+    """The hints column family key of a hint for ``target``."""
+    return _hint_prefix(target) + data_key(partition, bucket, key)
+
+
+def _decode_hint_key(raw: bytes) -> tuple[str, int, str, bytes]:
+    try:
+        target = raw[1:1 + raw[0]].decode()
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise StorageError(f"corrupt hint key {raw!r}") from exc
+    return (target, *_decode_data_key(raw, 1 + raw[0]))
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """Smallest key above every key starting with ``prefix`` (None: no such key)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes((stripped[-1] + 1,))
+
+
+# --- batches and tickets -----------------------------------------------------------
+
+
+class Batch:
+    """Writes to apply atomically, built by the caller, then staged or written.
+
+    Keys are encoded (and validated) as they are added, so a bad key is a
+    ValueError at the call site, never a failed commit.
+    """
+
+    __slots__ = ("ops",)
+
+    def __init__(self) -> None:
+        self.ops: list[_Op] = []
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def put(self, partition: int, bucket: str, key: bytes, value: bytes) -> Batch:
+        self.ops.append((CF_DATA, data_key(partition, bucket, key), _as_bytes("value", value)))
+        return self
+
+    def delete(self, partition: int, bucket: str, key: bytes) -> Batch:
+        self.ops.append((CF_DATA, data_key(partition, bucket, key), None))
+        return self
+
+    def put_hint(self, target: str, partition: int, bucket: str, key: bytes,
+                 value: bytes) -> Batch:
+        raw_key = hint_key(target, partition, bucket, key)
+        self.ops.append((CF_HINTS, raw_key, _as_bytes("value", value)))
+        return self
+
+    def delete_hint(self, target: str, partition: int, bucket: str, key: bytes) -> Batch:
+        self.ops.append((CF_HINTS, hint_key(target, partition, bucket, key), None))
+        return self
+
+    def put_meta(self, name: str, value: bytes) -> Batch:
+        self.ops.append((CF_META, name.encode(), _as_bytes("value", value)))
+        return self
+
+    def delete_meta(self, name: str) -> Batch:
+        self.ops.append((CF_META, name.encode(), None))
+        return self
+
+
+class Ticket:
+    """Completion of one staged batch: ``await ticket.wait()`` until it is durable."""
+
+    __slots__ = ("_done", "_error")
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> None:
+        """Return once the batch is committed; raise StorageError if the commit failed.
+
+        Cancelling the wait does not cancel the write: a staged batch is committed.
+        """
+        await self._done.wait()
+        if self._error is not None:
+            raise StorageError(f"write failed: {self._error}") from self._error
+
+
+@dataclass(slots=True)
+class _Staged:
+    seq: int
+    ops: tuple[_Op, ...]
+    ticket: Ticket = field(default_factory=Ticket)
+
+
+# --- storage -----------------------------------------------------------------------
+
+
+def _cf_options(cache: rocksdict.Cache) -> rocksdict.Options:
+    options = rocksdict.Options(raw_mode=True)
+    table = rocksdict.BlockBasedOptions()
+    table.set_block_cache(cache)
+    table.set_bloom_filter(_BLOOM_BITS_PER_KEY, False)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    options.set_block_based_table_factory(table)
+    options.set_compression_type(rocksdict.DBCompressionType.lz4())
+    options.set_level_compaction_dynamic_level_bytes(True)
+    return options
+
+
+def _db_options(cache: rocksdict.Cache) -> rocksdict.Options:
+    options = _cf_options(cache)
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    options.set_max_open_files(_MAX_OPEN_FILES)
+    options.set_keep_log_file_num(5)
+    options.set_max_background_jobs(2)
+    return options
+
+
+class Storage:
+    """One node's RocksDB with an overlay of staged writes and a group-commit writer.
+
+    Not thread-safe: use it from the one trio thread. Run ``run()`` in a nursery
+    for ``write()`` and ticket waits to complete.
+    """
+
+    def __init__(self, db: rocksdict.Rdict, path: str, fsync: bool, max_batch_ops: int) -> None:
+        """Use Storage.open(); this takes over an open Rdict (and closes it on failure)."""
+        self._db: rocksdict.Rdict | None = db
+        self._path = path
+        self._max_batch_ops = max_batch_ops
+        self._write_options = rocksdict.WriteOptions()
+        self._write_options.sync = fsync
+        # Column-family views (reads) and handles (WriteBatch): both pin the DB open,
+        # so close() drops every one of them before closing it.
+        self._views = {name: db.get_column_family(name) for name in _COLUMN_FAMILIES}
+        self._handles = {name: db.get_column_family_handle(name) for name in _COLUMN_FAMILIES}
+        self._overlay: dict[str, dict[bytes, tuple[bytes | None, int]]] = {
+            name: {} for name in _COLUMN_FAMILIES}
+        self._queue: deque[_Staged] = deque()
+        self._has_work = trio.Event()
+        self._next_seq = 0
+        self._hint_counts: dict[str, int] = {}
+        try:
+            self._rebuild_hint_counts()
+        except BaseException:
+            self.close()
+            raise
+        self.group_commits = 0  # RocksDB WriteBatches written (each one fsync under "batch")
+        self.batches_committed = 0  # staged Batches those covered
+
+    @classmethod
+    def open(cls, path: str, *, sync: str = "batch", max_batch_ops: int = 4096) -> Storage:
+        """Open (creating if needed) the database in directory ``path``.
+
+        ``sync``: "batch" fsyncs every group commit, "none" never does.
+        ``max_batch_ops``: a group commit stops adding batches past this many
+        operations (one larger batch is still written whole). Raises
+        StorageError if RocksDB cannot open (e.g. another process holds it).
+        """
+        if sync not in ("batch", "none"):
+            raise ValueError(f"sync must be 'batch' or 'none', got {sync!r}")
+        if max_batch_ops < 1:
+            raise ValueError(f"max_batch_ops must be at least 1, got {max_batch_ops}")
+        cache = rocksdict.Cache(_BLOCK_CACHE_BYTES)
+        try:
+            os.makedirs(path, exist_ok=True)
+            db = rocksdict.Rdict(path, _db_options(cache),
+                                 column_families={n: _cf_options(cache)
+                                                  for n in _COLUMN_FAMILIES})
+        except Exception as exc:  # rocksdict raises plain Exception
+            raise StorageError(f"cannot open RocksDB at {path}: {exc}") from exc
+        return cls(db, path, sync == "batch", max_batch_ops)
+
+    # -- reads (all see staged writes) --
+
+    def _check_open(self) -> None:
+        if self._db is None:
+            raise StorageClosed(f"storage {self._path} is closed")
+
+    def _lookup(self, cf: str, raw_key: bytes) -> bytes | None:
+        self._check_open()
+        staged = self._overlay[cf].get(raw_key)
+        if staged is not None:
+            return staged[0]
+        return self._views[cf].get(raw_key)
+
+    def get(self, partition: int, bucket: str, key: bytes) -> bytes | None:
+        return self._lookup(CF_DATA, data_key(partition, bucket, key))
+
+    def get_hint(self, target: str, partition: int, bucket: str, key: bytes) -> bytes | None:
+        return self._lookup(CF_HINTS, hint_key(target, partition, bucket, key))
+
+    def get_meta(self, name: str) -> bytes | None:
+        return self._lookup(CF_META, name.encode())
+
+    def _range(self, cf: str, low: bytes, high: bytes | None, limit: int | None,
+               values: bool = True) -> list[tuple[bytes, bytes]]:
+        """Keys in [low, high) in order, RocksDB merged with the overlay, at most ``limit``.
+
+        With ``values=False`` the values are returned as b"" (counting, key scans).
+        """
+        self._check_open()
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        staged = sorted((k, v) for k, (v, _) in self._overlay[cf].items()
+                        if k >= low and (high is None or k < high))
+        read_options = rocksdict.ReadOptions()
+        if high is not None:
+            # Only the upper bound: set_iterate_lower_bound is broken (DESIGN.md); seek instead.
+            read_options.set_iterate_upper_bound(high)
+        found: list[tuple[bytes, bytes]] = []
+        i = 0
+        it = self._views[cf].iter(read_options)
+        try:
+            it.seek(low)
+            while limit is None or len(found) < limit:
+                db_key = it.key() if it.valid() else None
+                staged_key = staged[i][0] if i < len(staged) else None
+                if db_key is None and staged_key is None:
+                    break
+                if staged_key is not None and (db_key is None or staged_key <= db_key):
+                    if staged_key == db_key:
+                        it.next()  # the staged write shadows the stored one
+                    value = staged[i][1]
+                    i += 1
+                    if value is not None:
+                        found.append((staged_key, value if values else b""))
+                else:
+                    found.append((db_key, it.value() if values else b""))
+                    it.next()
+            it.status()
+        finally:
+            del it  # a live iterator keeps the DB lock after close()
+        return found
+
+    def scan_partition(self, partition: int, after: tuple[str, bytes] | None = None,
+                       limit: int | None = None) -> list[tuple[str, bytes, bytes]]:
+        """(bucket, key, value) of one partition in key order, resuming after ``after``."""
+        prefix = _partition_prefix(partition)
+        low = prefix if after is None else data_key(partition, *after) + b"\x00"
+        rows = self._range(CF_DATA, low, _prefix_end(prefix), limit)
+        return [(*_decode_data_key(raw)[1:], value) for raw, value in rows]
+
+    def count_partition(self, partition: int) -> int:
+        """Number of objects (tombstones included) in one partition; walks its keys."""
+        prefix = _partition_prefix(partition)
+        return len(self._range(CF_DATA, prefix, _prefix_end(prefix), None, values=False))
+
+    def scan_hints(self, target: str | None = None,
+                   limit: int | None = None) -> list[tuple[str, int, str, bytes, bytes]]:
+        """(target, partition, bucket, key, value) of hints, for one target or all."""
+        if target is None:
+            low, high = b"", None
+        else:
+            low = _hint_prefix(target)
+            high = _prefix_end(low)
+        return [(*_decode_hint_key(raw), value)
+                for raw, value in self._range(CF_HINTS, low, high, limit)]
+
+    def hint_counts(self) -> dict[str, int]:
+        """Pending hints per target, staged ones included; O(targets)."""
+        self._check_open()
+        return dict(self._hint_counts)
+
+    def _rebuild_hint_counts(self) -> None:
+        counts: dict[str, int] = {}
+        for raw, _ in self._range(CF_HINTS, b"", None, None, values=False):
+            target = _decode_hint_key(raw)[0]
+            counts[target] = counts.get(target, 0) + 1
+        self._hint_counts = counts
+
+    def overlay_size(self) -> int:
+        """Writes staged but not yet committed (each key counted once)."""
+        return sum(len(overlay) for overlay in self._overlay.values())
+
+    def approximate_size(self) -> int:
+        """Bytes on disk: every file of the database directory (SSTs, WAL, manifest)."""
+        self._check_open()
+        total = 0
+        with os.scandir(self._path) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    try:
+                        total += entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        pass  # removed by a compaction meanwhile
+        return total
+
+    # -- writes --
+
+    def stage(self, batch: Batch) -> Ticket:
+        """Queue ``batch`` for the writer; its writes are visible to reads at once.
+
+        Synchronous on purpose: a caller that read, decided and staged without an
+        await in between did an atomic read-modify-write. An empty batch is a
+        barrier: its ticket completes once everything staged before is durable.
+        """
+        self._check_open()
+        staged = _Staged(self._next_seq, tuple(batch.ops))
+        self._next_seq += 1
+        for cf, raw_key, value in staged.ops:
+            if cf == CF_HINTS:
+                self._count_hint(raw_key, value is not None)
+            self._overlay[cf][raw_key] = (value, staged.seq)
+        self._queue.append(staged)
+        self._has_work.set()
+        return staged.ticket
+
+    def _count_hint(self, raw_key: bytes, present_after: bool) -> None:
+        present_before = self._lookup(CF_HINTS, raw_key) is not None
+        if present_before != present_after:
+            target = _decode_hint_key(raw_key)[0]
+            count = self._hint_counts.get(target, 0) + (1 if present_after else -1)
+            if count:
+                self._hint_counts[target] = count
+            else:
+                del self._hint_counts[target]
+
+    async def write(self, batch: Batch) -> None:
+        """Stage ``batch`` and wait until it is durable; StorageError if it failed."""
+        await self.stage(batch).wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """The group-commit writer service; loops until cancelled.
+
+        After a wake-up it yields once so that every runnable task can stage
+        its writes, then commits everything queued (up to max_batch_ops per
+        WriteBatch). On cancellation it commits what is still staged.
+        """
+        task_status.started()
+        try:
+            while True:
+                await self._has_work.wait()
+                await trio.lowlevel.checkpoint()  # let ready tasks join this group
+                if self._db is None:
+                    return
+                self._commit_group()
+                if not self._queue:
+                    self._has_work = trio.Event()
+        finally:
+            self._commit_all()
+
+    def _commit_all(self) -> None:
+        while self._queue and self._db is not None:
+            self._commit_group()
+
+    def _take_group(self) -> list[_Staged]:
+        group = [self._queue.popleft()]
+        ops = len(group[0].ops)
+        while self._queue and ops + len(self._queue[0].ops) <= self._max_batch_ops:
+            ops += len(self._queue[0].ops)
+            group.append(self._queue.popleft())
+        return group
+
+    def _write_batch(self, write_batch: rocksdict.WriteBatch) -> None:
+        assert self._db is not None
+        self._db.write(write_batch, self._write_options)
+
+    def _commit_group(self) -> None:
+        group = self._take_group()
+        error: BaseException | None = None
+        try:
+            write_batch = rocksdict.WriteBatch(raw_mode=True)
+            for staged in group:
+                for cf, raw_key, value in staged.ops:
+                    if value is None:
+                        write_batch.delete(raw_key, self._handles[cf])
+                    else:
+                        write_batch.put(raw_key, value, self._handles[cf])
+            self._write_batch(write_batch)
+        except Exception as exc:  # rocksdict raises plain Exception
+            error = exc
+        for staged in group:
+            for cf, raw_key, _ in staged.ops:
+                overlay = self._overlay[cf]
+                entry = overlay.get(raw_key)
+                if entry is not None and entry[1] == staged.seq:
+                    del overlay[raw_key]  # not re-staged since: RocksDB has it now
+        if error is not None:
+            self._rebuild_hint_counts()  # the failed hints are gone again
+        self.group_commits += 1
+        self.batches_committed += len(group)
+        for staged in group:
+            staged.ticket._finish(error)
+
+    def close(self) -> None:
+        """Commit what is staged, then close every view, handle and the DB; idempotent."""
+        if self._db is None:
+            return
+        self._commit_all()
+        for view in self._views.values():
+            view.close()
+        self._views.clear()
+        self._handles.clear()
+        db, self._db = self._db, None
+        db.close()
+        self._has_work.set()  # a running writer notices and returns

@@ -1,0 +1,90 @@
+"""Persistent, multiplexed connections to peers: the seam the simulator replaces.
+
+`Transport.call(addr, op, fields, timeout)` is everything the node needs from
+the network. The real one keeps one pipelined connection per peer address
+(the same Connection the Python client uses: request ids, one reader, one
+coalescing writer), reconnects with exponential backoff, and turns every
+network failure or deadline into Unavailable. tests/sim provides another
+implementation over a simulated network.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Protocol
+
+import trio
+
+from common.errors import Unavailable
+from dynctl.client import Connection
+
+
+class Transport(Protocol):
+    async def call(
+        self, addr: str, op: str, fields: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """Send one request to the node at `addr`; its result, or a DynError."""
+        ...
+
+
+class TcpTransport:
+    """One lazily opened connection per peer, shared by every task of the node."""
+
+    MAX_BACKOFF = 5.0
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
+        self._connections: dict[str, Connection] = {}
+        self._connecting: dict[str, trio.Lock] = {}
+        self._backoff: dict[str, tuple[float, float]] = {}  # addr -> (retry_at, delay)
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the connections' reader/writer tasks; closes them all when cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            for connection in self._connections.values():
+                connection.close()
+            self._connections.clear()
+
+    async def _connection(self, addr: str, timeout: float) -> Connection:
+        connection = self._connections.get(addr)
+        if connection is not None and not connection.closed:
+            return connection
+        lock = self._connecting.setdefault(addr, trio.Lock())
+        async with lock:
+            connection = self._connections.get(addr)
+            if connection is not None and not connection.closed:
+                return connection
+            retry_at, delay = self._backoff.get(addr, (0.0, 0.0))
+            if trio.current_time() < retry_at:
+                wait = retry_at - trio.current_time()
+                raise Unavailable(f"{addr} unreachable (retrying in {wait:.1f}s)")
+            if self._nursery is None:
+                raise Unavailable("transport is not running")
+            try:
+                with trio.fail_after(timeout):
+                    connection = await Connection.open(
+                        addr, self._nursery, ssl_context=self.ssl_context
+                    )
+            except (Unavailable, trio.TooSlowError) as exc:
+                delay = min(max(delay * 2, 0.1), self.MAX_BACKOFF)
+                self._backoff[addr] = (trio.current_time() + delay, delay)
+                raise Unavailable(f"cannot reach {addr}: {exc}") from None
+            self._backoff.pop(addr, None)
+            self._connections[addr] = connection
+            return connection
+
+    async def call(
+        self, addr: str, op: str, fields: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        with trio.move_on_after(timeout) as scope:
+            connection = await self._connection(addr, timeout)
+            return await connection.call(op, fields)
+        assert scope.cancelled_caught
+        raise Unavailable(f"{op} to {addr} timed out after {timeout:g}s")

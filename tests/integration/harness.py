@@ -1,0 +1,127 @@
+"""Real dynd processes on 127.0.0.1 for integration tests: start, stop, kill, drive."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class DyndProcess:
+    node_id: str
+    data_dir: Path
+    port: int
+    log_path: Path
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dynd", "--node-id", self.node_id, "--listen", self.addr,
+             "--data-dir", str(self.data_dir), *self.extra_args],
+            stdout=log, stderr=log, env={**os.environ, **(env or {})},
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.node_id} exited with {self.proc.returncode}:\n"
+                                   + self.log_path.read_text()[-3000:])
+            result = dynctl("--node", self.addr, "--timeout", "1", "ping")
+            if result.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.node_id} did not answer ping:\n"
+                           + self.log_path.read_text()[-3000:])
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def dynctl(*args: str, input: bytes | None = None, timeout: float = 60.0
+           ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dynctl", *args], input=input,
+                          capture_output=True, timeout=timeout)
+
+
+def dynctl_json(*args: str, input: bytes | None = None) -> tuple[int, dict]:
+    result = dynctl("--json", *args, input=input)
+    try:
+        document = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"not JSON: {result.stdout!r} stderr={result.stderr!r}") from None
+    return result.returncode, document
+
+
+class Cluster:
+    """A set of dynd processes, all stopped on exit."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nodes: list[DyndProcess] = []
+
+    def add(self, node_id: str | None = None, *extra: str, start: bool = True) -> DyndProcess:
+        node_id = node_id or f"n{len(self.nodes) + 1}"
+        node = DyndProcess(node_id, self.root / node_id, free_port(),
+                           self.root / f"{node_id}.log", list(extra))
+        self.nodes.append(node)
+        if start:
+            node.start()
+        return node
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            try:
+                node.stop()
+            except Exception:
+                node.kill()
+
+
+@contextmanager
+def cluster(root: Path) -> Iterator[Cluster]:
+    c = Cluster(root)
+    try:
+        yield c
+    finally:
+        c.stop_all()

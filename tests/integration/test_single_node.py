@@ -1,0 +1,242 @@
+"""One real dynd process driven through dynctl and the Python client (CONTRACT, single node)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import time
+
+import cbor2
+import pytest
+import trio
+
+from dynctl.client import Client, SyncClient
+from tests.integration.harness import Cluster, dynctl, dynctl_json
+
+
+@pytest.fixture
+def node(dyn_cluster: Cluster):
+    return dyn_cluster.add("n1")
+
+
+def run(node, *args: str, input: bytes | None = None):
+    return dynctl("--node", node.addr, *args, input=input)
+
+
+def test_put_get_delete_and_exit_codes(node) -> None:
+    assert run(node, "put", "greeting", "hello").returncode == 0
+    got = run(node, "get", "greeting")
+    assert (got.returncode, got.stdout) == (0, b"hello")
+    assert run(node, "get", "missing").returncode == 1
+    assert run(node, "delete", "greeting").returncode == 0
+    assert run(node, "get", "greeting").returncode == 1
+    assert run(node, "delete", "never-written").returncode == 0
+    assert run(node, "put", "k").returncode == 2  # usage: VALUE missing
+
+
+def test_json_shapes(node) -> None:
+    code, doc = dynctl_json("--node", node.addr, "put", "k", "v")
+    assert code == 0 and set(doc) == {"context"} and doc["context"]
+    code, doc = dynctl_json("--node", node.addr, "get", "k")
+    assert code == 0
+    assert doc["found"] is True and doc["context"]
+    [value] = doc["values"]
+    assert value["value"] == "v" and value["encoding"] == "utf-8"
+    assert value["written_at"].endswith("Z")
+    code, doc = dynctl_json("--node", node.addr, "get", "nope")
+    assert code == 1 and doc["found"] is False and doc["values"] == []
+    code, doc = dynctl_json("--node", node.addr, "bucket", "set", "bad name!")
+    assert code == 5 and doc["error"]["code"] in ("rejected", "usage")
+
+
+def test_binary_values_from_stdin_round_trip(node) -> None:
+    payload = bytes(range(256)) * 4
+    assert run(node, "put", "bin", "-", input=payload).returncode == 0
+    assert run(node, "get", "bin").stdout == payload
+    code, doc = dynctl_json("--node", node.addr, "get", "bin")
+    assert doc["values"][0]["encoding"] == "base64"
+
+
+def test_blind_puts_make_siblings_and_resolve_settles_them(node) -> None:
+    run(node, "put", "cart", "apple")
+    run(node, "put", "--blind", "cart", "pear")
+    conflict = run(node, "get", "cart")
+    assert conflict.returncode == 3
+    both = run(node, "get", "--all", "cart")
+    assert both.returncode == 3  # still a conflict; --all only prints every sibling
+    assert sorted(both.stdout.split(b"\n")[:2]) == [b"apple", b"pear"]
+    assert run(node, "resolve", "cart", "--merge", "union-lines").returncode == 0
+    got = run(node, "get", "cart")
+    assert (got.returncode, got.stdout) == (0, b"apple\npear\n")
+
+
+def test_put_with_stale_context_keeps_both(node) -> None:
+    code, first = dynctl_json("--node", node.addr, "put", "k", "one")
+    run(node, "put", "k", "two")  # reads first: supersedes "one"
+    run(node, "put", "--context", first["context"], "k", "three")  # concurrent with "two"
+    code, doc = dynctl_json("--node", node.addr, "get", "k")
+    assert code == 3
+    assert sorted(v["value"] for v in doc["values"]) == ["three", "two"]
+
+
+def test_bad_context_is_rejected(node) -> None:
+    result = run(node, "put", "--context", "!!!notbase64", "k", "v")
+    assert result.returncode == 5
+
+
+def test_bucket_properties(node) -> None:
+    assert run(node, "bucket", "set", "carts", "--n", "3", "--r", "1", "--w", "1").returncode == 0
+    code, doc = dynctl_json("--node", node.addr, "bucket", "get", "carts")
+    assert doc["bucket"] == {"name": "carts", "n": 3, "r": 1, "w": 1}
+    code, doc = dynctl_json("--node", node.addr, "bucket", "list")
+    assert {b["name"] for b in doc["buckets"]} >= {"default", "carts"}
+    assert run(node, "bucket", "set", "carts", "--n", "2", "--r", "3").returncode == 5
+    assert run(node, "put", "-b", "carts", "x", "y").returncode == 0
+    assert run(node, "get", "--bucket", "carts", "x").stdout == b"y"
+    assert run(node, "get", "x").returncode == 1  # other bucket
+
+
+def test_restart_keeps_data_and_identity(node) -> None:
+    for i in range(20):
+        assert run(node, "put", f"k{i}", f"v{i}").returncode == 0
+    assert node.stop() == 0
+    node.start()
+    assert run(node, "get", "k7").stdout == b"v7"
+    code, doc = dynctl_json("--node", node.addr, "ping")
+    assert doc["node"] == "n1"
+
+
+def test_kill_9_after_acknowledged_writes_loses_none(node) -> None:
+    async def write_all() -> None:
+        async with Client.connect(node.addr) as client:
+            async with trio.open_nursery() as nursery:
+                for i in range(200):
+                    nursery.start_soon(client.put, f"key{i}".encode(), f"value{i}".encode())
+
+    trio.run(write_all)
+    node.kill()
+    node.start()
+    with SyncClient.connect(node.addr) as client:
+        for i in range(200):
+            obj = client.get(f"key{i}".encode())
+            assert obj.found and obj.value == f"value{i}".encode()
+
+
+def test_sigterm_stops_cleanly_within_ten_seconds(node) -> None:
+    start = time.monotonic()
+    assert node.stop(timeout=10) == 0
+    assert time.monotonic() - start < 10
+
+
+def test_bad_config_is_exit_2(tmp_path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('nonsense_key = 1\n')
+    result = _dynd("-c", str(config), "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2
+    assert b"nonsense_key" in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def _dynd(*args: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "dynd", *args], capture_output=True, timeout=30)
+
+
+def test_sd_notify_ready_then_stopping(dyn_cluster: Cluster, tmp_path) -> None:
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(20)
+        node = dyn_cluster.add("n1", start=False)
+        node.start(env={"NOTIFY_SOCKET": path})
+        assert sock.recv(100) == b"READY=1"
+        node.proc.send_signal(signal.SIGTERM)
+        assert sock.recv(100) == b"STOPPING=1"
+        assert node.proc.wait(10) == 0
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _send_raw(addr: str, data: bytes, read: bool = True) -> bytes:
+    host, port = addr.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(data)
+        if not read:
+            return b""
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return b"".join(chunks)
+
+
+def _frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def test_hostile_frames_get_errors_and_the_node_keeps_serving(node) -> None:
+    nested = b"\x81" * 10_000 + b"\x00"
+    hostile = [
+        b"\xff" * 64,                                   # garbage length + garbage
+        struct.pack(">I", 2**31) + b"\x00" * 100,       # oversized length prefix
+        struct.pack(">I", 0),                           # zero length
+        _frame(b"\xa1\x61"),                            # truncated CBOR map
+        _frame(nested),                                 # deeply nested arrays
+        _frame(cbor2.dumps([1, 2, 3])),                 # not a map
+        _frame(cbor2.dumps({"v": 1, "id": 5, "op": "nope"})),       # unknown op
+        _frame(cbor2.dumps({"v": 1, "id": 6, "op": "get"})),        # missing fields
+        _frame(b"\xc2\x58\x40" + b"\x01" * 64),         # bignum tag
+        _frame(cbor2.dumps({"v": 1, "id": 6, "op": "put", "bucket": "default",
+                            "key": b"k" * 5000, "value": b"v"})),   # key over limit
+    ]
+    rss_before = _rss_kib(node.proc.pid)
+    for _ in range(20):
+        for data in hostile:
+            _send_raw(node.addr, data)
+    answer = _send_raw(node.addr, _frame(cbor2.dumps({"v": 1, "id": 7, "op": "nope"})))
+    reply = cbor2.loads(answer[4:])
+    assert reply["id"] == 7 and reply["ok"] is False and reply["error"]["code"] == "protocol"
+    oversized = _send_raw(node.addr, struct.pack(">I", 2**31))
+    assert cbor2.loads(oversized[4:])["error"]["code"] == "protocol"
+    assert run(node, "put", "still", "alive").returncode == 0
+    assert run(node, "get", "still").stdout == b"alive"
+    assert _rss_kib(node.proc.pid) - rss_before < 20_000
+    assert node.proc.poll() is None
+
+
+def test_python_client_pipelines_many_tasks(node) -> None:
+    async def main() -> list[bytes]:
+        async with Client.connect(node.addr) as client:
+            results: list[bytes] = []
+
+            async def one(i: int) -> None:
+                await client.put(f"p{i}", f"v{i}")
+                results.append((await client.get(f"p{i}")).value)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(100):
+                    nursery.start_soon(one, i)
+            return results
+
+    assert sorted(trio.run(main)) == sorted(f"v{i}".encode() for i in range(100))
+
+
+def test_json_error_document_when_unreachable(tmp_path) -> None:
+    from tests.integration.harness import free_port
+    result = dynctl("--json", "--node", f"127.0.0.1:{free_port()}", "--timeout", "1", "get", "k")
+    assert result.returncode == 4
+    assert json.loads(result.stdout)["error"]["code"] == "unavailable"
+    assert os.environ.get("DYN_NODE") is None or True
