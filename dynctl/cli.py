@@ -22,18 +22,26 @@ from typing import Any
 
 import click
 import trio
+from click.shell_completion import get_completion_class
 
 from common.errors import Conflict, DynError, NotFound, Unavailable, UsageError
-from dynctl import devcluster
+from dynctl import bench, devcluster
 from dynctl.client import DEFAULT_ADDR, LIMITS, Client, Object
-from dynctl.output import Outcome, Output, rfc3339, text_or_base64
+from dynctl.output import (
+    Outcome,
+    Output,
+    rfc3339,
+    ring_panel,
+    stats_panel,
+    status_panel,
+    text_or_base64,
+)
 from dynctl.resolve import STRATEGIES, pick
 
 REPAIR_TIMEOUT = 300.0  # default deadline of `repair`, which waits for its exchanges
 WAIT_TIMEOUT = 60.0  # default of `cluster wait --timeout`
 WAIT_POLL_INTERVAL = 0.5  # seconds between two cluster_check polls
 MEMBER_FIELDS = ("id", "addr", "status", "reachable", "tokens", "pending_transfers")
-_BAR_WIDTH = 40
 _CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -546,6 +554,17 @@ def _describe_check(check: Mapping[str, Any]) -> str:
     return text + (f", unreachable: {' '.join(unreachable)}" if unreachable else "")
 
 
+def _convergence_steps(check: Mapping[str, Any], peak_transfers: int) -> tuple[int, int]:
+    """(done, total) for the wait's progress bar: members at the newest epoch, plus the
+    transfers finished out of the most seen pending at once."""
+    epochs = check.get("epochs") or {}
+    newest = max(epochs.values(), default=0)
+    agreeing = sum(1 for epoch in epochs.values() if epoch == newest)
+    members = len(epochs) + len(check.get("unreachable") or [])
+    pending = check.get("pending_transfers") or 0
+    return agreeing + peak_transfers - pending, members + peak_transfers
+
+
 def _converged(description: str) -> Callable[[Output], None]:
     return lambda out: out.line(f"converged: {description}")
 
@@ -561,6 +580,8 @@ async def cluster_wait(session: Session, wait_timeout: float) -> Outcome:
     Polls the node every 0.5 s; exit 0 once converged, 4 at the timeout.
     """
     last = "no answer yet"
+    peak_transfers = 0
+    steps: tuple[int | None, int | None] = (None, None)
     with session.output.progress() as report, trio.move_on_after(wait_timeout):
         while True:
             try:
@@ -572,7 +593,9 @@ async def cluster_wait(session: Session, wait_timeout: float) -> Outcome:
                 last = _describe_check(check)
                 if check.get("converged") and not check.get("pending_transfers"):
                     return Outcome(check, _converged(last))
-            report(f"waiting: {last}")
+                peak_transfers = max(peak_transfers, check.get("pending_transfers") or 0)
+                steps = _convergence_steps(check, peak_transfers)
+            report(f"waiting: {last}", *steps)
             await trio.sleep(WAIT_POLL_INTERVAL)
     raise Unavailable(f"cluster did not converge within {wait_timeout:g}s: {last}")
 
@@ -622,16 +645,13 @@ async def ring(client: Client) -> Outcome:
     total = sum(owners.values()) or 1
 
     def render(out: Output) -> None:
+        if out.terminal:
+            out.console.print(ring_panel(result))
+            return
         out.fields({"ring_size": result.get("ring_size"), "epoch": result.get("epoch"),
                     "balance": result.get("balance")})
-        rows = []
-        for node, owned in sorted(owners.items()):
-            row: list[Any] = [node, owned, round(owned / total, 3)]
-            if out.terminal:
-                row.append("█" * max(1, round(_BAR_WIDTH * owned / max(owners.values()))))
-            rows.append(row)
-        columns = ["node", "partitions", "share"] + (["ownership"] if out.terminal else [])
-        out.table("owner", columns, rows, title="partitions per node")
+        rows = [[node, owned, round(owned / total, 3)] for node, owned in sorted(owners.items())]
+        out.table("owner", ["node", "partitions", "share"], rows)
     return Outcome(document, render)
 
 
@@ -649,6 +669,9 @@ async def status(client: Client) -> Outcome:
     result = await client.call("status")
 
     def render(out: Output) -> None:
+        if out.terminal:
+            out.console.print(status_panel(result))
+            return
         out.fields({name: result.get(name) for name in ("node", "epoch", "storage_bytes")})
         out.table("member", ["id", "status", "reachable"],
                   _rows(result.get("members", []), ["id", "status", "reachable"]),
@@ -690,17 +713,20 @@ async def transfers(client: Client) -> Outcome:
 
 
 @command(main, "repair", "dynctl repair", "dynctl repair -b carts --partition 12",
-         default_timeout=REPAIR_TIMEOUT)
+         connect=False)
 @click.option("--bucket", "-b", metavar="NAME", help="Only this bucket (default: all).")
 @click.option("--partition", type=click.IntRange(min=0), help="Only this partition.")
-async def repair(client: Client, bucket: str | None, partition: int | None) -> Outcome:
+async def repair(session: Session, bucket: str | None, partition: int | None) -> Outcome:
     """Run anti-entropy exchanges now and wait for them; prints keys compared and repaired.
 
     The deadline is --timeout, 300 s unless given.
     """
     fields = {name: value for name, value in (("bucket", bucket), ("partition", partition))
               if value is not None}
-    result = await client.call("repair", **fields)
+    with session.output.progress(plain=False) as report:
+        report("repairing: anti-entropy exchanges running")
+        async with session.settings.connect(REPAIR_TIMEOUT) as client:
+            result = await client.call("repair", **fields)
     return Outcome(result, lambda out: out.fields(result))
 
 
@@ -713,5 +739,30 @@ async def stats(client: Client) -> Outcome:
     result = await client.call("stats")
     rows = [[op, *(numbers.get(column) for column in _STATS_COLUMNS)]
             for op, numbers in sorted(result.get("ops", {}).items())]
-    return Outcome(result, lambda out: out.table("op", ["op", *_STATS_COLUMNS], rows,
-                                                 title=f"latency (ms) on {result.get('node')}"))
+
+    def render(out: Output) -> None:
+        if out.terminal:
+            out.console.print(stats_panel(result, _STATS_COLUMNS))
+            return
+        out.table("op", ["op", *_STATS_COLUMNS], rows)
+        out.table("event", ["name", "count"], sorted(result.get("events", {}).items()))
+        out.table("gauge", ["name", "value"], sorted(result.get("gauges", {}).items()))
+    return Outcome(result, render)
+
+
+bench.register(main, command)
+
+
+# -- shell completion --------------------------------------------------------------------
+
+@main.command("completion", epilog=_examples([
+    "dynctl completion bash > ~/.local/share/bash-completion/completions/dynctl",
+    "eval \"$(_DYNCTL_COMPLETE=bash_source dynctl)\"   # the same, in ~/.bashrc",
+    "dynctl completion fish > ~/.config/fish/completions/dynctl.fish",
+    "dynctl completion zsh > \"${fpath[1]}/_dynctl\""]))
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the completion script of SHELL (what _DYNCTL_COMPLETE=SHELL_source prints)."""
+    script_class = get_completion_class(shell)
+    assert script_class is not None  # click ships bash, zsh and fish
+    click.echo(script_class(main, {}, "dynctl", "_DYNCTL_COMPLETE").source())

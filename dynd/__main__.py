@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 
@@ -15,6 +16,9 @@ import trio
 
 from common.config import Config, ConfigError, load_config, parse_hostport
 from common.errors import DynError
+from dynd import security
+from dynd.metrics import register_node_gauges
+from dynd.metrics_http import serve_metrics
 from dynd.node import Node
 from dynd.server import Server
 from dynd.storage import Storage
@@ -70,7 +74,20 @@ def sd_notify(state: str) -> None:
             log.warning("event=sd_notify_failed error=%r", exc)
 
 
-async def serve(config: Config, formatter: EventFormatter) -> None:
+def tls_contexts(config: Config) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(listener context, peer-dialling context), or (None, None) without [tls].
+
+    Raises security.TLSSetupError when a file is missing or unusable.
+    """
+    if config.tls is None:
+        return None, None
+    security.check_files(config.tls)
+    return security.server_context(config.tls), security.client_context(config.tls)
+
+
+async def serve(config: Config, formatter: EventFormatter,
+                server_tls: ssl.SSLContext | None = None,
+                peer_tls: ssl.SSLContext | None = None) -> None:
     host, port = parse_hostport(config.listen)
     if host not in ("127.0.0.1", "localhost", "::1") and config.tls is None:
         log.warning("event=plaintext_listener listen=%s msg=%r", config.listen,
@@ -81,12 +98,16 @@ async def serve(config: Config, formatter: EventFormatter) -> None:
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
-        node = Node(config, storage, TcpTransport(), addr=f"{host}:{bound}")
+        node = Node(config, storage, TcpTransport(peer_tls), addr=f"{host}:{bound}")
         formatter.node_id = node.id
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
-            await nursery.start(Server(node.handle, config.limits).serve, listeners)
-            log.info("event=listening addr=%s:%d data_dir=%s", host, bound, config.data_dir)
+            register_node_gauges(node)
+            if config.metrics_listen:
+                await nursery.start(serve_metrics, config.metrics_listen, node.stats.registry)
+            await nursery.start(Server(node.handle, config.limits, server_tls).serve, listeners)
+            log.info("event=listening addr=%s:%d data_dir=%s tls=%s", host, bound,
+                     config.data_dir, "mutual" if server_tls is not None else "off")
             sd_notify("READY=1")
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
@@ -123,7 +144,8 @@ def main(config_path: str | None, check_config: bool, **flags: object) -> None:
     flags["seeds"] = list(flags["seeds"])  # type: ignore[arg-type]
     try:
         config = load_config(config_path, flags)
-    except ConfigError as exc:
+        server_tls, peer_tls = tls_contexts(config)
+    except (ConfigError, security.TLSSetupError) as exc:
         click.echo(f"dynd: {exc}", err=True)
         sys.exit(2)
     if check_config:
@@ -131,7 +153,7 @@ def main(config_path: str | None, check_config: bool, **flags: object) -> None:
         return
     formatter = setup_logging(config)
     try:
-        trio.run(serve, config, formatter)
+        trio.run(serve, config, formatter, server_tls, peer_tls)
     except DynError as exc:
         log.error("event=fatal error=%r", exc.message)
         sys.exit(2)

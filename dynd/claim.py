@@ -187,10 +187,13 @@ def _quota(ring_size: int, members: Sequence[Claimant], kept: Counter[str]) -> _
 
 
 def _spread(counts: Sequence[tuple[str, int]], length: int) -> list[str]:
-    """`length` labels, each label `count` times, as evenly spaced as possible:
-    the j-th copy of a label with count c sits near (j + 1/2) * length / c."""
+    """`length` labels, each label `count` times, as evenly spaced as possible
+    round the ring: the j-th copy of the r-th of k labels, with count c, sits
+    near (j + (r + 1/2) / k) * length / c. The phase (r + 1/2) / k staggers the
+    labels' first copies, so they do not bunch up where the ring wraps."""
+    k = len(counts)
     slots = [
-        (Fraction((2 * j + 1) * length, 2 * count), rank, label)
+        (Fraction((2 * j * k + 2 * rank + 1) * length, 2 * k * count), rank, label)
         for rank, (label, count) in enumerate(counts)
         for j in range(count)
     ]

@@ -91,6 +91,8 @@ class Handoff:
         config = self.node.config.handoff
         while True:
             await trio.sleep(config.interval)
+            self.node.stats.hint_ages.check(self.node.id, self.node.storage.hint_counts(),
+                                            trio.current_time(), config.hint_warn_age)
             for target in sorted(self.node.storage.hint_counts()):
                 if self.node.is_up(target) or target not in self.node.state.members:
                     await self.deliver_hints(target)
@@ -139,6 +141,7 @@ class Handoff:
                 try:
                     await self._pull_all(state.epoch, mine)
                 except DynError as exc:
+                    self.node.stats.count("transfer_stalled")
                     log.warning("event=transfer_stalled node=%s epoch=%d error=%r",
                                 self.node.id, state.epoch, exc.message)
             with trio.move_on_after(1.0):

@@ -4,21 +4,50 @@ Two views of the same measurements: HDR histograms for `dynctl stats`
 (exact percentiles, including p99.9) and a prometheus-client registry for the
 `metrics_listen` endpoint. The registry is per node, not the global default,
 so the simulator can run many nodes in one process.
+
+Counters are bumped where things happen (`Stats.observe`, `Stats.count`);
+live state (hints pending, members, phi, epoch, storage size) is read from the
+node at scrape time by `NodeCollector`, so nothing has to remember to update
+a gauge. `HintAgeWatch` turns hint counts into ages, since storage keeps no
+hint timestamps.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import Counter as Tally
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import trio
 from hdrh.histogram import HdrHistogram
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from common.errors import Unavailable
+from dynd import membership
+
+if TYPE_CHECKING:
+    from dynd.node import Node
+
+log = logging.getLogger("dynd.metrics")
 
 _MAX_MICROS = 120_000_000  # latencies above two minutes are clamped
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
+
+# Coordinated client ops: an `unavailable` answer to one of them is a quorum failure (quorum
+# not met, deadline passed, or no replica reachable; the client sees the same exit code 4).
+QUORUM_OPS = frozenset({"get", "put", "delete"})
+
+# Events exported from the first scrape on (at 0), so that rate() works before the first one.
+KNOWN_EVENTS = ("quorum_failure", "read_repair", "hint_stored", "hint_delivered",
+                "transfer_keys", "transfer_completed", "transfer_stalled",
+                "antientropy_compared", "antientropy_repaired", "tombstones_reaped")
 
 
 class Stats:
@@ -45,6 +74,10 @@ class Stats:
             "dynd_get_siblings", "Live siblings returned per get",
             buckets=(1, 2, 3, 5, 10, 20, 50, 100), registry=self.registry,
         )
+        for event in KNOWN_EVENTS:
+            self.event_counter.labels(event)
+        self.hint_ages = HintAgeWatch()
+        self._collector: NodeCollector | None = None
 
     def observe(self, op: str, outcome: str, seconds: float) -> None:
         """Record one served request (`outcome` is "ok" or an error code)."""
@@ -56,14 +89,24 @@ class Stats:
             self._errors[op] += 1
         self.requests.labels(op, outcome).inc()
         self.latency.labels(op).observe(seconds)
+        if outcome == Unavailable.code and op in QUORUM_OPS:
+            self.count("quorum_failure")
 
     def count(self, event: str, amount: int = 1) -> None:
+        """Bump an internal event counter (see KNOWN_EVENTS for the usual names)."""
         self.events[event] += amount
         self.event_counter.labels(event).inc(amount)
 
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """Expose a live value (hints pending, storage bytes, ...) read at scrape time."""
         Gauge(name, doc, registry=self.registry).set_function(read)
+
+    def watch_node(self, collector: NodeCollector) -> None:
+        """Export the node's live state with the counters (once per Stats)."""
+        if self._collector is not None:
+            raise ValueError(f"node {self.node_id} is already watched")
+        self.registry.register(collector)
+        self._collector = collector
 
     def summary(self) -> dict[str, Any]:
         """Per-operation counts and latency percentiles in milliseconds."""
@@ -78,4 +121,153 @@ class Stats:
                 },
                 "max": h.get_max_value() / 1000,
             }
-        return {"ops": ops, "events": dict(self.events)}
+        summary: dict[str, Any] = {"ops": ops, "events": dict(self.events)}
+        if self._collector is not None:
+            summary["gauges"] = self._collector.read().totals()
+        return summary
+
+
+
+class HintAgeWatch:
+    """How long each target has had hints pending without a break, as seen by this node.
+
+    Storage keeps no hint timestamps, so the age of a target's hints is measured from the
+    first check that saw any for it; it resets once the target has none. `check` logs one
+    warning when the age crosses `warn_after`, and again every `warn_after` seconds while
+    the hints stay (one line per event, not one per check).
+    """
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}
+        self._warned: dict[str, float] = {}
+        self.ages: dict[str, float] = {}  # as of the last check
+
+    def check(self, node_id: str, counts: Mapping[str, int], now: float,
+              warn_after: float) -> list[str]:
+        """Update the ages from the hint counts per target; return the targets warned about."""
+        if warn_after <= 0:
+            raise ValueError(f"warn_after must be positive, got {warn_after!r}")
+        pending = {target for target, count in counts.items() if count > 0}
+        for gone in set(self._since) - pending:
+            del self._since[gone]
+            self._warned.pop(gone, None)
+        warned = []
+        for target in sorted(pending):
+            since = self._since.setdefault(target, now)
+            age = now - since
+            last_warning = self._warned.get(target)
+            if age >= warn_after and (last_warning is None or now - last_warning >= warn_after):
+                self._warned[target] = now
+                warned.append(target)
+                log.warning("event=hints_old node=%s target=%s hints=%d pending_seconds=%.0f "
+                            "warn_after=%g", node_id, target, counts[target], age, warn_after)
+        self.ages = {target: now - since for target, since in self._since.items()}
+        return warned
+
+
+@dataclass(frozen=True)
+class NodeReadings:
+    """One consistent read of a node's live state, for a scrape or `dynctl stats`."""
+
+    node: str
+    epoch: int
+    ring_balance: float
+    partitions_owned: int
+    members: dict[str, tuple[str, bool]]  # id -> (status, reachable)
+    phi: dict[str, float]  # peer -> phi (inf once it is silent for long)
+    hints: dict[str, int]
+    hint_ages: dict[str, float]
+    transfers_pending: int
+    storage_bytes: int
+    gossip_rounds: int
+    gossip_bytes_sent: int
+    last_antientropy: float | None  # wall-clock seconds of the newest exchange
+
+    def totals(self) -> dict[str, Any]:
+        """The scalars of `dynctl stats`: what the labelled families add up to."""
+        up = sum(1 for status, reachable in self.members.values()
+                 if reachable and status != "removed")
+        down = sum(1 for status, reachable in self.members.values()
+                   if not reachable and status != "removed")
+        return {"epoch": self.epoch, "members_up": up, "members_down": down,
+                "hints_pending": sum(self.hints.values()),
+                "oldest_hints_seconds": round(max(self.hint_ages.values(), default=0.0), 1),
+                "transfers_pending": self.transfers_pending, "storage_bytes": self.storage_bytes,
+                "gossip_rounds": self.gossip_rounds, "last_antientropy": self.last_antientropy}
+
+
+class NodeCollector(Collector):
+    """Reads a node's live state at scrape time (clock: the node's monotonic clock)."""
+
+    def __init__(self, node: Node, clock: Callable[[], float] = trio.current_time) -> None:
+        self.node = node
+        self.clock = clock
+
+    def read(self) -> NodeReadings:
+        node = self.node
+        state = node.state
+        ring = node.ring()
+        detector = node.detector.snapshot(self.clock())
+        exchanges = [r.last_exchange for r in node.antientropy.records.values()
+                     if r.last_exchange is not None]
+        return NodeReadings(
+            node=node.id, epoch=state.epoch, ring_balance=ring.balance(),
+            partitions_owned=ring.counts().get(node.id, 0),
+            members={m: (membership.member_status(state, m), node.is_up(m))
+                     for m in sorted(state.members)},
+            phi={peer: float(info["phi"]) for peer, info in detector.items()},
+            hints=node.storage.hint_counts(), hint_ages=dict(node.stats.hint_ages.ages),
+            transfers_pending=len(membership.pending_transfers(state)),
+            storage_bytes=node.storage.approximate_size(),
+            gossip_rounds=node.gossip.rounds, gossip_bytes_sent=node.gossip.bytes_sent,
+            last_antientropy=max(exchanges, default=None),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        r = self.read()
+        yield _gauge("dynd_node_info", "This node's id (value 1)", {"node": {r.node: 1}})
+        yield _gauge("dynd_ring_epoch", "Ring epoch this node has adopted", r.epoch)
+        yield _gauge("dynd_ring_balance", "Partitions of the largest owner / mean", r.ring_balance)
+        yield _gauge("dynd_ring_partitions_owned", "Partitions this node owns",
+                     r.partitions_owned)
+        yield _gauge("dynd_member_up", "1 if this node sees the member as reachable",
+                     {"member": {m: int(reachable) for m, (_, reachable) in r.members.items()}})
+        statuses = Tally(status for status, _ in r.members.values())
+        yield _gauge("dynd_members", "Members per status", {"status": dict(statuses)})
+        yield _gauge("dynd_detector_phi", "Phi-accrual suspicion per peer (+Inf: silent)",
+                     {"peer": r.phi})
+        yield _gauge("dynd_hints_pending", "Hints held for each target node",
+                     {"target": r.hints})
+        yield _gauge("dynd_hints_pending_seconds",
+                     "How long each target has had hints pending, as seen by this node",
+                     {"target": r.hint_ages})
+        yield _gauge("dynd_transfers_pending", "Partition transfers of this epoch not done yet",
+                     r.transfers_pending)
+        yield _gauge("dynd_storage_bytes", "Bytes of the RocksDB directory", r.storage_bytes)
+        yield _gauge("dynd_antientropy_last_exchange_timestamp_seconds",
+                     "Wall-clock time of the newest anti-entropy exchange (NaN: none yet)",
+                     math.nan if r.last_antientropy is None else r.last_antientropy)
+        yield CounterMetricFamily("dynd_gossip_rounds", "Gossip exchanges completed",
+                                  value=r.gossip_rounds)
+        yield CounterMetricFamily("dynd_gossip_sent_bytes", "Bytes of gossip sent",
+                                  value=r.gossip_bytes_sent)
+
+
+def _gauge(name: str, doc: str,
+           value: float | Mapping[str, Mapping[str, float]]) -> GaugeMetricFamily:
+    """A gauge family: one value, or `{label: {label_value: value}}` for one label."""
+    if not isinstance(value, Mapping):
+        return GaugeMetricFamily(name, doc, value=value)
+    ((label, values),) = value.items()
+    family = GaugeMetricFamily(name, doc, labels=[label])
+    for label_value, number in sorted(values.items()):
+        family.add_metric([label_value], number)
+    return family
+
+
+def register_node_gauges(node: Node, clock: Callable[[], float] = trio.current_time) -> None:
+    """Export `node`'s live state in its Stats registry and in `dynctl stats`.
+
+    Call once the node's storage is open; reads happen at scrape time, inside trio.
+    """
+    node.stats.watch_node(NodeCollector(node, clock))

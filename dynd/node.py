@@ -34,6 +34,7 @@ from dynd.membership import ClusterState, Member
 from dynd.metrics import Stats
 from dynd.replica import Replica
 from dynd.ring import Ring, Target, partition_of
+from dynd.security import authorize
 from dynd.server import Peer
 from dynd.storage import Batch, Storage, Ticket
 from dynd.transport import Transport
@@ -288,6 +289,7 @@ class Node:
         start = trio.current_time()
         outcome = "ok"
         try:
+            authorize(request, peer, self.config.tls, self.state.members)
             return await self._handlers[request.op](request.fields, peer)
         except DynError as exc:
             outcome = exc.code

@@ -4,14 +4,19 @@ Per connection: one reader loop (decode, validate, admit) and one writer task
 that coalesces every queued response into a single send. Requests run as
 tasks in the connection's nursery, bounded by `max_inflight_per_connection`
 (the reader stops reading while the bound is reached: back-pressure, not
-unbounded queues). Idle connections and half-sent frames (slow loris) are
-closed on their deadlines. Nothing a client sends can end `serve`: every
-failure is confined to its connection.
+unbounded queues); it also stops while more than `max_frame_bytes` of answers
+wait for a client that does not read them. Deadlines, all from `Limits`:
+`idle_timeout` between frames; `frame_timeout` to deliver a frame once its
+first byte arrived (so a slow loris trickling bytes is closed however it paces
+them), to complete the TLS handshake, and for each send to a client that does
+not read. Nothing a client sends can end `serve`: every failure is confined to
+its connection.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,17 +45,30 @@ Handler = Callable[[Request, Peer], Awaitable[dict[str, Any]]]
 
 
 class FrameWriter:
-    """Queue encoded frames; one task sends everything queued in one send_all."""
+    """Queue encoded frames; one task sends everything queued in one send_all.
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    With ``send_timeout`` a send that the other side does not take within that many seconds
+    raises trio.TooSlowError (a client that stopped reading).
+    """
+
+    def __init__(self, stream: trio.abc.Stream, send_timeout: float = math.inf) -> None:
         self.stream = stream
+        self.send_timeout = send_timeout
         self._queue: list[bytes] = []
         self._wakeup = trio.Event()
         self._sending = False
+        self._unsent_bytes = 0
+        self._progress = trio.Event()
 
     def send(self, frame: bytes) -> None:
         self._queue.append(frame)
+        self._unsent_bytes += len(frame)
         self._wakeup.set()
+
+    async def wait_room(self, max_unsent_bytes: int) -> None:
+        """Back-pressure: wait while more than ``max_unsent_bytes`` are queued or sending."""
+        while self._unsent_bytes > max_unsent_bytes:
+            await self._progress.wait()
 
     async def drained(self) -> None:
         """Wait until everything queued so far has been handed to the stream."""
@@ -63,8 +81,12 @@ class FrameWriter:
             self._wakeup = trio.Event()
             data, self._queue = b"".join(self._queue), []
             self._sending = True
-            await self.stream.send_all(data)
+            with trio.fail_after(self.send_timeout):
+                await self.stream.send_all(data)
             self._sending = False
+            self._unsent_bytes -= len(data)
+            self._progress.set()
+            self._progress = trio.Event()
 
 
 class Server:
@@ -90,10 +112,17 @@ class Server:
             await trio.aclose_forcefully(stream)
             return
         self.connections += 1
+        # Nurseries wrap errors in groups, hence except*; a bug confined to one connection is
+        # logged, never allowed to end serve_listeners (and with it the node).
         try:
             await self.handle_connection(stream, address)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
-            log.debug("event=connection_lost peer=%s error=%r", address, exc)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError,
+                 OSError) as group:
+            log.debug("event=connection_lost peer=%s error=%r", address, group.exceptions[0])
+        except* trio.TooSlowError:
+            log.info("event=connection_timeout peer=%s reason=client_not_reading", address)
+        except* Exception:
+            log.exception("event=connection_crash peer=%s", address)
         finally:
             self.connections -= 1
             await trio.aclose_forcefully(stream)
@@ -102,12 +131,16 @@ class Server:
         identity = None
         if self.ssl_context is not None:
             stream = trio.SSLStream(stream, self.ssl_context, server_side=True)
-            with trio.fail_after(self.limits.frame_timeout):
-                await stream.do_handshake()
+            try:
+                with trio.fail_after(self.limits.frame_timeout):
+                    await stream.do_handshake()
+            except (trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+                log.warning("event=tls_refused peer=%s reason=%r", address, _tls_failure(exc))
+                return
             identity = _common_name(stream.getpeercert())
         peer = Peer(address, identity)
         decoder = FrameDecoder(self.limits.max_frame_bytes, self.limits.max_nesting)
-        writer = FrameWriter(stream)
+        writer = FrameWriter(stream, send_timeout=self.limits.frame_timeout)
         admission = trio.Semaphore(self.limits.max_inflight_per_connection)
         fatal: ProtocolError | None = None
         async with trio.open_nursery() as nursery:
@@ -131,18 +164,27 @@ class Server:
         self, stream: trio.abc.Stream, decoder: FrameDecoder, writer: FrameWriter,
         admission: trio.Semaphore, peer: Peer, nursery: trio.Nursery,
     ) -> None:
+        limits = self.limits
+        frame_deadline: float | None = None  # set when the first byte of a frame arrives
         while True:
+            await writer.wait_room(limits.max_frame_bytes)
             try:
                 message = decoder.next_message()
             except ProtocolError as exc:
                 if decoder.failed:
                     raise  # the stream cannot be resynchronised: hang up
+                frame_deadline = None
                 writer.send(encode_frame(messages.failure(0, exc)))
                 continue
             if message is None:
-                limits = self.limits
-                timeout = limits.frame_timeout if decoder.buffered else limits.idle_timeout
-                with trio.move_on_after(timeout) as scope:
+                if not decoder.buffered:
+                    frame_deadline = None
+                    deadline = trio.current_time() + limits.idle_timeout
+                elif frame_deadline is None:
+                    deadline = frame_deadline = trio.current_time() + limits.frame_timeout
+                else:
+                    deadline = frame_deadline
+                with trio.move_on_at(deadline) as scope:
                     data = await stream.receive_some(65536)
                 if scope.cancelled_caught:
                     log.info("event=connection_timeout peer=%s partial_frame=%s",
@@ -152,6 +194,7 @@ class Server:
                     return
                 decoder.receive_data(data)
                 continue
+            frame_deadline = None
             try:
                 request = messages.validate_request(message, self.limits)
             except DynError as exc:
@@ -182,6 +225,20 @@ def _address_of(stream: trio.SocketStream) -> str:
     except OSError:
         return "?"
     return f"{host}:{port}"
+
+
+def _tls_failure(exc: BaseException) -> str:
+    """The reason OpenSSL gave for a failed handshake (trio wraps it), else the exception."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {cause.verify_message}"
+        if isinstance(cause, ssl.SSLError):
+            return (cause.reason or str(cause)).lower().replace("_", " ")
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, trio.TooSlowError):
+        return "handshake not completed in time"
+    return repr(exc)
 
 
 def _common_name(cert: dict[str, Any] | None) -> str | None:

@@ -1,0 +1,121 @@
+"""TLS contexts of a node, and who may run which operation.
+
+With ``[tls]`` configured every connection is mutual TLS against one CA (``tls.ca``): the
+listener requires a client certificate, and a node dialling a peer presents its own
+certificate (serverAuth + clientAuth) and checks the peer's against the CA and the peer's
+host, exactly as dynctl does. The handshake is therefore the first gate: plaintext, no
+certificate, or a certificate of another CA never reaches a handler.
+
+The second gate, ``authorize``, decides per request from the certificate's common name (CN):
+
+- data and read-only ops (get, put, delete, status, ...): any certificate the CA signed;
+- admin ops (``messages.ADMIN_OPS``: membership changes, tokens, bucket set, repair): a CN
+  listed in ``tls.admins``;
+- peer ops (``p_*``): a CN that is the id of a member of this node's cluster state (any
+  status but ``removed``). Peer ops can overwrite replicas, reap tombstones and gossip a
+  cluster state, so "any certificate of the CA" would let every data client act as a node;
+  tying the node certificate's CN to the node id is the price. The one exception is
+  ``p_join``, which a node sends before it is a member: there the CN must be the id of the
+  member asking to join (a node may only stage itself, and a staged join still needs an
+  admin's ``cluster commit``).
+
+Without ``[tls]`` nothing is checked (the node then listens on loopback by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections.abc import Mapping
+
+from common.config import TLSConfig
+from common.errors import Unauthorized
+from common.messages import ADMIN_OPS, PEER_OPS, Request
+from dynd.membership import Member
+from dynd.server import Peer
+
+log = logging.getLogger("dynd.security")
+
+MIN_TLS_VERSION = ssl.TLSVersion.TLSv1_2
+
+
+class TLSSetupError(ValueError):
+    """A TLS file that is missing, unreadable or not a usable PEM (dynd exits 2)."""
+
+
+def check_files(tls: TLSConfig) -> None:
+    """Fail early, naming the setting, when a configured TLS file cannot be read."""
+    for setting in ("ca", "cert", "key"):
+        path = getattr(tls, setting)
+        if not os.path.isfile(path):
+            raise TLSSetupError(f"[tls] {setting} = {path!r}: no such file")
+        if not os.access(path, os.R_OK):
+            raise TLSSetupError(f"[tls] {setting} = {path!r}: not readable by this user")
+
+
+def server_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The listener's context: this node's certificate, and a client certificate required."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _load(context, tls)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The context a node dials peers with: it presents its own certificate and checks the
+    peer's against the CA and the host of the peer's address."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    _load(context, tls)
+    return context
+
+
+def _load(context: ssl.SSLContext, tls: TLSConfig) -> None:
+    context.minimum_version = MIN_TLS_VERSION
+    try:
+        context.load_verify_locations(cafile=tls.ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSSetupError(f"[tls] ca = {tls.ca!r}: cannot load CA certificates: {exc}") from exc
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSSetupError(f"[tls] cert = {tls.cert!r}, key = {tls.key!r}: cannot load the "
+                            f"certificate and its key (do they match?): {exc}") from exc
+
+
+def authorize(request: Request, peer: Peer, tls: TLSConfig | None,
+              members: Mapping[str, Member]) -> None:
+    """Raise Unauthorized (exit 5), and log it, unless ``peer`` may run ``request``.
+
+    ``members`` is this node's current view of the cluster, for peer ops.
+    """
+    if tls is None:
+        return
+    reason = _refusal(request, peer.identity, tls, members)
+    if reason is None:
+        return
+    log.warning("event=unauthorized op=%s peer=%s identity=%r reason=%r",
+                request.op, peer.address, peer.identity, reason)
+    raise Unauthorized(f"{request.op}: not authorized: {reason}")
+
+
+def _refusal(request: Request, identity: str | None, tls: TLSConfig,
+             members: Mapping[str, Member]) -> str | None:
+    """Why ``identity`` may not run ``request``, or None when it may."""
+    op = request.op
+    who = f"certificate CN {identity!r}" if identity is not None else "a certificate without CN"
+    if op in ADMIN_OPS:
+        if identity in tls.admins:
+            return None
+        return f"admin command needs a certificate whose CN is in [tls] admins; {who} is not"
+    if op == "p_join":
+        joining = request.fields["member"].get("id")
+        if identity is not None and identity == joining:
+            return None
+        return f"a node may only ask to join as itself; {who} asked for {joining!r:.70}"
+    if op in PEER_OPS:
+        member = members.get(identity) if identity is not None else None
+        if member is not None and member.status != "removed":
+            return None
+        return f"peer operation needs the certificate of a cluster member; {who} is not one"
+    return None
