@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/dynctl cluster up --nodes 3
 
-test: $(STAMP)
+test: $(STAMP) deps-system
 	$(BIN)/ruff check common dynd dynctl tests
 	$(BIN)/pytest -q
 
@@ -30,8 +30,27 @@ fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/fuzz_frames.py tests/fuzz/corpus -max_total_time=$(FUZZ_SECONDS) \
 		-artifact_prefix=tests/fuzz/crashes/ -print_final_stats=1
 
+# Debian packages the tests use: mandoc (man page lint), systemd (systemd-analyze verify).
+# A no-op when both are there; installs them as root, else says what is missing.
+.PHONY: deps-system
+deps-system:
+	@command -v mandoc >/dev/null && command -v systemd-analyze >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends mandoc systemd; \
+	  else echo "deps-system: not root: apt-get install mandoc systemd" >&2; fi; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check common dynd dynctl tests
+
+# Benchmarks: dynd against etcd (3 members) and Redis, all on 127.0.0.1 (tests/bench/).
+bench-deps: $(STAMP)
+	command -v etcd >/dev/null && command -v redis-server >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq etcd-server redis-server)
+	$(BIN)/pip install -q -e '.[bench,plot]'
+
+bench: bench-deps
+	$(BIN)/python -m tests.bench.compare
 
 clean:
 	rm -rf $(VENV) build *.egg-info

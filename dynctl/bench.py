@@ -17,8 +17,9 @@ a factory named ``"module:function"`` in a picklable ``Target``. dynd's driver m
 operations onto the client API this way: read is a get with the bucket's (or --r) R;
 insert is a blind put of a new key; update is a put carrying the context this process last
 saw for the key (YCSB's update overwrites the record, and a blind put would instead pile up
-siblings); read-modify-write is a get then a put with the context it read. A read that
-finds several siblings is counted (``outcomes.siblings``), not failed.
+siblings), preceded by a get the first time this process updates the key (counted in
+``outcomes.reads_before_update``); read-modify-write is a get then a put with the context
+it read. A read that finds several siblings is counted (``outcomes.siblings``), not failed.
 
 Limits: concurrency 1..``MAX_CONCURRENCY`` and at least one request per process; procs
 1..``MAX_PROCS``; value size 1 B..the client's value limit; the per-process context cache
@@ -35,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import click
@@ -72,7 +73,8 @@ _STARTUP_TIMEOUT = 60.0  # seconds for a client process to connect and report
 
 
 class Driver(Protocol):
-    """One store as the benchmark sees it; each method raises on failure."""
+    """One store as the benchmark sees it; each method raises on failure. A driver may also
+    count notable events in an ``outcomes`` Counter, which the report shows."""
 
     async def read(self, key: bytes) -> int:
         """Read the record; return how many values (siblings) were found."""
@@ -84,7 +86,8 @@ class Driver(Protocol):
     async def read_modify_write(self, key: bytes, value: bytes) -> None: ...
 
 
-DriverFactory = Callable[["Target", int], Any]  # (target, connections) -> async ctx manager
+# (target, connections, in_flight) -> async context manager yielding a Driver
+DriverFactory = Callable[["Target", int, int], Any]
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class DyndDriver:
         self._read_fields: dict[str, Any] = {"bucket": bucket} | ({"r": r} if r else {})
         self._write_fields: dict[str, Any] = {"bucket": bucket} | ({"w": w} if w else {})
         self._contexts: dict[bytes, str] = {}
+        self.outcomes: Counter[str] = Counter()  # reads_before_update: keys not seen yet
 
     def _client(self) -> Client:
         self._turn = (self._turn + 1) % len(self._clients)
@@ -173,7 +177,12 @@ class DyndDriver:
         return len((await self._get(key)).get("values") or ())
 
     async def update(self, key: bytes, value: bytes) -> None:
-        await self._put(key, value, self._contexts.get(key))
+        context = self._contexts.get(key)
+        if context is None:
+            self.outcomes["reads_before_update"] += 1
+            await self.read_modify_write(key, value)
+        else:
+            await self._put(key, value, context)
 
     async def insert(self, key: bytes, value: bytes) -> None:
         await self._put(key, value, None)
@@ -184,8 +193,10 @@ class DyndDriver:
 
 
 @asynccontextmanager
-async def open_dynd(target: Target, connections: int) -> AsyncIterator[DyndDriver]:
-    """``connections`` clients spread over the target's nodes (the driver factory of dynd)."""
+async def open_dynd(target: Target, connections: int, in_flight: int
+                    ) -> AsyncIterator[DyndDriver]:
+    """``connections`` clients spread over the target's nodes (the driver factory of dynd);
+    pipelining carries the ``in_flight`` requests over them."""
     options = target.options
     async with AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(Client.connect(
@@ -256,7 +267,10 @@ async def _run_phase(target: Target, config: BenchConfig, phase: str, proc_index
     recorder = _Recorder()
     in_flight = config.share(config.concurrency, proc_index)
     cpu_start, wall_start = time.process_time(), time.time()
-    async with _factory(target.factory)(target, min(config.connections, in_flight)) as driver:
+    connections = min(config.connections, in_flight)
+    shift = proc_index * connections % len(target.addrs)  # processes cover every node
+    target = replace(target, addrs=target.addrs[shift:] + target.addrs[:shift])
+    async with _factory(target.factory)(target, connections, in_flight) as driver:
         operations: Any
         if phase == "load":
             records = load_records(config.records, config.procs, proc_index)
@@ -302,6 +316,7 @@ async def _run_phase(target: Target, config: BenchConfig, phase: str, proc_index
                 for _ in range(in_flight):
                     workers.start_soon(worker)
             nursery.cancel_scope.cancel()
+        recorder.outcomes.update(getattr(driver, "outcomes", {}))
     return {"histograms": {op: h.encode() for op, h in recorder.histograms.items()},
             "errors": dict(recorder.errors), "outcomes": dict(recorder.outcomes),
             "completed": recorder.completed, "failed": recorder.failed,

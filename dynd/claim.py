@@ -98,12 +98,12 @@ def claim(
         missing = windows.total(plan)
         if missing == (0, 0):
             return tuple(plan)
-        fresh = windows.repaired(_striped(ring_size, members, want), None)
+        fresh = _fresh(windows, members, want)
         # Re-stripe only to meet a constraint the incremental plan misses; when
         # neither meets it (counts forbid), moving everything buys too little.
         if not _meets_more(windows.total(fresh), missing):
             return tuple(plan)
-    return tuple(fresh or windows.repaired(_striped(ring_size, members, want), None))
+    return tuple(fresh or _fresh(windows, members, want))
 
 
 def _meets_more(fresh: tuple[int, int], plan: tuple[int, int]) -> bool:
@@ -201,21 +201,31 @@ def _spread(counts: Sequence[tuple[str, int]], length: int) -> list[str]:
     return [label for _, _, label in slots]
 
 
-def _striped(ring_size: int, members: Sequence[Claimant], want: dict[str, int]) -> list[str]:
-    """A fresh plan that ignores the current one: zones spread evenly round the
-    ring, and within each zone its nodes spread evenly over the zone's
-    partitions, so equal nodes in equal zones come out as a plain stripe
-    (a1 b1 c1 a2 b2 c2 ...)."""
+def _fresh(windows: _Windows, members: Sequence[Claimant], want: dict[str, int]) -> list[str]:
+    """A plan that ignores the current one: the better (fewer missing nodes,
+    then zones) of two repaired stripes, one spreading zones first and then
+    nodes within each zone, one spreading nodes ordered round-robin over the
+    zones. Equal nodes in equal zones come out as a plain stripe
+    (a1 b1 c1 a2 b2 c2 ...) either way; they differ when zones or tokens are
+    uneven."""
     zone_of = {member.id: member.zone for member in members}
     by_zone: dict[str, list[tuple[str, int]]] = {}
     for node, count in want.items():
         if count:
             by_zone.setdefault(zone_of[node], []).append((node, count))
     zone_counts = [(zone, sum(c for _, c in nodes)) for zone, nodes in sorted(by_zone.items())]
-    node_queues = {
-        zone: iter(_spread(by_zone[zone], count)) for zone, count in zone_counts
-    }
-    return [next(node_queues[zone]) for zone in _spread(zone_counts, ring_size)]
+    node_queues = {zone: iter(_spread(by_zone[zone], count)) for zone, count in zone_counts}
+    zones_first = [next(node_queues[zone]) for zone in _spread(zone_counts, windows.ring_size)]
+    round_robin = [
+        entry
+        for rank in range(max(len(nodes) for nodes in by_zone.values()))
+        for _, nodes in sorted(by_zone.items())
+        if rank < len(nodes)
+        for entry in [nodes[rank]]
+    ]
+    nodes_first = _spread(round_robin, windows.ring_size)
+    candidates = [windows.repaired(plan, None) for plan in (zones_first, nodes_first)]
+    return min(candidates, key=windows.total)
 
 
 # Passes of the swap repair; each pass tries every window that falls short.

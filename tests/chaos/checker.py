@@ -1,0 +1,129 @@
+"""After the faults: wait for the replicas to converge, read everything back, compare.
+
+Convergence: every replica of every key (``replicas`` op, what ``dynctl replicas --json``
+prints) is reachable and reports the same context, and no fallback still holds a hint.
+It is polled without reading through the coordinator, so read repair does not help: what
+converges it is hinted handoff and anti-entropy alone.
+
+The set check (Jepsen's): every acknowledged element must be in the final read of its key
+(read with R=N after ``dynctl repair`` on every node); an element in the final read that
+no client ever attempted is *unexpected* (corruption or a resurrected value); an
+element attempted but not acknowledged may be present or absent (indeterminate).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from common.errors import DynError
+from dynctl.client import Client
+from tests.chaos.workload import cart_key, elements_of
+
+POLL_INTERVAL = 0.5  # seconds between two convergence sweeps
+REQUEST_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class SetResult:
+    """The outcome of the set check; ``ok`` when nothing acknowledged was lost and nothing
+    unexpected appeared."""
+
+    acknowledged: int
+    lost: dict[str, list[str]]        # key -> acknowledged elements missing in the final read
+    unexpected: dict[str, list[str]]  # key -> final elements no client attempted
+    indeterminate_present: int        # attempted, not acknowledged, yet stored
+    indeterminate_absent: int
+
+    @property
+    def lost_count(self) -> int:
+        return sum(map(len, self.lost.values()))
+
+    @property
+    def unexpected_count(self) -> int:
+        return sum(map(len, self.unexpected.values()))
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and not self.unexpected
+
+
+def check_set(attempted: Mapping[str, set[str]], acked: Mapping[str, set[str]],
+              final: Mapping[str, set[str]]) -> SetResult:
+    """Compare what clients attempted and were acknowledged with the final reads.
+
+    An acknowledged element must also be attempted; a key missing from ``final`` reads as
+    empty.
+    """
+    stray = {key: sorted(acked[key] - attempted.get(key, set())) for key in acked
+             if acked[key] - attempted.get(key, set())}
+    if stray:
+        raise ValueError(f"acknowledged but never attempted (history is broken): {stray}")
+    lost, unexpected = {}, {}
+    present = absent = 0
+    for key in set(attempted) | set(final):
+        tried, ok, seen = attempted.get(key, set()), acked.get(key, set()), final.get(key, set())
+        if ok - seen:
+            lost[key] = sorted(ok - seen)
+        if seen - tried:
+            unexpected[key] = sorted(seen - tried)
+        present += len((tried - ok) & seen)
+        absent += len(tried - ok - seen)
+    return SetResult(sum(map(len, acked.values())), lost, unexpected, present, absent)
+
+
+def replicas_agree(rows: Sequence[Mapping[str, Any]], n: int) -> bool:
+    """All ``n`` primaries reachable with one context, and no fallback holds a hint."""
+    primaries = [row for row in rows if row["role"] == "primary"]
+    return (len(primaries) == n and len(rows) == n
+            and all(row["reachable"] for row in rows)
+            and len({row["context"] for row in rows}) == 1)
+
+
+@dataclass
+class Convergence:
+    converged: bool
+    seconds: float            # from the call (the heal) until every key agreed, or gave up
+    sweeps: int
+    diverged_keys: list[str] = field(default_factory=list)  # at the end, when not converged
+
+
+async def wait_converged(addr: str, keys: int, n: int, timeout: float,
+                         bucket: str = "default") -> Convergence:
+    """Poll every key's replicas until all agree or ``timeout`` seconds pass."""
+    start = time.monotonic()
+    sweeps = 0
+    diverged = [cart_key(i) for i in range(keys)]
+    while True:
+        sweeps += 1
+        try:
+            async with Client.connect(addr, timeout=REQUEST_TIMEOUT) as client:
+                still = []
+                for key in diverged:
+                    result = await client.call("replicas", bucket=bucket, key=key.encode())
+                    if not replicas_agree(result["replicas"], n):
+                        still.append(key)
+                diverged = still
+        except DynError:
+            pass  # the polled node itself is still recovering: try again
+        elapsed = time.monotonic() - start
+        if not diverged or elapsed > timeout:
+            return Convergence(not diverged, elapsed, sweeps, diverged)
+        await trio.sleep(POLL_INTERVAL)
+
+
+async def final_read(addr: str, keys: int, r: int, bucket: str = "default"
+                     ) -> tuple[dict[str, set[str]], int]:
+    """Every cart read with R=``r``: its elements, and the most siblings one read had."""
+    final: dict[str, set[str]] = {}
+    most = 0
+    async with Client.connect(addr, timeout=REQUEST_TIMEOUT * 2) as client:
+        for i in range(keys):
+            obj = await client.get(cart_key(i), bucket=bucket, r=r)
+            final[cart_key(i)] = elements_of(obj)
+            most = max(most, len(obj.values))
+    return final, most
