@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint sim fuzz clean
+.PHONY: run test lint sim fuzz clean chaos deps-chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,23 @@ deps-system:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      --no-install-recommends mandoc systemd; \
 	  else echo "deps-system: not root: apt-get install mandoc systemd" >&2; fi; }
+
+# Chaos: 5 real nodes, one network namespace each, under kill -9, SIGSTOP, partitions and
+# packet loss, with Jepsen's set workload; prints the report (tests/chaos/run.py). Needs
+# root, iproute2 and iptables (deps-chaos installs them on Debian/Ubuntu when missing).
+CHAOS_SECONDS ?= 300
+deps-chaos:
+	@command -v ip >/dev/null && command -v tc >/dev/null && command -v iptables >/dev/null \
+		|| { [ "$$(id -u)" = 0 ] || { echo "deps-chaos: need root to install iproute2 iptables" >&2; exit 1; }; \
+		     apt-get install -y -q iproute2 iptables || { apt-get update -q && apt-get install -y -q iproute2 iptables; }; }
+
+chaos: $(STAMP) deps-chaos
+	$(BIN)/python -m tests.chaos.run --seconds $(CHAOS_SECONDS) --nodes 5
+
+# Many seeds of the fault simulator (tests/sim); a failure prints the seed that reproduces it.
+SEEDS ?= 100
+sim: $(STAMP)
+	PYTHONHASHSEED=0 SEEDS=$(SEEDS) $(BIN)/pytest -q -s -m slow tests/sim/test_sim_faults.py -k many
 
 lint: $(STAMP)
 	$(BIN)/ruff check common dynd dynctl tests

@@ -48,6 +48,14 @@ class Unavailable(DynError):
     exit_code = 4
 
 
+class Unreachable(Unavailable):
+    """The request was never sent (connection refused, peer in backoff): safe to send elsewhere.
+
+    Unlike a timeout, after which the peer may well have executed it, so a
+    non-idempotent request (a put, which mints a dot) must not be repeated.
+    """
+
+
 class Rejected(DynError):
     """Invalid input: too large, bad bucket, bad context, bad message."""
 

@@ -68,7 +68,7 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "p_put": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION,
               "clock": ((dict, list), True), "hint_for": (str, False)},
     "p_forward": {"req": (dict, True)},
-    "p_gossip": {"state": (dict, False), "heartbeats": (dict, False)},
+    "p_gossip": {"state": (dict, False), "heartbeats": (dict, False), "digest": (bytes, False)},
     "p_join": {"member": (dict, True)},
     "p_fetch": {"partition": _PARTITION, "after": (list, False), "limit": (int, True)},
     "p_tree": {"partition": _PARTITION, "level": (int, True), "indices": (list, True)},

@@ -390,6 +390,10 @@ def status_panel(result: Mapping[str, Any], now: float | None = None) -> Panel:
     return Panel(Group(*parts), title=title, title_align="left", expand=False)
 
 
+_FRIENDLY: dict[str, Callable[[Any], str]] = {
+    "storage_bytes": human_bytes, "last_antientropy": lambda moment: ago(moment, time.time())}
+
+
 def stats_panel(result: Mapping[str, Any], columns: Sequence[str]) -> Panel:
     """The ``stats`` dashboard: latency per operation, event counters, the node's gauges."""
     ops = Table(box=None, pad_edge=False, header_style="bold", title="latency (ms)",
@@ -406,7 +410,7 @@ def stats_panel(result: Mapping[str, Any], columns: Sequence[str]) -> Panel:
             table.add_column(style="bold")
             table.add_column(justify="right")
             for name, value in sorted(values.items()):
-                table.add_row(name, plain_value(value))
+                table.add_row(name, _FRIENDLY.get(name, plain_value)(value))
             parts += [Text(), Text(title, style="bold"), table]
     return Panel(Group(*parts), title=f"stats of {result.get('node')}", title_align="left",
                  expand=False)

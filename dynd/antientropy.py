@@ -130,15 +130,17 @@ class AntiEntropy:
             b, k = split_key_id(kid)
             if bucket is not None and b != bucket:
                 continue
-            await self._repair_key(partition, peer, b, k)
+            size = await self._repair_key(partition, peer, b, k)
             repaired += 1
             self.node.stats.count("antientropy_repaired")
-            await trio.sleep(1 / self.node.config.antientropy.keys_per_second)
+            config = self.node.config.antientropy
+            await trio.sleep(max(1 / config.keys_per_second, size / config.bytes_per_second))
         compared = len(set(local) | set(remote))
         self.node.stats.count("antientropy_compared", compared)
         return compared, repaired
 
-    async def _repair_key(self, partition: int, peer: str, bucket: str, key: bytes) -> None:
+    async def _repair_key(self, partition: int, peer: str, bucket: str, key: bytes) -> int:
+        """Merge both copies into both replicas; returns the merged object's size in bytes."""
         target = Target(peer, peer, "primary")
         theirs = await self.node.replica_get(target, partition, bucket, key)
         ours = self.node.replica.get(partition, bucket, key)
@@ -148,6 +150,7 @@ class AntiEntropy:
             await self.node.store_replica(partition, bucket, key, merged, None)
         if theirs is None or not context.equal(theirs, merged):
             await self.node.replica_put(target, partition, bucket, key, merged)
+        return sum(len(s.value or b"") for s in context.values(merged))
 
     async def repair_partition(self, partition: int, bucket: str | None = None) -> tuple[int, int]:
         record = self.records.setdefault(partition, ExchangeRecord(partition))

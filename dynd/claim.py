@@ -15,9 +15,11 @@ Approach (Riak's claim: incremental, check, else re-stripe): nodes under
 their target take partitions, orphaned ones first, from nodes over target,
 each at the spot that keeps its own partitions evenly spaced and the windows
 diverse; then pairwise swaps repair the windows that are still not diverse.
-If that leaves violations a fresh striped plan would avoid, the fresh plan
-wins. Cost grows as Q x moved partitions x n^2: well under a second for
-Q <= 1024 and up to 64 nodes, the sizes tested.
+If that misses a constraint a fresh striped plan meets, the fresh plan wins.
+Cost grows as Q x moved partitions x n^2, and the repair has a fixed budget:
+a join or leave takes milliseconds to a few tenths of a second for Q <= 1024
+and up to 64 nodes (the sizes tested); plans the counts make infeasible
+(uneven zones, n close to the node count) take up to a few seconds.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def claim(
     must be diverse (the largest bucket n). Entries of `current` that are not
     members (a removed or replaced node) are reassigned; to replace a node,
     pass `current` with the old id's partitions renamed to the new id, and
-    claim keeps them.
+    claim keeps them. Counts are those of :func:`targets`, except that a
+    round-up may go to a member that already owns it (still within one).
 
     Limits: ring_size as in check_ring_size; 1 <= n <= ring_size; at least one
     member, distinct ids; tokens >= 0 summing to at most ring_size; current of
@@ -92,24 +95,24 @@ def claim(
     quota = _quota(ring_size, members, kept)
     want = quota.settled()
     windows = _Windows(ring_size, n, {member.id: member.zone for member in members}, want)
-    fresh = None
-    if current is not None and kept:
-        plan = windows.repaired(_take_over(ring_size, quota, current, windows), current)
-        missing = windows.total(plan)
-        if missing == (0, 0):
-            return tuple(plan)
-        fresh = _fresh(windows, members, want)
-        # Re-stripe only to meet a constraint the incremental plan misses; when
-        # neither meets it (counts forbid), moving everything buys too little.
-        if not _meets_more(windows.total(fresh), missing):
-            return tuple(plan)
-    return tuple(fresh or _fresh(windows, members, want))
+    if current is None or not kept:
+        return tuple(_fresh(windows, members, want))
+    plan = windows.repaired(_take_over(ring_size, quota, current, windows), current)
+    missing = windows.total(plan)
+    if missing == (0, 0):
+        return tuple(plan)
+    # Re-stripe only to meet a constraint the incremental plan misses; when
+    # neither meets it (the counts forbid it), moving everything buys too little.
+    fresh = _fresh(windows, members, want)
+    return tuple(fresh if _meets_more(windows.total(fresh), missing) else plan)
 
 
 def _meets_more(fresh: tuple[int, int], plan: tuple[int, int]) -> bool:
-    """Whether `fresh` meets the node constraint that `plan` misses, or the
-    zone constraint with the node constraint met by both."""
-    return (fresh[0] == 0 < plan[0]) or (fresh == (0, 0) and plan[0] == 0 < plan[1])
+    """Whether `fresh` leaves fewer windows short of distinct nodes than `plan`
+    (or as few, and fewer short of zones). A window short of distinct nodes
+    puts two replicas of its keys on one node, so diversity wins over
+    movement whenever the counts allow better."""
+    return fresh < plan
 
 
 def moves(old: Sequence[str], new: Sequence[str]) -> list[tuple[int, str, str]]:
@@ -217,19 +220,21 @@ def _fresh(windows: _Windows, members: Sequence[Claimant], want: dict[str, int])
     node_queues = {zone: iter(_spread(by_zone[zone], count)) for zone, count in zone_counts}
     zones_first = [next(node_queues[zone]) for zone in _spread(zone_counts, windows.ring_size)]
     round_robin = [
-        entry
+        nodes[rank]
         for rank in range(max(len(nodes) for nodes in by_zone.values()))
         for _, nodes in sorted(by_zone.items())
         if rank < len(nodes)
-        for entry in [nodes[rank]]
     ]
     nodes_first = _spread(round_robin, windows.ring_size)
     candidates = [windows.repaired(plan, None) for plan in (zones_first, nodes_first)]
     return min(candidates, key=windows.total)
 
 
-# Passes of the swap repair; each pass tries every window that falls short.
+# Bounds on the swap repair: passes over the windows that fall short, and
+# swaps weighed in all (about 10 us each with n = 3); feasible plans need far
+# fewer, infeasible ones (uneven zones, huge tokens) would otherwise grind.
 REPAIR_PASSES = 8
+REPAIR_BUDGET = 40_000
 
 
 class _Windows:
@@ -269,10 +274,12 @@ class _Windows:
 
     def repaired(self, owners: list[str], current: Sequence[str] | None) -> list[str]:
         """Swap pairs of partitions while that lowers (missing nodes, missing
-        zones, partitions moved away from `current`), lexicographically, for
-        at most REPAIR_PASSES passes over the windows that fall short.
-        Swaps keep every count, so balance is untouched."""
+        zones, partitions moved away from `current`), lexicographically.
+        Swaps keep every count, so balance is untouched. Effort is bounded:
+        at most REPAIR_PASSES passes over the windows that fall short and
+        REPAIR_BUDGET swaps weighed, which only counts limits can exhaust."""
         size, n = self.ring_size, self.n
+        budget = REPAIR_BUDGET
 
         def moved(position: int) -> int:
             return 0 if current is None else int(owners[position] != current[position])
@@ -280,13 +287,18 @@ class _Windows:
         for _ in range(REPAIR_PASSES):
             improved = False
             for start in range(size):
-                if self.cost(owners, start) == (0, 0):
+                missing = self.cost(owners, start)
+                if missing == (0, 0):
                     continue
+                zones_only = missing[0] == 0
                 for p in [(start + offset) % size for offset in range(n)]:
                     best: tuple[tuple[int, int, int], int] | None = None
                     for q in range(size):
-                        if owners[q] == owners[p] or self._clashes(owners, p, q):
+                        if owners[q] == owners[p] or self._clashes(owners, p, q, zones_only):
                             continue
+                        budget -= 1
+                        if budget < 0:
+                            return owners
                         before = (*self.around(owners, (p, q)), moved(p) + moved(q))
                         owners[p], owners[q] = owners[q], owners[p]
                         after = (*self.around(owners, (p, q)), moved(p) + moved(q))
@@ -302,17 +314,24 @@ class _Windows:
                 break
         return owners
 
-    def _clashes(self, owners: Sequence[str], p: int, q: int) -> bool:
+    def _clashes(self, owners: Sequence[str], p: int, q: int, zones_too: bool) -> bool:
         """Cheap pre-check of swapping p and q: whether either node would land
-        within n-1 of itself while every window needs n distinct nodes. Such
-        a swap would nearly never pay off, and skipping it keeps repair fast."""
+        within n-1 of itself while every window needs n distinct nodes (or,
+        with `zones_too`, of its zone while every window needs n zones). Such
+        a swap nearly never pays off, and skipping it keeps repair fast."""
         size, n = self.ring_size, self.n
-        if self.node_need < n:
+        nodes_strict = self.node_need == n
+        zones_strict = zones_too and self.zone_need == n
+        if not (nodes_strict or zones_strict):
             return False
         for node, here, leaves in ((owners[p], q, p), (owners[q], p, q)):
+            zone = self.zone_of[node]
             for d in (*range(1 - n, 0), *range(1, n)):
                 r = (here + d) % size
-                if (owners[here] if r == leaves else owners[r]) == node:  # after the swap
+                other = owners[here] if r == leaves else owners[r]  # after the swap
+                if (nodes_strict and other == node) or (
+                    zones_strict and self.zone_of[other] == zone
+                ):
                     return True
         return False
 

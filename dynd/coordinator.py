@@ -17,7 +17,7 @@ import trio
 
 from common import context
 from common.context import DVVSet
-from common.errors import DynError, Unavailable
+from common.errors import DynError, Unavailable, Unreachable
 from dynd.quorum import GetCore, PutCore
 from dynd.ring import Target
 
@@ -54,7 +54,8 @@ class Coordinator:
     async def get(self, bucket: str, key: bytes, r: int | None) -> dict[str, Any]:
         n, r, _ = self.node.quorum_sizes(bucket, r=r)
         place = self.node.placement(bucket, key, n)
-        core = GetCore(r=min(r, len(place.targets)), n=len(place.targets))
+        # R counts distinct replicas: never lowered to the few this node finds reachable.
+        core = GetCore(r=r, n=len(place.targets))
         decided = trio.Event()
 
         async def ask(target: Target) -> None:
@@ -117,18 +118,31 @@ class Coordinator:
         n, _, w = self.node.quorum_sizes(bucket, w=w)
         place = self.node.placement(bucket, key, n)
         me = next((t for t in place.targets if t.node == self.node.id), None)
-        if me is None and forward is not None:
+        if (me is None or me.role != "primary") and forward is not None:
+            # Only a primary's copy holds every dot its actor minted for the key; a dot
+            # minted on a fallback's hint copy can repeat one already handed back and be
+            # silently dropped at the primary (tests/sim seed 5). Prefer a primary.
             for target in place.targets:
+                if target.role != "primary" or target.node == self.node.id:
+                    continue
                 try:
                     return await forward(target.node)
-                except Unavailable as exc:
+                except Unreachable as exc:  # never sent: the next primary may take it
                     self.node.suspect(target.node, exc.message)
-        hint_for = None if me is None or me.role == "primary" else me.primary
+        if me is None:  # no preference-list node took the forward: keep it as a hint
+            hint_for = place.targets[0].primary if place.targets else None
+        else:
+            hint_for = None if me.role == "primary" else me.primary
+        if hint_for is not None:
+            self.node.stats.count("hint_stored")
+        actor = self.node.actor if hint_for is None else self.node.fallback_actor()
         clock, ticket = self.node.replica.coordinate(
-            place.partition, bucket, key, value, client_context, self.node.actor,
+            place.partition, bucket, key, value, client_context, actor,
             self.node.wall_ms(), hint_for,
         )
-        core = PutCore(w=min(w, max(len(place.targets), 1)), n=max(len(place.targets), 1))
+        # W counts distinct nodes holding the write: never lowered to the few reachable
+        # ones, or one node could acknowledge alone and then lose its disk (tests/sim seed 8).
+        core = PutCore(w=w, n=max(len(place.targets), 1))
         decided = trio.Event()
 
         async def local() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import cbor2
 import trio
 
 from common.errors import DynError, Rejected
@@ -40,6 +41,8 @@ class Gossip:
         self.heartbeats: dict[str, Heartbeat] = {}
         self.rounds = 0
         self.bytes_sent = 0
+        self._digested: membership.ClusterState | None = None
+        self._last_digest = b""
 
     def _heartbeat_wire(self) -> dict[str, list[int]]:
         self.heartbeats[self.node.id] = (self.generation, self.counter)
@@ -69,14 +72,22 @@ class Gossip:
             raise Rejected(f"invalid cluster state: {exc}") from None
         self.node.set_state(merged)
 
-    def _message(self) -> dict[str, Any]:
-        return {"state": membership.to_wire(self.node.state), "heartbeats": self._heartbeat_wire()}
+    def _digest(self) -> bytes:
+        """Digest of the current state, computed once per state object."""
+        if self._digested is not self.node.state:
+            self._digested = self.node.state
+            self._last_digest = membership.digest(self.node.state)
+        return self._last_digest
 
     async def op_p_gossip(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Heartbeats always; our state only when the caller's digest says it differs."""
+        self._absorb_heartbeats(fields.get("heartbeats"))
         if "state" in fields:
             self._merge(fields["state"])
-            self._absorb_heartbeats(fields.get("heartbeats"))
-        return self._message()
+        reply: dict[str, Any] = {"heartbeats": self._heartbeat_wire(), "digest": self._digest()}
+        if "state" not in fields and fields.get("digest") != reply["digest"]:
+            reply["state"] = membership.to_wire(self.node.state)
+        return reply
 
     def _pick_peer(self) -> str | None:
         """A random live-or-not member address; now and then a seed."""
@@ -88,13 +99,25 @@ class Gossip:
         return self.node.rng.choice(peers) if peers else None
 
     async def exchange(self, addr: str) -> None:
-        """One push-pull round with the node at `addr`."""
-        message = self._message()
-        reply = await self.node.transport.call(addr, "p_gossip", message,
-                                               self.node.config.gossip.interval * 2)
+        """One round with the node at `addr`: digests first, whole states only when they differ.
+
+        Steady state costs two small messages; a change costs one state each way.
+        """
+        timeout = self.node.config.gossip.interval * 2
+        hello = {"digest": self._digest(), "heartbeats": self._heartbeat_wire()}
+        reply = await self._send(addr, hello, timeout)
         self.rounds += 1
-        self._merge(reply["state"])
         self._absorb_heartbeats(reply.get("heartbeats"))
+        if "state" in reply:
+            self._merge(reply["state"])
+        if reply.get("digest") != self._digest():
+            push = {"state": membership.to_wire(self.node.state),
+                    "heartbeats": self._heartbeat_wire()}
+            await self._send(addr, push, timeout)
+
+    async def _send(self, addr: str, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.bytes_sent += len(cbor2.dumps(message))
+        return await self.node.transport.call(addr, "p_gossip", message, timeout)
 
     async def push_now(self) -> None:
         """After a local change (commit, staged change) tell every member at once."""
@@ -111,30 +134,51 @@ class Gossip:
                       exc.message)
 
     async def run(self) -> None:
-        interval = self.node.config.gossip.interval
+        """A round every interval (jittered) with `fanout` peers, within the byte budget."""
+        config = self.node.config.gossip
+        window_start, window_bytes = trio.current_time(), self.bytes_sent
         while True:
             self.counter += 1
-            addr = self._pick_peer()
-            if addr is not None:
-                await self._quiet_exchange(addr)
-            await trio.sleep(interval * (0.5 + self.node.rng.random()))
+            now = trio.current_time()
+            if now - window_start >= 1.0:
+                window_start, window_bytes = now, self.bytes_sent
+            if self.bytes_sent - window_bytes < config.max_bytes_per_second:
+                for addr in {self._pick_peer() for _ in range(config.fanout)} - {None}:
+                    await self._quiet_exchange(addr)
+            await trio.sleep(config.interval * (0.5 + self.node.rng.random()))
 
     async def recover_identity(self) -> None:
-        """A fresh data dir with seeds: if a seed's cluster lists our id, we are that member
-        recovering a lost disk: adopt its state and take an incarnation above the old one."""
-        for addr in self.node.config.seeds:
-            try:
-                reply = await self.node.transport.call(addr, "p_gossip", {}, 2.0)
-                remote = membership.from_wire(reply["state"])
-            except (DynError, MembershipError, KeyError) as exc:
-                log.info("event=seed_unreachable node=%s seed=%s error=%r", self.node.id, addr, exc)
-                continue
-            member = remote.members.get(self.node.id)
-            if member is None or member.status == "removed":
+        """A fresh data dir with seeds: ask them who we are before serving data.
+
+        If a seed's cluster lists our id, we are that member recovering a lost
+        disk: adopt its state and take an incarnation above the old one. If the
+        seeds answer without us, we are new: keep our own one-node cluster. While
+        no seed answers, keep asking: forming a cluster of our own then would
+        split the ring (tests/sim seed 10).
+        """
+        delay = 0.5
+        while True:
+            for addr in self.node.config.seeds:
+                if addr == self.node.addr:
+                    continue
+                try:
+                    reply = await self.node.transport.call(addr, "p_gossip", {}, 2.0)
+                    remote = membership.from_wire(reply["state"])
+                except (DynError, MembershipError, KeyError) as exc:
+                    log.info("event=seed_unreachable node=%s seed=%s error=%r",
+                             self.node.id, addr, getattr(exc, "message", str(exc)))
+                    continue
+                member = remote.members.get(self.node.id)
+                if member is not None and member.status != "removed":
+                    self.node.incarnation = max(self.node.incarnation, member.incarnation + 1)
+                    self.node.actor = f"{self.node.id}.{self.node.incarnation}"
+                    self.node.state = remote
+                    log.warning("event=recovering_lost_disk node=%s incarnation=%d seed=%s",
+                                self.node.id, self.node.incarnation, addr)
                 return
-            self.node.incarnation = max(self.node.incarnation, member.incarnation + 1)
-            self.node.actor = f"{self.node.id}.{self.node.incarnation}"
-            self.node.state = remote
-            log.warning("event=recovering_lost_disk node=%s incarnation=%d seed=%s",
-                        self.node.id, self.node.incarnation, addr)
-            return
+            if all(addr == self.node.addr for addr in self.node.config.seeds):
+                return
+            log.warning("event=waiting_for_seeds node=%s seeds=%s retry_in=%.1fs",
+                        self.node.id, ",".join(self.node.config.seeds), delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 10.0)

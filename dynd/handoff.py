@@ -52,6 +52,7 @@ class Handoff:
         self.node = node
         self.progress: dict[int, Progress] = {}
         self.hints_delivered = 0
+        self.cleaned_epoch = 0
 
     # ---- ops -------------------------------------------------------------------
 
@@ -121,6 +122,7 @@ class Handoff:
                     batch = Batch()
                     batch.delete_hint(target, partition, bucket, key)
                     self.node.storage.stage(batch)
+                    self.node.hints_released = True  # see Node.fallback_actor
                 delivered += 1
                 self.hints_delivered += 1
                 self.node.stats.count("hint_delivered")
@@ -136,7 +138,8 @@ class Handoff:
     async def _transfer_loop(self) -> None:
         while True:
             state = self.node.state
-            mine = [t for t in membership.pending_transfers(state) if t.target == self.node.id]
+            pending = membership.pending_transfers(state)
+            mine = [t for t in pending if t.target == self.node.id]
             if mine:
                 try:
                     await self._pull_all(state.epoch, mine)
@@ -144,8 +147,37 @@ class Handoff:
                     self.node.stats.count("transfer_stalled")
                     log.warning("event=transfer_stalled node=%s epoch=%d error=%r",
                                 self.node.id, state.epoch, exc.message)
+            elif not pending and state.epoch > self.cleaned_epoch:
+                await self.drop_foreign_partitions(state.epoch)
             with trio.move_on_after(1.0):
                 await self.node.state_changed.wait()
+
+    async def drop_foreign_partitions(self, epoch: int) -> None:
+        """Once an epoch's transfers are all done, delete the replicas this node no longer owns.
+
+        Their new owners hold them now. Keeping stale copies would waste disk and,
+        worse, let a later ring change make this node a primary again with values
+        that were deleted and reaped meanwhile (resurrection).
+        """
+        owned = self.node.owned_partitions()
+        dropped = 0
+        for partition in range(self.node.state.ring_size):
+            if partition in owned:
+                continue
+            while rows := self.node.storage.scan_partition(partition, limit=1000):
+                if self.node.state.epoch != epoch or partition in self.node.owned_partitions():
+                    return  # the ring moved on meanwhile: decide again next time
+                batch = Batch()
+                for bucket, key, _ in rows:
+                    batch.delete(partition, bucket, key)
+                await self.node.storage.write(batch)
+                dropped += len(rows)
+            self.node.replica.trees.pop(partition, None)
+            await trio.sleep(0)
+        self.cleaned_epoch = epoch
+        if dropped:
+            log.info("event=foreign_replicas_dropped node=%s epoch=%d keys=%d",
+                     self.node.id, epoch, dropped)
 
     def _needed(self) -> list[int]:
         """Key partitions whose primaries gain this node in the planned ring."""

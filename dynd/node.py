@@ -46,6 +46,7 @@ OpHandler = Callable[[dict[str, Any], Peer], Awaitable[dict[str, Any]]]
 META_NODE_ID = "node_id"
 META_INCARNATION = "incarnation"
 META_STATE = "state"
+META_HINT_GENERATION = "hint_generation"
 
 
 class Node:
@@ -74,6 +75,8 @@ class Node:
         self.stats = Stats(self.id)
         self.incarnation = int(storage.get_meta(META_INCARNATION) or b"0") + 1
         self.actor = f"{self.id}.{self.incarnation}"
+        self.hint_generation = int(storage.get_meta(META_HINT_GENERATION) or b"0")
+        self.hints_released = True  # hints may have been released before a crash
         raw_state = storage.get_meta(META_STATE)
         if raw_state is not None:
             self.state = membership.from_wire(cbor2.loads(raw_state))
@@ -280,6 +283,26 @@ class Node:
         except ValueError as exc:
             raise Rejected(f"invalid clock from peer: {exc}") from None
 
+    def fallback_actor(self) -> str:
+        """The actor for a dot minted on a hint copy (no primary of the key reachable).
+
+        A dot's counter comes from the copy it is minted on. A primary's data
+        copy keeps every dot its actor minted for the key, but a hint copy is
+        deleted once handed back, so a later fallback write to the same key
+        would mint the same dot again and one of the two values would vanish
+        on merge (tests/sim seeds 4, 10, 12, 17, 18; the chaos two-node kill).
+        So fallback dots get their own actor, renewed (and persisted) after
+        every hint release: a key's clock grows by one entry only per outage in
+        which no primary of it was reachable.
+        """
+        if self.hints_released:
+            self.hints_released = False
+            self.hint_generation += 1
+            batch = Batch()
+            batch.put_meta(META_HINT_GENERATION, str(self.hint_generation).encode())
+            self.storage.stage(batch)  # staged before the write it serves: durable first
+        return f"{self.actor}.h{self.hint_generation}"
+
     def wall_ms(self) -> int:
         return int(self.wall() * 1000)
 
@@ -289,6 +312,12 @@ class Node:
         start = trio.current_time()
         outcome = "ok"
         try:
+            if not self.ready.is_set() and request.op not in ("ping", "p_gossip"):
+                with trio.move_on_after(self.request_timeout):
+                    await self.ready.wait()
+                if not self.ready.is_set():
+                    raise Unavailable(f"node {self.id} is starting: waiting for its seeds "
+                                      f"{', '.join(self.config.seeds)} to recover its state")
             authorize(request, peer, self.config.tls, self.state.members)
             return await self._handlers[request.op](request.fields, peer)
         except DynError as exc:
@@ -309,6 +338,9 @@ class Node:
             await nursery.start(self.storage.run)
             if hasattr(self.transport, "run"):
                 await nursery.start(self.transport.run)
+            # Serve from here on: fresh peers bootstrapping at the same time may need our
+            # gossip answers; data ops wait for `ready` (see handle).
+            task_status.started()
             if self.fresh and self.config.seeds:
                 await self.gossip.recover_identity()
             await self.persist_identity()
@@ -321,7 +353,6 @@ class Node:
             self.ready.set()
             log.info("event=node_ready node=%s actor=%s addr=%s epoch=%d",
                      self.id, self.actor, self.addr, self.state.epoch)
-            task_status.started()
 
     def owned_partitions(self) -> set[int]:
         """Key partitions this node is a primary replica for, in the current ring."""

@@ -26,7 +26,7 @@ import trio
 
 from common import messages
 from common.codec import FrameDecoder, encode_frame
-from common.errors import DynError, ProtocolError
+from common.errors import DynError, ProtocolError, Unauthorized
 from common.limits import Limits
 from common.messages import Request
 
@@ -135,7 +135,14 @@ class Server:
                 with trio.fail_after(self.limits.frame_timeout):
                     await stream.do_handshake()
             except (trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
-                log.warning("event=tls_refused peer=%s reason=%r", address, _tls_failure(exc))
+                reason = _tls_failure(exc)
+                log.warning("event=tls_refused peer=%s reason=%r", address, reason)
+                if reason in _NOT_TLS:  # tell a plaintext client why, in its own protocol
+                    refusal = Unauthorized("this node accepts only TLS connections: use "
+                                           "--tls-ca, --tls-cert and --tls-key")
+                    with trio.move_on_after(1):
+                        await stream.transport_stream.send_all(
+                            encode_frame(messages.failure(0, refusal)))
                 return
             identity = _common_name(stream.getpeercert())
         peer = Peer(address, identity)
@@ -225,6 +232,10 @@ def _address_of(stream: trio.SocketStream) -> str:
     except OSError:
         return "?"
     return f"{host}:{port}"
+
+
+# OpenSSL's reasons for a first record that is not TLS at all (a plaintext client).
+_NOT_TLS = frozenset({"wrong version number", "http request", "unknown protocol"})
 
 
 def _tls_failure(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import trio
 
-from common.errors import Unavailable
+from common.errors import Unavailable, Unreachable
 from dynctl.client import Connection
 
 
@@ -64,7 +64,7 @@ class TcpTransport:
             retry_at, delay = self._backoff.get(addr, (0.0, 0.0))
             if trio.current_time() < retry_at:
                 wait = retry_at - trio.current_time()
-                raise Unavailable(f"{addr} unreachable (retrying in {wait:.1f}s)")
+                raise Unreachable(f"{addr} unreachable (retrying in {wait:.1f}s)")
             if self._nursery is None:
                 raise Unavailable("transport is not running")
             try:
@@ -75,7 +75,7 @@ class TcpTransport:
             except (Unavailable, trio.TooSlowError) as exc:
                 delay = min(max(delay * 2, 0.1), self.MAX_BACKOFF)
                 self._backoff[addr] = (trio.current_time() + delay, delay)
-                raise Unavailable(f"cannot reach {addr}: {exc}") from None
+                raise Unreachable(f"cannot reach {addr}: {exc}") from None
             self._backoff.pop(addr, None)
             self._connections[addr] = connection
             return connection

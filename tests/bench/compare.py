@@ -80,6 +80,7 @@ def dynd_cluster(root: Path, nodes: int, n: int, r: int, w: int,
 
 
 def _spawn(command: list[str], log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
@@ -161,6 +162,9 @@ def measure(target: Target, config: BenchConfig, server_pids: list[int]) -> dict
     run = trio.run(run_phase, target, config, "run")
     run["server_cpu_cores"] = round((cpu_seconds(server_pids) - before)
                                     / (time.monotonic() - started), 2)
+    h = _headline({"run": run})
+    print(f"{target.name}: {h['throughput']:,.0f} ops/s, p99 {h['p99']} ms, "
+          f"p99.9 {h['p999']} ms, errors {h['errors']}", file=sys.stderr, flush=True)
     return {"target": target.name, "load": load, "run": run}
 
 

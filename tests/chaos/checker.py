@@ -20,9 +20,10 @@ from typing import Any
 
 import trio
 
+from common.context import decode_context
 from common.errors import DynError
 from dynctl.client import Client
-from tests.chaos.workload import cart_key, elements_of
+from tests.chaos.workload import Ack, History, cart_key, elements_of
 
 POLL_INTERVAL = 0.5  # seconds between two convergence sweeps
 REQUEST_TIMEOUT = 5.0
@@ -87,15 +88,16 @@ def replicas_agree(rows: Sequence[Mapping[str, Any]], n: int) -> bool:
 @dataclass
 class Convergence:
     converged: bool
-    seconds: float            # from the call (the heal) until every key agreed, or gave up
+    seconds: float            # from the heal until every key agreed, or gave up
     sweeps: int
     diverged_keys: list[str] = field(default_factory=list)  # at the end, when not converged
 
 
-async def wait_converged(addr: str, keys: int, n: int, timeout: float,
+async def wait_converged(addr: str, keys: int, n: int, timeout: float, since: float,
                          bucket: str = "default") -> Convergence:
-    """Poll every key's replicas until all agree or ``timeout`` seconds pass."""
-    start = time.monotonic()
+    """Poll every key's replicas until all agree or ``timeout`` seconds pass; the time is
+    counted from ``since`` (``time.monotonic()`` of the heal)."""
+    start = since
     sweeps = 0
     diverged = [cart_key(i) for i in range(keys)]
     while True:
@@ -116,14 +118,53 @@ async def wait_converged(addr: str, keys: int, n: int, timeout: float,
         await trio.sleep(POLL_INTERVAL)
 
 
-async def final_read(addr: str, keys: int, r: int, bucket: str = "default"
-                     ) -> tuple[dict[str, set[str]], int]:
-    """Every cart read with R=``r``: its elements, and the most siblings one read had."""
-    final: dict[str, set[str]] = {}
-    most = 0
+@dataclass
+class FinalRead:
+    elements: dict[str, set[str]]  # key -> union of its siblings' elements
+    contexts: dict[str, str]       # key -> context of the final read
+    max_siblings: int
+
+
+async def final_read(addr: str, keys: int, r: int, bucket: str = "default") -> FinalRead:
+    """Every cart read with R=``r``."""
+    final = FinalRead({}, {}, 0)
     async with Client.connect(addr, timeout=REQUEST_TIMEOUT * 2) as client:
         for i in range(keys):
             obj = await client.get(cart_key(i), bucket=bucket, r=r)
-            final[cart_key(i)] = elements_of(obj)
-            most = max(most, len(obj.values))
-    return final, most
+            final.elements[cart_key(i)] = elements_of(obj)
+            final.contexts[cart_key(i)] = obj.context
+            final.max_siblings = max(final.max_siblings, len(obj.values))
+    return final
+
+
+def new_dots(ack: Ack) -> set[tuple[str, int]]:
+    """Entries the acknowledged context has beyond the read context: the put's own dot is
+    among them (the others are writes the coordinator knew and the client had not read)."""
+    read, got = decode_context(ack.read_context), decode_context(ack.context)
+    return {(actor, counter) for actor, counter in got.items() if counter > read.get(actor, 0)}
+
+
+def explain_lost(history: History, result: SetResult, final: FinalRead, limit: int = 5
+                 ) -> list[str]:
+    """For some lost elements: their ack, and other acknowledged puts of the same key that
+    may have minted the same dot (a dot minted twice makes one value silently replace the
+    other when replicas merge)."""
+    lines = []
+    for key, elements in sorted(result.lost.items()):
+        for element in elements:
+            if len(lines) >= limit:
+                return lines
+            ack = history.acks[element]
+            dots = new_dots(ack)
+            rivals = sorted(
+                (other.at, name, sorted(new_dots(other) & dots))
+                for name in history.acked.get(key, set()) - {element}
+                if new_dots(other := history.acks[name]) & dots)
+            lines.append(
+                f"{key} {element}: acked by {ack.node} at {ack.at:.2f}, read "
+                f"{decode_context(ack.read_context)}, got {decode_context(ack.context)}; "
+                f"final context {decode_context(final.contexts.get(key, ''))}; "
+                f"acked puts sharing a new dot: "
+                + (", ".join(f"{name} at {at:.2f} {shared}" for at, name, shared in rivals)
+                   or "none"))
+    return lines

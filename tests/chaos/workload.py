@@ -38,12 +38,24 @@ def encode_elements(elements: set[str]) -> bytes:
     return "\n".join(sorted(elements)).encode()
 
 
+@dataclass(frozen=True)
+class Ack:
+    """An acknowledged put: where it went, the context it read and the one it got back
+    (the evidence a lost element is examined with)."""
+
+    node: str
+    read_context: str
+    context: str
+    at: float  # trio clock
+
+
 @dataclass
 class History:
     """What the clients did and saw; the checker compares it with the final reads."""
 
     attempted: dict[str, set[str]] = field(default_factory=dict)  # key -> elements put
     acked: dict[str, set[str]] = field(default_factory=dict)      # key -> puts acknowledged
+    acks: dict[str, Ack] = field(default_factory=dict)            # element -> its ack
     reads_ok: int = 0
     reads_failed: int = 0
     writes_failed: int = 0  # indeterminate: attempted, not acknowledged
@@ -116,7 +128,7 @@ async def _add_one(client: Client, element: str, config: WorkloadConfig, history
     history.siblings_seen[len(obj.values)] += 1
     history.attempted.setdefault(key, set()).add(element)
     try:
-        await client.put(key, encode_elements(elements_of(obj) | {element}),
+        context = await client.put(key, encode_elements(elements_of(obj) | {element}),
                          bucket=config.bucket, context=obj.context or None)
     except Unavailable:
         history.writes_failed += 1
@@ -126,3 +138,4 @@ async def _add_one(client: Client, element: str, config: WorkloadConfig, history
         history.errors[exc.code] += 1
         return
     history.acked.setdefault(key, set()).add(element)
+    history.acks[element] = Ack(client.addr, obj.context, context, trio.current_time())

@@ -1,18 +1,11 @@
 """Coverage-guided fuzz target (atheris) for the frame decoder and request validation.
 
-Run with ``make fuzz`` (``FUZZ_SECONDS`` to change the default 30 minutes); the corpus lives
-in tests/fuzz/corpus/ and grows with every run, crashes land in tests/fuzz/crashes/. An
-input is one byte choosing how the rest is chunked (1..256 bytes per ``receive_data``, as
-a network would split it), then the byte stream itself. The properties checked are the
-ones the server relies on:
-
-- the decoder raises nothing but ProtocolError, and after a framing error it stays failed;
-- it never buffers more than ``max_frame_bytes + 4 + chunk`` bytes;
-- ``validate_request`` raises nothing but a DynError (ProtocolError or Rejected), and a
-  request it accepts has a known op and every required field;
-- an accepted message encodes back into a frame that decodes to the same CBOR.
-
-An empty corpus directory is seeded with a few valid frames (every op's minimal shape).
+Run with ``make fuzz`` (``FUZZ_SECONDS`` to change the default 30 minutes), or as
+``python tests/fuzz/fuzz_frames.py CORPUS_DIR [libFuzzer flags]`` (``-merge=1 NEW OLD`` to
+minimise a corpus). The
+corpus lives in tests/fuzz/corpus/ and grows with every run (``make test`` replays it, see
+test_corpus.py); crashes land in tests/fuzz/crashes/. The properties and the input format
+are in properties.py; an empty corpus directory is seeded with a few valid frames.
 """
 
 from __future__ import annotations
@@ -22,77 +15,19 @@ from pathlib import Path
 
 import atheris
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+
 with atheris.instrument_imports():
-    import cbor2
-
-    from common.codec import FrameDecoder, decode_body, encode_frame
-    from common.errors import DynError, ProtocolError
-    from common.limits import Limits
-    from common.messages import SCHEMA, request, validate_request
-
-LIMITS = Limits(max_frame_bytes=64 * 1024, max_key_bytes=64, max_value_bytes=1024,
-                max_bucket_name_bytes=16, max_context_bytes=256)
-MAX_STREAM_BYTES = 256 * 1024  # libFuzzer's -max_len is lower by default; a guard all the same
-
-_SEED_FIELDS = {
-    "ping": {}, "get": {"bucket": "default", "key": b"k"},
-    "put": {"bucket": "default", "key": b"k", "value": b"v", "context": "", "w": 2},
-    "p_put": {"bucket": "b", "key": b"k", "partition": 3, "clock": [[["n1.1", 1, []]], []]},
-    "p_gossip": {"state": {"members": {}}, "heartbeats": {"n1": [1, 2]}},
-    "p_fetch": {"partition": 1, "after": ["b", b"k"], "limit": 10},
-    "tokens": {"node": "n1", "count": 4},
-}
-
-
-def check_stream(data: bytes) -> None:
-    """Feed one fuzz input through a decoder and the validator, asserting the properties."""
-    if not data or len(data) > MAX_STREAM_BYTES:
-        return
-    chunk = data[0] + 1
-    stream = data[1:]
-    decoder = FrameDecoder(LIMITS.max_frame_bytes, LIMITS.max_nesting)
-    for start in range(0, len(stream), chunk):
-        try:
-            decoder.receive_data(stream[start:start + chunk])
-            assert decoder.buffered <= LIMITS.max_frame_bytes + 4 + chunk
-            while (message := decoder.next_message()) is not None:
-                check_message(message)
-        except ProtocolError:
-            if decoder.failed:
-                try:
-                    decoder.next_message()
-                except ProtocolError:
-                    return
-                raise AssertionError("a failed decoder returned a message") from None
-
-
-def check_message(message: object) -> None:
-    try:
-        accepted = validate_request(message, LIMITS)
-    except DynError:
-        return
-    assert accepted.op in SCHEMA
-    for name, (_, required) in SCHEMA[accepted.op].items():
-        assert not required or name in accepted.fields
-    frame = encode_frame(message)  # type: ignore[arg-type]
-    again = decode_body(frame[4:], LIMITS.max_nesting)
-    assert cbor2.dumps(again) == cbor2.dumps(message)
-
-
-def seed(corpus: Path) -> None:
-    """Write one input per seed op: chunk byte 0xff (whole frames), then the frame."""
-    corpus.mkdir(parents=True, exist_ok=True)
-    if any(corpus.iterdir()):
-        return
-    for rid, (op, fields) in enumerate(_SEED_FIELDS.items(), start=1):
-        (corpus / f"seed-{op}").write_bytes(b"\xff" + encode_frame(request(op, rid, **fields)))
+    from tests.fuzz import properties
 
 
 def main() -> None:
     corpus_dirs = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
     if corpus_dirs:
-        seed(Path(corpus_dirs[0]))
-    atheris.Setup(sys.argv, check_stream)
+        properties.seed(Path(corpus_dirs[0]))
+    # libFuzzer runs argv[0] through the shell for -merge and -fork: make it this interpreter.
+    command = f"{sys.executable} {Path(__file__).resolve()}"
+    atheris.Setup([command, *sys.argv[1:]], properties.check_stream)
     atheris.Fuzz()
 
 

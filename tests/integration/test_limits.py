@@ -32,7 +32,8 @@ ROOMY = {"idle_timeout": 60.0, "frame_timeout": 1.5}
 
 def start(root: Path, node_id: str, limits: dict[str, Any]) -> Iterator[DyndProcess]:
     config = root / f"{node_id}.toml"
-    config.write_text("[limits]\n" + "".join(f"{k} = {v!r}\n" for k, v in limits.items()))
+    warn = f"warn_siblings = {limits['max_siblings']}\n" if "max_siblings" in limits else ""
+    config.write_text(warn + "[limits]\n" + "".join(f"{k} = {v!r}\n" for k, v in limits.items()))
     with cluster(root) as c:
         yield c.add(node_id, "-c", str(config))
 
@@ -228,6 +229,28 @@ def test_slow_loris_is_closed_however_it_paces_its_bytes(tight: DyndProcess) -> 
     finally:
         wire.close()
     assert_serving(tight)
+
+
+def test_client_that_never_reads_its_answers_is_disconnected(roomy: DyndProcess) -> None:
+    wire = Wire(roomy)
+    try:
+        assert wire.ask("put", 1, bucket="default", key=b"big", value=b"v" * 500_000)["ok"]
+        before = rss_kib(roomy)
+        wire.sock.settimeout(0.5)
+        get = encode_frame(request("get", 2, bucket="default", key=b"big"))
+        try:
+            for _ in range(100):  # 50 MB of answers, far beyond the socket buffers
+                wire.send(get)
+        except TimeoutError:
+            pass  # the node stopped reading: back-pressure reached us
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        time.sleep(ROOMY["frame_timeout"] * 2)  # still not reading: the node gives up
+        assert rss_kib(roomy) - before < 32 * 1024
+        assert wire.closed_within(ROOMY["frame_timeout"])
+    finally:
+        wire.close()
+    assert_serving(roomy)
 
 
 def test_memory_stays_flat_under_200_idle_connections(roomy: DyndProcess) -> None:

@@ -22,8 +22,11 @@ import trustme
 
 from common.config import TLSConfig
 from common.errors import DynError, Unauthorized
-from dynctl.client import Connection
+from common.messages import Request
+from dynctl.client import Connection, SyncClient
 from dynd import security
+from dynd.membership import Member
+from dynd.server import Peer
 from tests.integration.harness import Cluster, DyndProcess, cluster, dynctl, dynctl_json
 
 FRAME_TIMEOUT = 2.0  # the nodes' [limits] frame_timeout: handshakes must finish within it
@@ -110,33 +113,44 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert joined.returncode == 0, joined.stderr
         committed = run(n1, admin, "cluster", "commit")
         assert committed.returncode == 0, committed.stderr
+        for node in (n1, n2):
+            wait_until_reachable(node, admin, {"n1", "n2"})
         yield World(n1, n2, good_ca, admin, alice, rogue_ca, root)
 
 
 def assert_serving(world: World) -> None:
-    put = run(world.n1, world.alice, "put", "canary", "alive")
-    assert put.returncode == 0, put.stderr
-    got = run(world.n2, world.alice, "get", "canary")
-    assert (got.returncode, got.stdout) == (0, b"alive"), got.stderr
+    """A write through n1 is read back through n2 (in-process client: no dynctl start-up)."""
+    tls = {"tls_ca": str(world.alice.ca), "tls_cert": str(world.alice.cert),
+           "tls_key": str(world.alice.key)}
+    key = f"canary-{time.monotonic_ns()}".encode()
+    with SyncClient.connect(world.n1.addr, **tls) as client:
+        client.put(key, b"alive")
+    with SyncClient.connect(world.n2.addr, **tls) as client:
+        assert client.get(key).value == b"alive"
+
+
+def wait_until_reachable(node: DyndProcess, admin: Identity, members: set[str]) -> None:
+    """Until ``node`` sees every one of ``members`` as reachable (gossip over mutual TLS)."""
+    deadline = time.monotonic() + 20
+    while True:
+        code, doc = dynctl_json("--node", node.addr, *admin.args(), "cluster", "status")
+        reachable = {m["id"] for m in doc.get("members", ()) if m["reachable"]}
+        if code == 0 and reachable == members:
+            return
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.3)
 
 
 def test_peers_talk_over_mutual_tls(world: World) -> None:
-    code, doc = dynctl_json("--node", world.n1.addr, *world.admin.args(), "cluster", "status")
-    assert code == 0
-    members = {m["id"]: m for m in doc["members"]}
-    assert set(members) == {"n1", "n2"}
-    deadline = time.monotonic() + 15
-    while not all(m["reachable"] for m in members.values()) and time.monotonic() < deadline:
-        time.sleep(0.3)
-        _, doc = dynctl_json("--node", world.n1.addr, *world.admin.args(), "cluster", "status")
-        members = {m["id"]: m for m in doc["members"]}
-    assert all(m["reachable"] for m in members.values()), doc
+    for node in (world.n1, world.n2):
+        wait_until_reachable(node, world.admin, {"n1", "n2"})
     assert_serving(world)
 
 
 def test_plaintext_client_is_refused_and_logged(world: World) -> None:
     result = run(world.n1, None, "--timeout", "3", "ping")
-    assert result.returncode in (4, 5)
+    assert result.returncode == 5
+    assert b"accepts only TLS connections" in result.stderr
     assert "tls_refused" in world.n1.log()
     assert_serving(world)
 
@@ -275,3 +289,35 @@ def test_server_context_requires_a_client_certificate(tmp_path: Path) -> None:
     identity = issue(trustme.CA(), tmp_path, "n1")
     assert security.server_context(identity.tls()).verify_mode == ssl.CERT_REQUIRED
     assert security.client_context(identity.tls()).check_hostname
+
+
+MEMBERS = {"n1": Member("n1", "127.0.0.1:1", "z", "valid", None, 1),
+           "gone": Member("gone", "127.0.0.1:2", "z", "removed", None, 1)}
+JOIN_AS_N9 = {"member": {"id": "n9", "addr": "127.0.0.1:9", "zone": "z", "incarnation": 1}}
+
+
+@pytest.mark.parametrize(("op", "fields", "identity", "allowed"), [
+    ("get", {"bucket": "b", "key": b"k"}, "alice", True),
+    ("get", {"bucket": "b", "key": b"k"}, None, True),  # CA-signed, no CN: still a client
+    ("cluster_status", {}, "alice", True),
+    ("bucket_set", {"name": "b"}, "alice", False),
+    ("bucket_set", {"name": "b"}, "ops", True),
+    ("cluster_commit", {}, "n1", False),  # a node is not an admin unless listed
+    ("repair", {}, "ops", True),
+    ("p_gossip", {}, "n1", True),
+    ("p_gossip", {}, "ops", False),  # an admin is not a node
+    ("p_gossip", {}, "gone", False),  # removed members are strangers again
+    ("p_gossip", {}, None, False),
+    ("p_join", JOIN_AS_N9, "n9", True),
+    ("p_join", JOIN_AS_N9, "n1", False),
+])
+def test_authorize_table(op: str, fields: dict, identity: str | None, allowed: bool) -> None:
+    tls = TLSConfig("ca", "cert", "key", admins=("ops",))
+    req = Request(op=op, id=1, fields=fields)
+    peer = Peer("127.0.0.1:5", identity)
+    if allowed:
+        security.authorize(req, peer, tls, MEMBERS)
+    else:
+        with pytest.raises(Unauthorized, match=f"{op}: not authorized"):
+            security.authorize(req, peer, tls, MEMBERS)
+    security.authorize(req, peer, None, MEMBERS)  # without [tls] nothing is checked

@@ -31,7 +31,7 @@ import trio
 
 from common import messages
 from common.codec import decode_body, encode_frame
-from common.errors import DynError, Unavailable
+from common.errors import DynError, Unavailable, Unreachable
 from common.limits import Limits
 from common.messages import Request
 from dynd.server import Peer
@@ -40,6 +40,7 @@ log = logging.getLogger("sim.network")
 
 Handler = Callable[[Request, Peer], Awaitable[dict[str, Any]]]
 _PREFIX_BYTES = 4
+_NOT_IDEMPOTENT = frozenset({"p_forward", "p_join", "put", "delete"})  # each mints a dot
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class _Endpoint:
     life: int  # changes on every attach: a reply from a past life is lost
 
 
-@dataclass
+@dataclass(eq=False)
 class _Box:
     """Where the first reply to one call lands (duplicates find it already full)."""
 
@@ -82,7 +83,7 @@ class SimNetwork:
         self.link_faults: dict[tuple[str, str], LinkFaults] = {}
         self.blocked: set[tuple[str, str]] = set()
         self.endpoints: dict[str, _Endpoint] = {}
-        self.pending: dict[str, set[_Box]] = {}  # dst -> calls waiting on it
+        self.pending: dict[str, dict[_Box, None]] = {}  # dst -> calls waiting on it (ordered)
         self.bytes_sent: Counter[tuple[str, str]] = Counter()  # (sender addr, op) -> bytes
         self.frames = Counter[str]()  # sent, dropped, duplicated, blocked
         self.internal_errors: list[str] = []  # handler crashes: product bugs
@@ -100,7 +101,7 @@ class SimNetwork:
     def detach(self, addr: str) -> None:
         """`addr` crashed: refuse new calls, reset the ones waiting on it."""
         self.endpoints.pop(addr, None)
-        for box in self.pending.pop(addr, set()):
+        for box in self.pending.pop(addr, {}):
             if not box.done.is_set():
                 box.error = Unavailable(f"connection to {addr} reset")
                 box.done.set()
@@ -155,18 +156,22 @@ class SimNetwork:
         with trio.move_on_after(timeout):
             if dst not in self.endpoints:  # a crashed node: refused at once, as TCP does
                 await trio.sleep(self.faults(src, dst).min_delay)
-                raise Unavailable(f"connection to {dst} refused")
+                raise Unreachable(f"connection to {dst} refused")
             self.bytes_sent[(src, op)] += len(frame)
-            self.pending.setdefault(dst, set()).add(box)
+            self.pending.setdefault(dst, {})[box] = None
             try:
-                copies = 2 if self.rng.random() < self.faults(src, dst).dup else 1
+                # TCP never delivers a request twice; what repeats in real life is a
+                # resend of an idempotent peer op (merges, reads). A put is never resent
+                # after it may have been delivered (coordinator: only Unreachable is retried).
+                duplicable = op not in _NOT_IDEMPOTENT
+                copies = 2 if duplicable and self.rng.random() < self.faults(src, dst).dup else 1
                 self.frames["duplicated"] += copies - 1
                 assert self.nursery is not None, "the network is not running"
                 for _ in range(copies):
                     self.nursery.start_soon(self._request_in_flight, src, dst, frame, box)
                 await box.done.wait()
             finally:
-                self.pending.get(dst, set()).discard(box)
+                self.pending.get(dst, {}).pop(box, None)
             if box.error is not None:
                 raise box.error
             assert box.frame is not None

@@ -66,7 +66,7 @@ VALID = {
     "p_get": {"bucket": "default", "key": b"k", "partition": 0, "hint_for": "n2"},
     "p_put": {"bucket": "default", "key": b"k", "partition": 3, "clock": [], "hint_for": "n2"},
     "p_forward": {"req": {"v": 1, "id": 1, "op": "put"}},
-    "p_gossip": {"state": {"epoch": 1}, "heartbeats": {"n1": [1, 2]}},
+    "p_gossip": {"state": {"epoch": 1}, "heartbeats": {"n1": [1, 2]}, "digest": b"d"},
     "p_join": {"member": {"id": "n3"}},
     "p_fetch": {"partition": 1, "after": ["default", b"k"], "limit": 10_000},
     "p_tree": {"partition": 1, "level": 2, "indices": [0, 5]},

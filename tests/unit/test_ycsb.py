@@ -163,3 +163,16 @@ def test_summary_merges_histograms_of_every_process() -> None:
     assert summary["throughput"] == 51.0 and summary["errors"] == {"read:X": 2}
     assert summary["client_cpu_us_per_op"] == pytest.approx(1e6 / 100)
     assert summary["timeline"] == [[1.0, 50.0], [2.0, 52.0]]
+
+
+def test_bench_help_ends_with_an_example_and_bad_flags_exit_2() -> None:
+    from click.testing import CliRunner
+
+    from dynctl.cli import main
+
+    runner = CliRunner()
+    help_text = runner.invoke(main, ["bench", "--help"]).output
+    assert help_text.rstrip().splitlines()[-1].strip().startswith("dynctl ")
+    both = runner.invoke(main, ["--json", "bench", "--ops", "10", "--duration", "1"])
+    assert both.exit_code == 2 and '"code"' in both.output
+    assert runner.invoke(main, ["bench", "--workload", "e"]).exit_code == 2

@@ -1,0 +1,130 @@
+"""Invariants a healed cluster must satisfy, checked against what the clients did.
+
+Convergence (`divergence`): every node up with the same cluster state, no transfer
+pending, every hint delivered, and all primaries of every key holding identical DVV
+sets. Then `check_history`, on the converged value of every key:
+
+- carts are grow-only sets (never deleted): the causal history of every acknowledged
+  write is contained in the final one (the acknowledged context is dominated by the
+  final join), and every acknowledged element is in the union of the final siblings;
+- on every key, a value that an acknowledged write superseded (its client read it
+  and wrote with that context) is never live again: no deleted value reappears;
+- on the put-and-delete keys, where tombstones are reaped and history restarts, an
+  acknowledged value is live at the end or some later write read it (it was
+  superseded, not lost).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from common import context
+from common.context import DVVSet
+from dynd import membership
+from dynd.ring import partition_of
+
+if TYPE_CHECKING:
+    from tests.sim.harness import History, SimNode
+
+BUCKET = "default"
+
+
+def _replicas(nodes: list[SimNode], key: bytes) -> tuple[int, list[str]]:
+    node = next(n.node for n in nodes if n.node is not None)
+    partition = partition_of(BUCKET, key, node.state.ring_size)
+    n, _, _ = node.quorum_sizes(BUCKET)
+    return partition, node.primaries(partition, n)
+
+
+def _copies(nodes: list[SimNode], key: bytes) -> dict[str, DVVSet | None]:
+    partition, primaries = _replicas(nodes, key)
+    by_id = {n.id: n.node for n in nodes if n.node is not None}
+    return {p: by_id[p].replica.get(partition, BUCKET, key) for p in primaries if p in by_id}
+
+
+def _same(a: DVVSet | None, b: DVVSet | None) -> bool:
+    return a is b is None or (a is not None and b is not None and context.equal(a, b))
+
+
+def divergence(nodes: list[SimNode], keys: list[bytes]) -> list[str]:
+    """Why the cluster has not converged yet; empty once it has."""
+    down = [n.id for n in nodes if n.node is None]
+    if down:
+        return [f"nodes down: {down}"]
+    problems = []
+    states = {n.id: membership.digest(n.node.state) for n in nodes if n.node is not None}
+    if len(set(states.values())) > 1:
+        epochs = {n.id: n.node.state.epoch for n in nodes if n.node is not None}
+        problems.append(f"cluster states differ (epochs {epochs})")
+    for n in nodes:
+        assert n.node is not None
+        if membership.pending_transfers(n.node.state):
+            problems.append(f"{n.id}: transfers pending")
+        if hints := n.node.storage.hint_counts():
+            problems.append(f"{n.id}: undelivered hints {hints}")
+    for key in keys:
+        copies = _copies(nodes, key)
+        first = next(iter(copies.values()))
+        if not all(_same(first, c) for c in copies.values()):
+            problems.append(f"replicas of {key!r} differ: "
+                            + ", ".join(f"{node}={_describe(c)}" for node, c in copies.items()))
+    return problems
+
+
+def _describe(clock: DVVSet | None) -> str:
+    if clock is None:
+        return "absent"
+    return f"{context.join(clock)}/{len(context.values(clock))} siblings"
+
+
+def final_clocks(nodes: list[SimNode], keys: list[bytes]) -> dict[bytes, DVVSet | None]:
+    """The converged value of every key (its primaries agree, see `divergence`)."""
+    return {key: next(iter(_copies(nodes, key).values())) for key in keys}
+
+
+def encode_value(wid: str, elements: frozenset[str]) -> bytes:
+    """A cart value: the id of the write that made it, and the cart's elements."""
+    return f"{wid}|{','.join(sorted(elements))}".encode()
+
+
+def decode_value(value: bytes) -> tuple[str, frozenset[str]]:
+    wid, _, elements = value.decode().partition("|")
+    return wid, frozenset(e for e in elements.split(",") if e)
+
+
+def _live(clock: DVVSet | None) -> dict[str, frozenset[str]]:
+    if clock is None:
+        return {}
+    return dict(decode_value(s.value) for s in context.live_values(clock) if s.value is not None)
+
+
+def check_history(history: History, finals: dict[bytes, DVVSet | None]) -> list[str]:
+    """Every violation of the invariants above, one line each."""
+    violations = []
+    read_by: dict[str, list[str]] = {}
+    for write in history.writes.values():
+        for wid in write.seen_values:
+            read_by.setdefault(wid, []).append(write.wid)
+    carts = set(history.cart_keys)
+    for write in history.writes.values():
+        if not write.acked:
+            continue
+        final = finals[write.key]
+        live = _live(final)
+        for wid in sorted(write.seen_values & set(live)):
+            violations.append(f"{write.key!r}: {wid} came back after acknowledged "
+                              f"{write.kind} {write.wid} superseded it")
+        if write.key in carts:
+            acked = context.decode_context(write.ack_context)
+            have = context.join(final) if final is not None else {}
+            lost = {a: c for a, c in acked.items() if have.get(a, 0) < c}
+            if lost:
+                violations.append(f"{write.key!r}: history of acknowledged {write.wid} lost: "
+                                  f"{lost} not in the final {have}")
+            elements = frozenset().union(*live.values())
+            if write.wid not in elements:
+                violations.append(f"{write.key!r}: acknowledged element {write.wid} lost")
+        elif write.kind == "put" and write.wid not in live and write.wid not in read_by:
+            violations.append(f"{write.key!r}: acknowledged {write.wid} lost "
+                              "(not live, and no later write read it)")
+    return violations

@@ -1,0 +1,502 @@
+"""A deterministic dynd cluster in one trio run: real Node code over tests/sim/network.py.
+
+`run(seed, scenario)` builds the cluster (real dynd.node.Node, real RocksDB storage in
+a temporary directory per node), runs a shopping-cart workload concurrently with
+seeded faults (frame loss, duplication, reordering, symmetric and one-way
+partitions, crashes with storage kept or wiped, clock jumps, wall-clock skew, a node
+joining), heals everything, waits until the cluster converges, runs the checkers
+and returns a Report. Everything random comes from the seed: the network, the
+faults, the workload, every node's rng and trio's scheduler (seeded here), under
+trio's MockClock with autojump, so minutes of cluster time take seconds. String
+hashing still follows PYTHONHASHSEED: `make sim` pins it to 0.
+
+A crash drops the writes a node staged but had not yet committed (a real crash
+loses what was not yet durable; no acknowledgement ever follows such a write),
+closes RocksDB, and optionally deletes the data directory (a lost disk). The
+node restarts on the same directory, with the same id and address.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+import trio
+import trio.testing
+
+from common.config import Config
+from common.errors import DynError
+from dynd import membership
+from dynd.membership import Change, Member
+from dynd.node import META_NODE_ID, META_STATE, Node
+from dynd.storage import Batch, Storage
+from tests.sim import checkers
+from tests.sim.checkers import decode_value, encode_value
+from tests.sim.network import LinkFaults, SimNetwork
+
+log = logging.getLogger("sim.harness")
+
+BASE_WALL = 1_700_000_000.0  # wall clock at simulated time 0
+BUCKET = "default"
+CLIENT_TIMEOUT = 6.0  # a client gives up on a request after this many seconds
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of run; the seed picks everything else."""
+
+    nodes: int = 5
+    ring_size: int = 16
+    clients: int = 4
+    cart_keys: int = 6  # grow-only sets: every acknowledged element must survive
+    doomed_keys: int = 4  # put and deleted: superseded values must never come back
+    chaos_seconds: float = 150.0
+    fault_every: float = 5.0  # mean seconds between fault events
+    faults: LinkFaults = LinkFaults(drop=0.01, dup=0.02, max_delay=0.02, tail=0.02)
+    max_down: int = 1  # nodes crashed at the same time
+    wipes: int = 1  # crashes that also lose the data directory, at most
+    partitions: bool = True
+    clock_jumps: bool = True
+    join_at: float | None = None  # a new node joins (cluster_join + commit) at this time
+    converge_within: float = 200.0  # simulated seconds after healing
+    gossip_interval: float = 1.0
+    antientropy_period: float = 30.0
+    tombstone_grace: float = 20.0
+
+
+def node_config(scenario: Scenario, node_id: str, seeds: tuple[str, ...]) -> Config:
+    """The defaults with short service periods: the sim's minutes stand for hours."""
+    base = Config.defaults()
+    return dataclasses.replace(
+        base, node_id=node_id, seeds=seeds, ring_size=scenario.ring_size, sync="none",
+        gossip=dataclasses.replace(base.gossip, interval=scenario.gossip_interval),
+        handoff=dataclasses.replace(base.handoff, interval=2.0),
+        antientropy=dataclasses.replace(
+            base.antientropy, period=scenario.antientropy_period,
+            tombstone_grace=scenario.tombstone_grace),
+    )
+
+
+def bootstrap_state(ids: list[str], addrs: list[str], ring_size: int, n: int
+                    ) -> membership.ClusterState:
+    """A committed, settled cluster of `ids`, as joins and a commit would leave it."""
+    founder = Member(ids[0], addrs[0], "default", "valid", None, 1)
+    state = membership.new_cluster("sim", founder, ring_size)
+    for node_id, addr in zip(ids[1:], addrs[1:], strict=True):
+        state = membership.stage(state, Change("join", node_id, None), ids[0],
+                                 Member(node_id, addr, "default", "joining", None, 1))
+    state = membership.commit(state, n, ids[0])
+    for transfer in membership.pending_transfers(state):
+        state = membership.complete_transfer(state, transfer.partition)
+    return state
+
+
+class SimNode:
+    """One node's address, directory and current life (None while crashed)."""
+
+    def __init__(self, cluster: SimCluster, node_id: str, addr: str, config: Config) -> None:
+        self.cluster = cluster
+        self.id = node_id
+        self.addr = addr
+        self.config = config
+        self.path = os.path.join(cluster.root, node_id)
+        self.node: Node | None = None
+        self.skew = 0.0  # seconds added to this node's wall clock
+        self.lives = 0
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    @property
+    def up(self) -> bool:
+        return self.node is not None
+
+    def seed_state(self, state: membership.ClusterState) -> None:
+        """Write identity and cluster state before the first start (a pre-built cluster)."""
+        storage = Storage.open(self.path, sync="none")
+        batch = Batch()
+        batch.put_meta(META_NODE_ID, self.id.encode())
+        batch.put_meta(META_STATE, cbor2.dumps(membership.to_wire(state)))
+        storage.stage(batch)
+        storage.close()
+
+    async def start(self) -> None:
+        storage = Storage.open(self.path, sync="none")
+        self.lives += 1
+        node = Node(self.config, storage, self.cluster.network.transport(self.addr),
+                    addr=self.addr, wall=lambda: BASE_WALL + trio.current_time() + self.skew,
+                    rng=random.Random(f"{self.cluster.seed}/{self.id}/{self.lives}"))
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
+        await self.cluster.nursery.start(self._life, node, storage)
+        self.node = node
+
+    async def _life(self, node: Node, storage: Storage, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self._scope:
+                async with trio.open_nursery() as server:
+                    await server.start(node.run)
+                    self.cluster.network.attach(self.addr, node.handle, server)
+                    task_status.started()
+        finally:
+            self.cluster.network.detach(self.addr)
+            storage.close()
+            self._stopped.set()
+
+    async def crash(self, *, wipe: bool = False) -> None:
+        """Stop at once, losing staged writes that were not yet committed."""
+        assert self.node is not None
+        storage = self.node.storage
+        self.cluster.network.detach(self.addr)
+        storage._queue.clear()  # never written: no acknowledgement followed them
+        for overlay in storage._overlay.values():
+            overlay.clear()
+        self.node = None
+        self._scope.cancel()
+        await self._stopped.wait()
+        if wipe:
+            shutil.rmtree(self.path)
+
+
+@dataclass
+class Write:
+    """One attempted put or delete and what its client had read before it."""
+
+    wid: str
+    key: bytes
+    kind: str  # "put" or "delete"
+    seen_values: frozenset[str]  # write ids of the siblings the read returned
+    seen_elements: frozenset[str]  # the union of their carts
+    acked: bool = False
+    ack_context: str = ""
+
+
+@dataclass
+class History:
+    """Everything the clients did, for the checkers."""
+
+    writes: dict[str, Write] = field(default_factory=dict)
+    cart_keys: list[bytes] = field(default_factory=list)
+    doomed_keys: list[bytes] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Report:
+    seed: int
+    scenario: Scenario
+    violations: list[str]
+    converged_after: float | None  # simulated seconds after healing
+    history: History
+    events: Counter[str]
+    frames: Counter[str]
+    elapsed: float = 0.0  # simulated seconds of the whole run
+
+    def summary(self) -> str:
+        acked = sum(1 for w in self.history.writes.values() if w.acked)
+        return (f"seed={self.seed} writes={len(self.history.writes)} acked={acked} "
+                f"converged_after={self.converged_after} events={dict(self.events)} "
+                f"frames={dict(self.frames)} outcomes={dict(self.history.outcomes)}")
+
+
+class SimCluster:
+    def __init__(self, seed: int, scenario: Scenario, root: str,
+                 clock: trio.testing.MockClock) -> None:
+        self.seed = seed
+        self.scenario = scenario
+        self.root = root
+        self.clock = clock
+        self.rng = random.Random(f"{seed}/faults")
+        self.network = SimNetwork(random.Random(f"{seed}/network"),
+                                  Config.defaults().limits, scenario.faults)
+        self.nodes: list[SimNode] = []
+        self.history = History()
+        self.events: Counter[str] = Counter()
+        self.nursery: trio.Nursery
+        self._write_ids = 0
+
+    def add_node(self, index: int) -> SimNode:
+        node_id, addr = f"n{index}", f"sim-{index}:7070"
+        seeds = tuple(f"sim-{i}:7070" for i in range(min(3, self.scenario.nodes)))
+        node = SimNode(self, node_id, addr, node_config(self.scenario, node_id, seeds))
+        self.nodes.append(node)
+        return node
+
+    def live(self) -> list[SimNode]:
+        return [n for n in self.nodes if n.up]
+
+    async def client_call(self, client: str, addr: str, op: str, **fields: Any
+                          ) -> dict[str, Any]:
+        return await self.network.call(client, addr, op, fields, CLIENT_TIMEOUT)
+
+    # ---- workload -------------------------------------------------------------------
+
+    async def client(self, index: int, stop: trio.Event) -> None:
+        """Read, union the siblings, write with the read context; now and then delete."""
+        rng = random.Random(f"{self.seed}/client/{index}")
+        name = f"client-{index}"
+        history = self.history
+        while not stop.is_set():
+            await trio.sleep(rng.uniform(0.05, 1.0))
+            members = [n for n in self.nodes if n.id in self._member_ids()]
+            target = rng.choice(members)
+            doomed = rng.random() < 0.35
+            key = rng.choice(history.doomed_keys if doomed else history.cart_keys)
+            try:
+                read = await self.client_call(name, target.addr, "get", bucket=BUCKET, key=key)
+            except DynError as exc:
+                history.outcomes[f"get_{exc.code}"] += 1
+                continue
+            history.outcomes["get_ok"] += 1
+            seen = [decode_value(v["value"]) for v in read["values"]]
+            seen_values = frozenset(wid for wid, _ in seen)
+            elements = frozenset().union(*(els for _, els in seen))
+            delete = doomed and seen and rng.random() < 0.4
+            self._write_ids += 1
+            wid = f"w{self._write_ids}"
+            write = Write(wid, key, "delete" if delete else "put", seen_values, elements)
+            history.writes[wid] = write
+            fields: dict[str, Any] = {"bucket": BUCKET, "key": key, "context": read["context"]}
+            if not delete:
+                fields["value"] = encode_value(wid, elements | {wid})
+            try:
+                reply = await self.client_call(name, target.addr, write.kind, **fields)
+            except DynError as exc:
+                history.outcomes[f"{write.kind}_{exc.code}"] += 1
+                continue
+            history.outcomes[f"{write.kind}_ok"] += 1
+            write.acked = True
+            write.ack_context = reply["context"]
+
+    def _member_ids(self) -> set[str]:
+        founder = self.nodes[0].node
+        if founder is None:
+            return {n.id for n in self.nodes[:self.scenario.nodes]}
+        return {m for m, member in founder.state.members.items() if member.status == "valid"}
+
+    # ---- faults ---------------------------------------------------------------------
+
+    async def chaos(self, until: float) -> None:
+        """Fault events at random times until `until`; each one undoes itself later."""
+        rng = self.rng
+        kinds = ["crash", "lossy", "skew"]
+        if self.scenario.partitions:
+            kinds += ["partition", "oneway"]
+        if self.scenario.clock_jumps:
+            kinds.append("clock_jump")
+        wipes_left = self.scenario.wipes
+        async with trio.open_nursery() as nursery:
+            while trio.current_time() < until:
+                await trio.sleep(rng.expovariate(1 / self.scenario.fault_every))
+                kind = rng.choice(kinds)
+                if kind == "crash":
+                    up = self.live()
+                    if len(self.nodes) - len(up) >= self.scenario.max_down:
+                        continue
+                    victim = rng.choice(up)
+                    wipe = wipes_left > 0 and rng.random() < 0.3
+                    wipes_left -= wipe
+                    self.events["wipe" if wipe else "crash"] += 1
+                    await victim.crash(wipe=wipe)
+                    nursery.start_soon(self._restart_later, victim, rng.uniform(2, 40))
+                elif kind in ("partition", "oneway"):
+                    addrs = [n.addr for n in self.nodes]
+                    rng.shuffle(addrs)
+                    if kind == "partition":
+                        cut = rng.randint(1, len(addrs) // 2)
+                        before = set(self.network.blocked)
+                        self.network.partition([addrs[:cut], addrs[cut:]])
+                        links = self.network.blocked - before
+                    else:
+                        links = {(addrs[0], addrs[1])}
+                        self.network.blocked |= links
+                    self.events[kind] += 1
+                    nursery.start_soon(self._unblock_later, links, rng.uniform(3, 30))
+                elif kind == "lossy":
+                    self.events[kind] += 1
+                    normal = self.network.default_faults
+                    self.network.default_faults = dataclasses.replace(
+                        normal, drop=0.1, dup=0.1, tail=0.1)
+                    nursery.start_soon(self._set_faults_later, normal, rng.uniform(2, 10))
+                elif kind == "skew":
+                    self.events[kind] += 1
+                    rng.choice(self.nodes).skew = rng.uniform(-30, 30)
+                else:
+                    self.events[kind] += 1
+                    self.clock.jump(rng.uniform(2, 20))  # a stall the detectors all notice
+
+    async def _restart_later(self, node: SimNode, delay: float) -> None:
+        await trio.sleep(delay)
+        if not node.up:
+            await node.start()
+
+    async def _unblock_later(self, links: set[tuple[str, str]], delay: float) -> None:
+        await trio.sleep(delay)
+        self.network.blocked -= links
+
+    async def _set_faults_later(self, faults: LinkFaults, delay: float) -> None:
+        await trio.sleep(delay)
+        self.network.default_faults = faults
+
+    async def join_new_node(self, at: float) -> None:
+        """A new node asks to join through an admin op, then a member commits the plan."""
+        await trio.sleep_until(at)
+        node = self.add_node(len(self.nodes))
+        await node.start()
+        self.events["join"] += 1
+        for op, addr, fields in (("cluster_join", node.addr, {"seed": self.nodes[0].addr}),
+                                 ("cluster_commit", self.nodes[0].addr, {})):
+            while True:
+                try:
+                    await self.client_call("admin", addr, op, **fields)
+                    break
+                except DynError as exc:
+                    self.events[f"{op}_retry"] += 1
+                    if "already in a cluster" in exc.message:
+                        break  # the first join went through, its answer was lost
+                    if op == "cluster_commit" and "nothing" in exc.message.lower():
+                        break
+                    await trio.sleep(2)
+
+    async def heal(self) -> None:
+        self.network.heal()
+        self.network.default_faults = dataclasses.replace(
+            self.scenario.faults, drop=0.0, dup=0.0, tail=0.0)
+        for node in self.nodes:
+            if not node.up:
+                await node.start()
+
+
+async def _run(seed: int, scenario: Scenario, clock: trio.testing.MockClock) -> Report:
+    with tempfile.TemporaryDirectory(prefix=f"dynd-sim-{seed}-") as root:
+        cluster = SimCluster(seed, scenario, root, clock)
+        founders = [cluster.add_node(i) for i in range(scenario.nodes)]
+        state = bootstrap_state([n.id for n in founders], [n.addr for n in founders],
+                                scenario.ring_size, 3)
+        for node in founders:
+            node.seed_state(state)
+        history = cluster.history
+        history.cart_keys = [f"cart-{i}".encode() for i in range(scenario.cart_keys)]
+        history.doomed_keys = [f"doomed-{i}".encode() for i in range(scenario.doomed_keys)]
+        async with trio.open_nursery() as nursery:
+            cluster.nursery = nursery
+            await nursery.start(cluster.network.run)
+            for node in founders:
+                await node.start()
+            stop = trio.Event()
+            async with trio.open_nursery() as work:
+                for i in range(scenario.clients):
+                    work.start_soon(cluster.client, i, stop)
+                if scenario.join_at is not None:
+                    work.start_soon(cluster.join_new_node, scenario.join_at)
+                await cluster.chaos(trio.current_time() + scenario.chaos_seconds)
+                stop.set()
+            await cluster.heal()
+            healed = trio.current_time()
+            keys = history.cart_keys + history.doomed_keys
+            converged_after = None
+            while trio.current_time() - healed < scenario.converge_within:
+                await trio.sleep(2.0)
+                if not checkers.divergence(cluster.nodes, keys):
+                    converged_after = trio.current_time() - healed
+                    break
+            violations = list(cluster.network.internal_errors)
+            if converged_after is None:
+                violations += checkers.divergence(cluster.nodes, keys)[:20]
+            else:
+                violations += checkers.check_history(history, checkers.final_clocks(
+                    cluster.nodes, keys))
+            report = Report(seed, scenario, violations, converged_after, history,
+                            cluster.events, cluster.network.frames, trio.current_time())
+            nursery.cancel_scope.cancel()
+    return report
+
+
+def run(seed: int, scenario: Scenario = Scenario()) -> Report:
+    """One deterministic run; trio's scheduler is seeded too, so the seed reproduces it."""
+    trio._core._run._r.seed(seed)
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    return trio.run(_run, seed, scenario, clock, clock=clock)
+
+
+def check(seed: int, scenario: Scenario = Scenario(),
+          on_report: Callable[[Report], None] | None = None) -> Report:
+    """run() and fail with the seed that reproduces the failure."""
+    try:
+        report = run(seed, scenario)
+    except BaseException as exc:
+        raise AssertionError(f"seed={seed}: the run crashed: {exc!r} "
+                             f"(PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED')})") from exc
+    if on_report is not None:
+        on_report(report)
+    assert not report.violations, (
+        f"seed={seed} (PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED')}): "
+        f"{len(report.violations)} violations:\n  " + "\n  ".join(report.violations[:30])
+        + "\n" + report.summary())
+    return report
+
+
+@dataclass(frozen=True)
+class GossipMeasure:
+    nodes: int
+    rounds_all: float  # gossip intervals until the last node had the change
+    rounds_half: float  # ... until half of them had it
+    bytes_per_node_second: float  # p_gossip requests and replies sent, per node
+
+
+async def _measure_gossip(size: int, ring_size: int, clock: trio.testing.MockClock
+                          ) -> GossipMeasure:
+    scenario = Scenario(nodes=size, ring_size=ring_size, faults=LinkFaults(max_delay=0.01))
+    with tempfile.TemporaryDirectory(prefix=f"dynd-sim-scale-{size}-") as root:
+        cluster = SimCluster(size, scenario, root, clock)
+        nodes = [cluster.add_node(i) for i in range(size)]
+        for node in nodes:
+            node.config = dataclasses.replace(node.config, antientropy=dataclasses.replace(
+                node.config.antientropy, enabled=False))
+        state = bootstrap_state([n.id for n in nodes], [n.addr for n in nodes], ring_size, 3)
+        for node in nodes:
+            node.seed_state(state)
+        async with trio.open_nursery() as nursery:
+            cluster.nursery = nursery
+            await nursery.start(cluster.network.run)
+            for node in nodes:
+                await node.start()
+            await trio.sleep(10 * scenario.gossip_interval)  # every detector has heard of all
+            founder = nodes[0].node
+            assert founder is not None
+            founder.set_state(membership.set_bucket(founder.state, "scale", 3, 2, 2, founder.id))
+            cluster.network.bytes_sent.clear()
+            start = trio.current_time()
+            reached: list[float] = []
+            waiting = list(nodes)
+            while waiting:
+                await trio.sleep(scenario.gossip_interval / 10)
+                now = trio.current_time() - start
+                still = [n for n in waiting if n.node is not None
+                         and "scale" not in n.node.state.buckets]
+                reached += [now] * (len(waiting) - len(still))
+                waiting = still
+            await trio.sleep_until(start + max(reached[-1], 10 * scenario.gossip_interval))
+            elapsed = trio.current_time() - start
+            gossip_bytes = sum(b for (_, op), b in cluster.network.bytes_sent.items()
+                               if op == "p_gossip")
+            nursery.cancel_scope.cancel()
+    interval = scenario.gossip_interval
+    return GossipMeasure(size, reached[-1] / interval, reached[len(reached) // 2] / interval,
+                         gossip_bytes / size / elapsed)
+
+
+def measure_gossip(size: int, ring_size: int = 256) -> GossipMeasure:
+    """How a cluster state change spreads by gossip alone (no push) over `size` nodes."""
+    trio._core._run._r.seed(size)
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    return trio.run(_measure_gossip, size, ring_size, clock, clock=clock)

@@ -1,0 +1,48 @@
+"""The simulated cluster under faults: fixed seeds in `make test`, many with `make sim`.
+
+A failure names the seed; rerun it alone with
+`PYTHONHASHSEED=0 SEEDS=<seed> .venv/bin/pytest -m sim tests/sim -k many`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.sim.harness import Scenario, check
+
+# Seeds that found product bugs, kept as regressions (see the report in the README):
+# 5: a fallback coordinator minted a dot that repeated one already handed back (lost write);
+# 8: W was lowered to the nodes the coordinator found reachable (acked by one node, lost
+#    with its disk).
+REGRESSION_SEEDS = [5, 8]
+FIXED_SEEDS = [1, 2, 3]
+
+
+@pytest.mark.parametrize("seed", REGRESSION_SEEDS + FIXED_SEEDS)
+def test_faults_keep_acknowledged_writes(seed: int) -> None:
+    check(seed, Scenario(chaos_seconds=120.0))
+
+
+def test_node_joins_under_faults() -> None:
+    check(11, Scenario(chaos_seconds=120.0, nodes=4, join_at=30.0))
+
+
+@pytest.mark.slow
+def test_many_seeds() -> None:
+    """`make sim SEEDS=1000`: seeds 1..SEEDS (or SEED_START..), each a full run."""
+    first = int(os.environ.get("SEED_START", "1"))
+    count = int(os.environ.get("SEEDS", "20"))
+    failures = []
+    started = time.monotonic()
+    for seed in range(first, first + count):
+        scenario = Scenario(join_at=40.0 if seed % 5 == 0 else None)
+        try:
+            check(seed, scenario)
+        except AssertionError as exc:
+            failures.append(str(exc).splitlines()[0])
+            print(exc)
+    print(f"{count} seeds in {time.monotonic() - started:.0f}s, {len(failures)} failed")
+    assert not failures, "\n".join(failures)
