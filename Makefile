@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint sim fuzz clean chaos deps-chaos
+.PHONY: run test lint sim fuzz clean chaos deps-chaos bench bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/dynctl cluster up --nodes 3
 
-test: $(STAMP) deps-system
+test: $(STAMP) deps-system deps-chaos
 	$(BIN)/ruff check common dynd dynctl tests
 	$(BIN)/pytest -q
 
@@ -46,7 +46,7 @@ deps-system:
 CHAOS_SECONDS ?= 300
 deps-chaos:
 	@command -v ip >/dev/null && command -v tc >/dev/null && command -v iptables >/dev/null \
-		|| { [ "$$(id -u)" = 0 ] || { echo "deps-chaos: need root to install iproute2 iptables" >&2; exit 1; }; \
+		|| { [ "$$(id -u)" = 0 ] || { echo "deps-chaos: not root: the chaos tests will skip" >&2; exit 0; }; \
 		     apt-get install -y -q iproute2 iptables || { apt-get update -q && apt-get install -y -q iproute2 iptables; }; }
 
 chaos: $(STAMP) deps-chaos
