@@ -375,13 +375,19 @@ def encode(clock: DVVSet) -> bytes:
     return cbor2.dumps(to_wire(clock), canonical=True)
 
 
-def decode(data: bytes) -> DVVSet:
-    """Parse the storage form, validating it as strictly as a peer message."""
+def decode(data: bytes, *, max_siblings: int | None = None) -> DVVSet:
+    """Parse the storage form (also what peers send), validating it as strictly as
+    ``from_wire``, ``max_siblings`` included."""
     if not isinstance(data, bytes):
         raise InvalidClock(f"clock data must be bytes, got {type(data).__name__}")
-    return from_wire(_decode_cbor(data, InvalidClock, "clock"))
+    return from_wire(_decode_cbor(data, InvalidClock, "clock"), max_siblings=max_siblings)
 
 
 def digest(clock: DVVSet) -> bytes:
     """16-byte stable hash of the clock: equal clocks, equal digests (Merkle leaves)."""
-    return hashlib.blake2b(encode(clock), digest_size=DIGEST_BYTES).digest()
+    return digest_encoded(encode(clock))
+
+
+def digest_encoded(data: bytes) -> bytes:
+    """``digest`` of the clock whose ``encode`` is ``data``, without decoding it again."""
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()

@@ -66,7 +66,7 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     # Peer ops.
     "p_get": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION, "hint_for": (str, False)},
     "p_put": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION,
-              "clock": ((dict, list), True), "hint_for": (str, False)},
+              "clock": ((dict, list, bytes), True), "hint_for": (str, False)},
     "p_forward": {"req": (dict, True)},
     "p_gossip": {"state": (dict, False), "heartbeats": (dict, False), "digest": (bytes, False)},
     "p_join": {"member": (dict, True)},
@@ -79,8 +79,10 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
 
 PEER_OPS = frozenset(op for op in SCHEMA if op.startswith("p_"))
 CLIENT_OPS = frozenset(SCHEMA) - PEER_OPS
-ADMIN_OPS = frozenset(op for op in CLIENT_OPS if op.startswith("cluster_")) - {
-    "cluster_status", "cluster_check"} | {"tokens", "bucket_set", "repair"}
+# CONTRACT: "Admin commands (cluster, tokens, bucket set, repair)": every cluster command,
+# `cluster status` and `cluster wait` included.
+ADMIN_OPS = frozenset(op for op in CLIENT_OPS if op.startswith("cluster_")) | {
+    "tokens", "bucket_set", "repair"}
 
 
 @dataclass(frozen=True, slots=True)

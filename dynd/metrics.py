@@ -78,17 +78,25 @@ class Stats:
             self.event_counter.labels(event)
         self.hint_ages = HintAgeWatch()
         self._collector: NodeCollector | None = None
+        # Label children looked up once: `labels()` costs more than the observation itself.
+        self._request_children: dict[tuple[str, str], Any] = {}
+        self._latency_children: dict[str, tuple[HdrHistogram, Any]] = {}
 
     def observe(self, op: str, outcome: str, seconds: float) -> None:
         """Record one served request (`outcome` is "ok" or an error code)."""
-        histogram = self._histograms.get(op)
-        if histogram is None:
+        children = self._latency_children.get(op)
+        if children is None:
             histogram = self._histograms[op] = HdrHistogram(1, _MAX_MICROS, 3)
+            children = self._latency_children[op] = (histogram, self.latency.labels(op))
+        histogram, latency = children
         histogram.record_value(min(max(int(seconds * 1e6), 1), _MAX_MICROS))
         if outcome != "ok":
             self._errors[op] += 1
-        self.requests.labels(op, outcome).inc()
-        self.latency.labels(op).observe(seconds)
+        counter = self._request_children.get((op, outcome))
+        if counter is None:
+            counter = self._request_children[op, outcome] = self.requests.labels(op, outcome)
+        counter.inc()
+        latency.observe(seconds)
         if outcome == Unavailable.code and op in QUORUM_OPS:
             self.count("quorum_failure")
 

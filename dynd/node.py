@@ -85,6 +85,7 @@ class Node:
                 f"{self.id}-{self.rng.getrandbits(64):016x}", self._me("valid"), config.ring_size
             )
         self.state_changed = trio.Event()
+        self._routing = _Routing(self.state)
         self.background: trio.Nursery
         self.ready = trio.Event()
         self._handlers: dict[str, OpHandler] = {}
@@ -153,8 +154,14 @@ class Node:
             raise Unavailable(f"unknown node {node!r}")
         return member.addr
 
+    def routing(self) -> _Routing:
+        """Ring, zones and primaries of the current state, computed once per state."""
+        if self._routing.state is not self.state:
+            self._routing = _Routing(self.state)
+        return self._routing
+
     def ring(self) -> Ring:
-        return membership.ring(self.state)
+        return self.routing().ring
 
     def claim_n(self) -> int:
         """The largest N of any bucket: how many consecutive partitions claim keeps distinct."""
@@ -196,7 +203,7 @@ class Node:
             self.detector.suspect(node, trio.current_time())
 
     def zones(self) -> dict[str, str]:
-        return membership.zones(self.state)
+        return dict(self.routing().zones)
 
     def primaries(
         self, partition: int, n: int | None = None, owners: tuple[str, ...] | None = None
@@ -206,17 +213,13 @@ class Node:
         `owners` picks another ring (the pre-commit or the planned one); default the
         effective ring of now.
         """
-        ring = self.ring() if owners is None else Ring(self.state.ring_size, owners)
-        return ring.primaries(partition, n or self.target_n(), self.zones())
+        return list(self.routing().primaries(partition, n or self.target_n(), owners))
 
     def placement(self, bucket: str, key: bytes, n: int) -> Placement:
-        ring = self.ring()
-        partition = partition_of(bucket, key, ring.ring_size)
-        targets = ring.preference_list(partition, n, self.up_nodes(), self.zones())
-        future = self.primaries(partition, n, self.state.next_owners)
-        current = set(self.primaries(partition, n))
-        extra = [node for node in future if node not in current]
-        return Placement(partition, n, targets, extra)
+        routing = self.routing()
+        partition = partition_of(bucket, key, routing.ring.ring_size)
+        targets, extra = routing.placement(partition, n, frozenset(self.up_nodes()))
+        return Placement(partition, n, list(targets), list(extra))
 
     def replacement(self, place: Placement, failed: Target, tried: set[str]) -> Target | None:
         """A fallback for a replica that just failed, not one already asked."""
@@ -252,14 +255,17 @@ class Node:
         return self._clock_from(reply.get("clock"))
 
     async def replica_put(
-        self, target: Target, partition: int, bucket: str, key: bytes, clock: DVVSet
+        self, target: Target, partition: int, bucket: str, key: bytes, clock: DVVSet,
+        encoded: bytes | None = None,
     ) -> None:
+        """Store ``clock`` on ``target``; ``encoded`` (its ``context.encode``), when the
+        caller has it, saves encoding it once per replica."""
         hint_for = None if target.role == "primary" else target.primary
         if target.node == self.id:
             await self.store_replica(partition, bucket, key, clock, hint_for)
             return
         fields: dict[str, Any] = {"bucket": bucket, "key": key, "partition": partition,
-                                  "clock": context.to_wire(clock)}
+                                  "clock": context.encode(clock) if encoded is None else encoded}
         if hint_for is not None:
             fields["hint_for"] = hint_for
         await self.call(target.node, "p_put", fields)
@@ -276,9 +282,12 @@ class Node:
             await ticket.wait()
 
     def _clock_from(self, wire: Any) -> DVVSet | None:
+        """A peer's clock: its stored bytes (p_get, p_put) or the ``to_wire`` form."""
         if wire is None:
             return None
         try:
+            if isinstance(wire, bytes):
+                return context.decode(wire, max_siblings=self.limits.max_siblings)
             return context.from_wire(wire, max_siblings=self.limits.max_siblings)
         except ValueError as exc:
             raise Rejected(f"invalid clock from peer: {exc}") from None
@@ -406,9 +415,9 @@ class Node:
         return await self._write(inner.fields, value, forwarded=True)
 
     async def op_p_get(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        clock = self.replica.get(fields["partition"], fields["bucket"], fields["key"],
-                                 fields.get("hint_for"))
-        return {"clock": None if clock is None else context.to_wire(clock)}
+        # The stored bytes as they are: the coordinator validates them (_clock_from).
+        return {"clock": self.replica.get_encoded(fields["partition"], fields["bucket"],
+                                                  fields["key"], fields.get("hint_for"))}
 
     async def op_p_put(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         clock = self._clock_from(fields["clock"])
@@ -458,3 +467,49 @@ class Node:
 
     async def op_stats(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"node": self.id, **self.stats.summary()}
+
+
+class _Routing:
+    """Where keys live under one cluster state, memoised: a state is immutable, so its
+    ring, zone map, primaries and (per set of up nodes) preference lists never change.
+    Building them costs more than the rest of a request (the ring alone validates Q
+    owners); the caches are bounded by Q x N values x the up-sets seen in one epoch."""
+
+    MAX_PLACEMENTS = 65536  # (partition, n, up set) entries kept; cleared when exceeded
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+        self.ring = membership.ring(state)
+        self.zones = membership.zones(state)
+        self._rings: dict[tuple[str, ...], Ring] = {self.ring.owners: self.ring}
+        self._primaries: dict[tuple[int, int, tuple[str, ...]], tuple[str, ...]] = {}
+        self._placements: dict[tuple[int, int, frozenset[str]],
+                               tuple[tuple[Target, ...], tuple[str, ...]]] = {}
+
+    def primaries(self, partition: int, n: int,
+                  owners: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        owners = self.ring.owners if owners is None else tuple(owners)
+        cache_key = (partition, n, owners)
+        found = self._primaries.get(cache_key)
+        if found is None:
+            ring = self._rings.get(owners)
+            if ring is None:
+                ring = self._rings[owners] = Ring(self.state.ring_size, owners)
+            found = self._primaries[cache_key] = tuple(
+                ring.primaries(partition, n, self.zones))
+        return found
+
+    def placement(self, partition: int, n: int, up: frozenset[str]
+                  ) -> tuple[tuple[Target, ...], tuple[str, ...]]:
+        """(sloppy preference list, future owners not among the current primaries)."""
+        cache_key = (partition, n, up)
+        found = self._placements.get(cache_key)
+        if found is None:
+            if len(self._placements) >= self.MAX_PLACEMENTS:
+                self._placements.clear()
+            targets = tuple(self.ring.preference_list(partition, n, up, self.zones))
+            current = set(self.primaries(partition, n))
+            extra = tuple(node for node in self.primaries(partition, n, self.state.next_owners)
+                          if node not in current)
+            found = self._placements[cache_key] = (targets, extra)
+        return found

@@ -59,11 +59,16 @@ class Replica:
         self, partition: int, bucket: str, key: bytes, hint_for: str | None = None
     ) -> DVVSet | None:
         """Our copy: the data copy, or with `hint_for` the hint held for that primary."""
-        if hint_for is None:
-            raw = self.storage.get(partition, bucket, key)
-        else:
-            raw = self.storage.get_hint(hint_for, partition, bucket, key)
+        raw = self.get_encoded(partition, bucket, key, hint_for)
         return None if raw is None else context.decode(raw)
+
+    def get_encoded(
+        self, partition: int, bucket: str, key: bytes, hint_for: str | None = None
+    ) -> bytes | None:
+        """Our copy as stored (``context.encode`` form): what a peer's p_get is sent as is."""
+        if hint_for is None:
+            return self.storage.get(partition, bucket, key)
+        return self.storage.get_hint(hint_for, partition, bucket, key)
 
     def coordinate(
         self, partition: int, bucket: str, key: bytes, value: bytes | None,
@@ -74,7 +79,8 @@ class Replica:
 
         A coordinator that is itself a fallback keeps its copy as a hint.
         """
-        stored = self.get(partition, bucket, key, hint_for)
+        stored_raw = self.get_encoded(partition, bucket, key, hint_for)
+        stored = None if stored_raw is None else context.decode(stored_raw)
         client = context.new(Sibling(value, written_at), client_context)
         result = context.update(client, stored, actor)
         if context.sibling_count(result) > self.max_siblings:
@@ -84,28 +90,32 @@ class Replica:
             )
         if hint_for is not None:
             return result, self.store_hint(hint_for, partition, bucket, key, result)
-        return result, self._store(partition, bucket, key, stored, result)
+        return result, self._store(partition, bucket, key, stored_raw, result)
 
     def merge(
         self, partition: int, bucket: str, key: bytes, incoming: DVVSet
     ) -> tuple[DVVSet, Ticket | None]:
         """Sync a replica's copy into ours; no write when it brings nothing new."""
-        stored = self.get(partition, bucket, key)
+        stored_raw = self.get_encoded(partition, bucket, key)
+        stored = None if stored_raw is None else context.decode(stored_raw)
         merged = incoming if stored is None else context.sync(stored, incoming)
         if stored is not None and context.equal(stored, merged):
             return stored, None
-        return merged, self._store(partition, bucket, key, stored, merged)
+        return merged, self._store(partition, bucket, key, stored_raw, merged)
 
     def _store(
-        self, partition: int, bucket: str, key: bytes, old: DVVSet | None, new: DVVSet
+        self, partition: int, bucket: str, key: bytes, old_raw: bytes | None, new: DVVSet
     ) -> Ticket:
+        """Stage ``new`` over the copy stored as ``old_raw``; digests hash the stored bytes
+        (``encode`` is canonical, so they are ``context.digest`` of the clocks)."""
+        encoded = context.encode(new)
         batch = Batch()
-        batch.put(partition, bucket, key, context.encode(new))
+        batch.put(partition, bucket, key, encoded)
         ticket = self.storage.stage(batch)
         self.tree(partition).update(
             key_id(bucket, key),
-            None if old is None else context.digest(old),
-            context.digest(new),
+            None if old_raw is None else context.digest_encoded(old_raw),
+            context.digest_encoded(encoded),
         )
         return ticket
 

@@ -54,6 +54,15 @@ _BLOOM_BITS_PER_KEY = 10
 _Op = tuple[str, bytes, bytes | None]  # (column family, raw key, value or None = delete)
 
 
+@dataclass(eq=False)
+class _Flight:
+    """A group's WriteBatch on its way to RocksDB from a worker thread."""
+
+    batch: rocksdict.WriteBatch
+    landed: bool = False
+    error: BaseException | None = None
+
+
 class StorageError(Exception):
     """RocksDB could not open, or could not write a batch; the node should stop."""
 
@@ -254,8 +263,8 @@ class Storage:
         self._db: rocksdict.Rdict | None = db
         self._path = path
         self._max_batch_ops = max_batch_ops
-        self._idle = threading.Event()  # no write in a worker thread right now
-        self._idle.set()
+        self._flight: _Flight | None = None  # a group handed to a worker thread
+        self._flight_lock = threading.Lock()
         self._write_options = rocksdict.WriteOptions()
         self._write_options.sync = fsync
         # Column-family views (reads) and handles (WriteBatch): both pin the DB open,
@@ -509,23 +518,26 @@ class Storage:
             self._commit_group()
             return
         group = self._take_group()
-        error: BaseException | None = None
-        self._idle.clear()  # close() waits for this write before it writes or closes anything
+        flight = _Flight(self._build_batch(group))
+        self._flight = flight
         try:
-            write_batch = self._build_batch(group)
-            await trio.to_thread.run_sync(self._write_in_thread, write_batch,
-                                          abandon_on_cancel=False)
-        except Exception as exc:  # rocksdict raises plain Exception
-            error = exc
-        finally:
-            self._idle.set()
-        self._finish_group(group, error)
+            await trio.to_thread.run_sync(self._land, flight, abandon_on_cancel=False)
+        finally:  # also when cancelled: the thread has finished by then, the group is written
+            self._flight = None
+            self._finish_group(group, flight.error)
 
-    def _write_in_thread(self, write_batch: rocksdict.WriteBatch) -> None:
-        try:
-            self._write_batch(write_batch)
-        finally:
-            self._idle.set()
+    def _land(self, flight: _Flight) -> None:
+        """Write an in-flight group exactly once: from the worker thread, or from close()
+        if close() got there first (the worker may not even have started: close() runs on
+        the event loop that would start it)."""
+        with self._flight_lock:
+            if flight.landed:
+                return
+            flight.landed = True
+            try:
+                self._write_batch(flight.batch)
+            except Exception as exc:  # rocksdict raises plain Exception
+                flight.error = exc
 
     def _commit_group(self) -> None:
         group = self._take_group()
@@ -543,7 +555,7 @@ class Storage:
                 entry = overlay.get(raw_key)
                 if entry is not None and entry[1] == staged.seq:
                     del overlay[raw_key]  # not re-staged since: RocksDB has it now
-        if error is not None:
+        if error is not None and self._db is not None:
             self._rebuild_hint_counts()  # the failed hints are gone again
         self.group_commits += 1
         self.batches_committed += len(group)
@@ -554,7 +566,8 @@ class Storage:
         """Commit what is staged, then close every view, handle and the DB; idempotent."""
         if self._db is None:
             return
-        self._idle.wait()  # a group in a worker thread is written first: keeps write order
+        if self._flight is not None:
+            self._land(self._flight)  # the group in flight goes first: keeps write order
         self._commit_all()
         for view in self._views.values():
             view.close()

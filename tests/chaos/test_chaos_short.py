@@ -18,7 +18,8 @@ from tests.chaos.run import run_chaos
 from tests.chaos.workload import WorkloadConfig
 
 SHORT_SCHEDULE = Schedule(hold=(4.0, 5.0), rest=(1.0, 2.0),
-                          sequence=(("partition",), ("kill9",), ("pause",), ("loss",)))
+                          sequence=(("partition",), ("kill9",), ("pause",), ("loss",),
+                                    ("kill9-two",)))  # lost writes before the fallback-actor fix
 
 
 @pytest.mark.skipif(os.geteuid() != 0,
@@ -30,7 +31,7 @@ def test_no_acknowledged_write_is_lost_under_mixed_faults(tmp_path: Path) -> Non
     text = report.render()
     print(report.events() + "\n" + text)
     assert report.nrw == (3, 2, 2)
-    assert sum(report.nemesis.faults.values()) == 4, text
+    assert sum(report.nemesis.faults.values()) == 5, text
     assert report.history.acked_count >= 200, text
     assert report.result.lost_count == 0, text
     assert report.result.unexpected_count == 0, text

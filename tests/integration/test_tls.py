@@ -180,11 +180,13 @@ def test_admin_commands_need_an_admin_certificate(world: World) -> None:
     assert "event=unauthorized op=bucket_set" in world.n1.log()
     assert run(world.n1, world.alice, "cluster", "commit").returncode == 5
     assert run(world.n1, world.alice, "repair").returncode == 5
+    assert run(world.n1, world.alice, "cluster", "status").returncode == 5  # CONTRACT: admin
     accepted = run(world.n1, world.admin, "bucket", "set", "carts", "--n", "2")
     assert accepted.returncode == 0, accepted.stderr
+    assert run(world.n1, world.admin, "cluster", "status").returncode == 0
     # Read-only and data commands are open to any certificate of the CA.
     assert run(world.n1, world.alice, "bucket", "get", "carts").returncode == 0
-    assert run(world.n1, world.alice, "cluster", "status").returncode == 0
+    assert run(world.n1, world.alice, "ring").returncode == 0
     assert_serving(world)
 
 
@@ -299,7 +301,9 @@ JOIN_AS_N9 = {"member": {"id": "n9", "addr": "127.0.0.1:9", "zone": "z", "incarn
 @pytest.mark.parametrize(("op", "fields", "identity", "allowed"), [
     ("get", {"bucket": "b", "key": b"k"}, "alice", True),
     ("get", {"bucket": "b", "key": b"k"}, None, True),  # CA-signed, no CN: still a client
-    ("cluster_status", {}, "alice", True),
+    ("cluster_status", {}, "alice", False),  # CONTRACT: every cluster command is admin
+    ("cluster_status", {}, "ops", True),
+    ("ring", {}, "alice", True),
     ("bucket_set", {"name": "b"}, "alice", False),
     ("bucket_set", {"name": "b"}, "ops", True),
     ("cluster_commit", {}, "n1", False),  # a node is not an admin unless listed
