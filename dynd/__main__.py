@@ -26,7 +26,7 @@ from dynd.transport import TcpTransport
 
 log = logging.getLogger("dynd")
 
-STOP_GRACE_SECONDS = 8.0  # in-flight work gets this long after SIGTERM; exit stays under 10 s
+STOP_GRACE_SECONDS = 5.0  # in-flight work gets this long after SIGTERM; exit stays under 10 s
 
 
 class EventFormatter(logging.Formatter):
@@ -114,6 +114,9 @@ async def serve(config: Config, formatter: EventFormatter,
                     log.info("event=stopping signal=%s", signal.Signals(signum).name)
                     sd_notify("STOPPING=1")
                     break
+            unfinished = await node.drain(STOP_GRACE_SECONDS)
+            if unfinished:
+                log.warning("event=stop_cancelled_requests count=%d", unfinished)
             nursery.cancel_scope.cancel()
     finally:
         storage.close()

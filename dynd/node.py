@@ -88,6 +88,8 @@ class Node:
         self._routing = _Routing(self.state)
         self.background: trio.Nursery
         self.ready = trio.Event()
+        self.stopping = False  # set on SIGTERM: new requests are refused, in-flight ones finish
+        self.inflight = 0
         self._handlers: dict[str, OpHandler] = {}
         self.register(self, ("ping", "get", "put", "delete", "replicas", "stats",
                              "p_get", "p_put", "p_forward"))
@@ -320,7 +322,10 @@ class Node:
     async def handle(self, request: Request, peer: Peer) -> dict[str, Any]:
         start = trio.current_time()
         outcome = "ok"
+        self.inflight += 1
         try:
+            if self.stopping:
+                raise Unavailable(f"node {self.id} is stopping")
             if not self.ready.is_set() and request.op not in ("ping", "p_gossip"):
                 with trio.move_on_after(self.request_timeout):
                     await self.ready.wait()
@@ -336,7 +341,19 @@ class Node:
             outcome = "internal"
             raise
         finally:
+            self.inflight -= 1
             self.stats.observe(request.op, outcome, trio.current_time() - start)
+
+    async def drain(self, grace: float) -> int:
+        """Refuse new requests and give in-flight ones up to `grace` seconds to finish.
+
+        Returns how many were still running when the grace period ended (they fail).
+        """
+        self.stopping = True
+        with trio.move_on_after(grace):
+            while self.inflight:
+                await trio.sleep(0.01)
+        return self.inflight
 
     # ---- services ----------------------------------------------------------------
 
