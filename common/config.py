@@ -78,6 +78,7 @@ class TLSConfig:
     cert: str
     key: str
     admins: tuple[str, ...] = ()
+    peer_identity: str = "ca"
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +298,10 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Setting]]] = {
                         _not_empty),
         "admins": _Setting("strs", "Client certificate common names allowed admin commands.",
                            _names),
+        "peer_identity": _Setting("str", "Who may run node-to-node operations: \"ca\", any "
+                                  "certificate the CA signed; \"member\", only a certificate "
+                                  "whose CN is the id of a cluster member.",
+                                  _one_of("ca", "member")),
     }),
 }
 

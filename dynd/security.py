@@ -108,6 +108,8 @@ def _refusal(request: Request, identity: str | None, tls: TLSConfig,
         if identity in tls.admins:
             return None
         return f"admin command needs a certificate whose CN is in [tls] admins; {who} is not"
+    if op in PEER_OPS and tls.peer_identity == "ca":
+        return None  # CONTRACT: a certificate of the same CA may gossip and replicate
     if op == "p_join":
         joining = request.fields["member"].get("id")
         if identity is not None and identity == joining:

@@ -58,19 +58,20 @@ def issue(ca: trustme.CA, directory: Path, common_name: str) -> Identity:
     return Identity(ca_path, cert, key)
 
 
-def write_config(identity: Identity, path: Path, admins: tuple[str, ...] = ("ops",)) -> Path:
+def write_config(identity: Identity, path: Path, admins: tuple[str, ...] = ("ops",),
+                 peer_identity: str = "member") -> Path:
     admins_toml = ", ".join(f'"{name}"' for name in admins)
     path.write_text(
         f'[tls]\nca = "{identity.ca}"\ncert = "{identity.cert}"\nkey = "{identity.key}"\n'
-        f"admins = [{admins_toml}]\n"
+        f'admins = [{admins_toml}]\npeer_identity = "{peer_identity}"\n'
         f"[limits]\nframe_timeout = {FRAME_TIMEOUT}\n"
         f"[gossip]\ninterval = 0.2\n")
     return path
 
 
 def start_tls_node(c: Cluster, node_id: str, identity: Identity, admin: Identity,
-                   *extra: str) -> DyndProcess:
-    config = write_config(identity, c.root / f"{node_id}.toml")
+                   *extra: str, peer_identity: str = "member") -> DyndProcess:
+    config = write_config(identity, c.root / f"{node_id}.toml", peer_identity=peer_identity)
     node = c.add(node_id, "-c", str(config), *extra, start=False)
     node.start(wait=False)
     deadline = time.monotonic() + 20
@@ -316,7 +317,7 @@ JOIN_AS_N9 = {"member": {"id": "n9", "addr": "127.0.0.1:9", "zone": "z", "incarn
     ("p_join", JOIN_AS_N9, "n1", False),
 ])
 def test_authorize_table(op: str, fields: dict, identity: str | None, allowed: bool) -> None:
-    tls = TLSConfig("ca", "cert", "key", admins=("ops",))
+    tls = TLSConfig("ca", "cert", "key", admins=("ops",), peer_identity="member")
     req = Request(op=op, id=1, fields=fields)
     peer = Peer("127.0.0.1:5", identity)
     if allowed:
@@ -325,3 +326,33 @@ def test_authorize_table(op: str, fields: dict, identity: str | None, allowed: b
         with pytest.raises(Unauthorized, match=f"{op}: not authorized"):
             security.authorize(req, peer, tls, MEMBERS)
     security.authorize(req, peer, None, MEMBERS)  # without [tls] nothing is checked
+
+
+@pytest.mark.parametrize(("op", "fields", "identity"), [
+    ("p_gossip", {}, "any-node-cert"),
+    ("p_gossip", {}, None),
+    ("p_join", JOIN_AS_N9, "n1"),
+])
+def test_default_peer_identity_accepts_any_certificate_of_the_ca(
+        op: str, fields: dict, identity: str | None) -> None:
+    """CONTRACT: a peer must present a certificate of the same CA to gossip or replicate."""
+    tls = TLSConfig("ca", "cert", "key", admins=("ops",))
+    security.authorize(Request(op=op, id=1, fields=fields), Peer("127.0.0.1:5", identity),
+                       tls, MEMBERS)
+
+
+def test_default_mode_nodes_need_only_certificates_of_the_ca(tmp_path: Path) -> None:
+    """Node certificates whose CN is not the node id form a cluster (peer_identity = "ca")."""
+    ca = trustme.CA()
+    admin = issue(ca, tmp_path / "certs", "ops")
+    with cluster(tmp_path) as c:
+        n1 = start_tls_node(c, "n1", issue(ca, tmp_path / "certs", "web-a"), admin,
+                            peer_identity="ca")
+        n2 = start_tls_node(c, "n2", issue(ca, tmp_path / "certs", "web-b"), admin,
+                            peer_identity="ca")
+        assert run(n2, admin, "cluster", "join", n1.addr).returncode == 0
+        assert run(n1, admin, "cluster", "commit").returncode == 0
+        wait_until_reachable(n1, admin, {"n1", "n2"})
+        assert run(n1, admin, "put", "k", "v").returncode == 0
+        got = run(n2, admin, "get", "--r", "2", "k")
+        assert (got.returncode, got.stdout) == (0, b"v")
