@@ -31,6 +31,7 @@ def test_node_joins_under_faults() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(0)  # many seeds in one test: make sim SEEDS=1000 runs for an hour
 def test_many_seeds() -> None:
     """`make sim SEEDS=1000`: seeds 1..SEEDS (or SEED_START..), each a full run."""
     first = int(os.environ.get("SEED_START", "1"))
