@@ -65,8 +65,8 @@ class Coordinator:
             except DynError as exc:
                 core.add_failure(target.node, exc.message)
             else:
-                core.add_reply(target.node, clock)
-            if core.enough() or core.hopeless():
+                core.add_reply(target.node, clock, fallback=target.role == "fallback")
+            if core.settled():
                 decided.set()
 
         async def repair() -> None:
@@ -79,9 +79,10 @@ class Coordinator:
         if len(remote) < len(place.targets):
             local = next(t for t in place.targets if t.node == self.node.id)
             core.add_reply(local.node, self.node.replica.get(
-                place.partition, bucket, key, None if local.role == "primary" else local.primary))
+                place.partition, bucket, key, None if local.role == "primary" else local.primary),
+                fallback=local.role == "fallback")
         self._fan_out([partial(ask, target) for target in remote], decided, then=repair)
-        if not (core.enough() or core.hopeless()):
+        if not core.settled():
             await decided.wait()
         if not core.enough():
             raise Unavailable(

@@ -4,7 +4,7 @@ Every `gossip.interval` the node pushes its state to one random member (or a
 configured seed, which lets partitioned views meet) and merges the state it
 gets back (push-pull), so a change reaches every node in O(log S) rounds.
 Liveness rides along Cassandra-style: each node bumps its own heartbeat
-(boot generation, counter) every round and the map of the newest heartbeats
+(incarnation, counter) every round and the map of the newest heartbeats
 seen travels with the state; a newer heartbeat for X, from any path, is a
 heartbeat of X for the phi-accrual detector. A state from another cluster is
 refused: a stranger cannot gossip its way into the ring.
@@ -28,7 +28,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dynd.gossip")
 
-Heartbeat = tuple[int, int]  # (boot generation, counter)
+# (incarnation, counter): the incarnation is persisted and bumped at every start, so a
+# restarted node's beats always rank above its old ones, whatever its wall clock says
+# (a boot timestamp did not: a node restarted after a clock jump back was never heard
+# again, and hints for it never drained; tests/sim seed 215).
+Heartbeat = tuple[int, int]
 
 
 class Gossip:
@@ -36,7 +40,6 @@ class Gossip:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.generation = node.wall_ms()
         self.counter = 0
         self.heartbeats: dict[str, Heartbeat] = {}
         self.rounds = 0
@@ -45,7 +48,7 @@ class Gossip:
         self._last_digest = b""
 
     def _heartbeat_wire(self) -> dict[str, list[int]]:
-        self.heartbeats[self.node.id] = (self.generation, self.counter)
+        self.heartbeats[self.node.id] = (self.node.incarnation, self.counter)
         return {node: list(hb) for node, hb in self.heartbeats.items()
                 if node in self.node.state.members}
 

@@ -21,9 +21,29 @@ class GetCore:
     n: int
     replies: dict[str, DVVSet | None] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    fallbacks: set[str] = field(default_factory=set)
 
-    def add_reply(self, node: str, clock: DVVSet | None) -> None:
+    def add_reply(self, node: str, clock: DVVSet | None, *, fallback: bool = False) -> None:
         self.replies[node] = clock
+        if fallback:
+            self.fallbacks.add(node)
+
+    def settled(self) -> bool:
+        """Time to answer: R replies, and if none of them holds the key, either R of
+        them came from primaries or every replica has answered.
+
+        A fallback without a hint knows nothing about the key: two of them answering
+        first must not turn a stored value into "not found" while a primary that holds
+        it is still answering.
+        """
+        if self.hopeless():
+            return True
+        if not self.enough():
+            return False
+        if any(clock is not None for clock in self.replies.values()):
+            return True
+        primary_misses = sum(1 for node in self.replies if node not in self.fallbacks)
+        return primary_misses >= self.r or len(self.replies) + len(self.failures) >= self.n
 
     def add_failure(self, node: str, reason: str) -> None:
         self.failures[node] = reason

@@ -17,7 +17,7 @@ from tests.sim.harness import Scenario, check
 # 5: a fallback coordinator minted a dot that repeated one already handed back (lost write);
 # 8: W was lowered to the nodes the coordinator found reachable (acked by one node, lost
 #    with its disk).
-REGRESSION_SEEDS = [5, 8]
+REGRESSION_SEEDS = [5, 8, 215]
 FIXED_SEEDS = [1, 2, 3]
 
 

@@ -1,0 +1,80 @@
+"""GetCore / PutCore: when a get or put may answer, and with what."""
+
+from __future__ import annotations
+
+from common import context
+from common.context import Sibling
+from dynd.quorum import GetCore, PutCore
+
+
+def clock_with(value: bytes, actor: str = "a.1", stored=None):
+    return context.update(context.new(Sibling(value, 1)), stored, actor)
+
+
+def test_get_answers_after_r_replies_with_the_merge() -> None:
+    core = GetCore(r=2, n=3)
+    one = clock_with(b"x")
+    core.add_reply("n1", one)
+    assert not core.settled()
+    other = clock_with(b"y", actor="b.1")
+    core.add_reply("n2", other)
+    assert core.settled() and core.enough()
+    assert sorted(s.value for s in context.live_values(core.merged())) == [b"x", b"y"]
+
+
+def test_stale_replicas_are_those_that_do_not_descend_the_answer() -> None:
+    core = GetCore(r=3, n=3)
+    old = clock_with(b"old")
+    new = clock_with(b"new", stored=old)
+    core.add_reply("n1", new)
+    core.add_reply("n2", old)
+    core.add_reply("n3", None)
+    assert sorted(core.stale(core.merged())) == ["n2", "n3"]
+
+
+def test_fallback_misses_do_not_make_a_stored_key_look_missing() -> None:
+    core = GetCore(r=2, n=3)
+    core.add_reply("f1", None, fallback=True)
+    core.add_reply("f2", None, fallback=True)
+    assert core.enough() and not core.settled()  # the primary may still hold it
+    core.add_reply("p1", clock_with(b"x"))
+    assert core.settled() and core.merged() is not None
+
+
+def test_not_found_is_answered_once_r_primaries_or_everyone_said_so() -> None:
+    primaries = GetCore(r=2, n=3)
+    primaries.add_reply("p1", None)
+    primaries.add_reply("p2", None)
+    assert primaries.settled() and primaries.merged() is None
+    everyone = GetCore(r=2, n=3)
+    everyone.add_reply("f1", None, fallback=True)
+    everyone.add_reply("f2", None, fallback=True)
+    everyone.add_failure("p1", "timed out")
+    assert everyone.settled() and everyone.enough() and everyone.merged() is None
+
+
+def test_get_is_hopeless_when_too_many_replicas_failed() -> None:
+    core = GetCore(r=2, n=3)
+    core.add_failure("n1", "refused")
+    assert not core.hopeless()
+    core.add_failure("n2", "timed out")
+    assert core.hopeless() and core.settled() and not core.enough()
+
+
+def test_put_counts_distinct_acknowledgements_against_w() -> None:
+    core = PutCore(w=2, n=3)
+    core.add_ack("n1")
+    core.add_ack("n1")
+    assert not core.enough()
+    core.add_failure("n3", "timed out")
+    assert not core.hopeless()
+    core.add_ack("n2")
+    assert core.enough()
+
+
+def test_put_failure_message_says_what_is_known() -> None:
+    core = PutCore(w=3, n=3)
+    core.add_ack("n1")
+    core.add_failure("n2", "refused")
+    assert core.hopeless()
+    assert core.describe() == "1 of 3 required acknowledgements (n2: refused)"
