@@ -66,7 +66,7 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     # Peer ops.
     "p_get": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION, "hint_for": (str, False)},
     "p_put": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION,
-              "clock": ((dict, list, bytes), True), "hint_for": (str, False)},
+              "clock": (bytes, True), "hint_for": (str, False)},
     "p_forward": {"req": (dict, True)},
     "p_gossip": {"state": (dict, False), "heartbeats": (dict, False), "digest": (bytes, False)},
     "p_join": {"member": (dict, True)},
@@ -74,7 +74,7 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "p_tree": {"partition": _PARTITION, "level": (int, True), "indices": (list, True)},
     "p_segments": {"partition": _PARTITION, "segments": (list, True)},
     "p_status": {},
-    "p_reap": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION, "clock": (list, True)},
+    "p_reap": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION, "clock": (bytes, True)},
 }
 
 PEER_OPS = frozenset(op for op in SCHEMA if op.startswith("p_"))

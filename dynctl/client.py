@@ -55,6 +55,7 @@ from common.errors import (
 )
 from common.limits import Limits
 from common.messages import check_response, request
+from dynd.server import FrameWriter
 
 DEFAULT_ADDR = "127.0.0.1:7070"
 LIMITS = Limits()
@@ -146,8 +147,7 @@ class Connection:
         self._decoder = FrameDecoder(MAX_REPLY_BYTES, LIMITS.max_nesting)
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
-        self._outbox = bytearray()
-        self._has_output = trio.Event()
+        self._writer = FrameWriter(stream)
         self._slots = trio.Semaphore(LIMITS.max_inflight_per_connection)
         self._broken: DynError | None = None
         self._scope = trio.CancelScope()
@@ -194,8 +194,7 @@ class Connection:
             frame = encode_frame(request(op, rid, **fields), LIMITS.max_frame_bytes)
             pending = self._pending[rid] = _Pending()
             try:
-                self._outbox += frame
-                self._has_output.set()
+                self._writer.send(frame)
                 await pending.done.wait()
             finally:
                 del self._pending[rid]
@@ -221,12 +220,7 @@ class Connection:
 
     async def _write_loop(self) -> None:
         try:
-            while True:
-                await self._has_output.wait()
-                self._has_output = trio.Event()
-                data = bytes(self._outbox)
-                self._outbox.clear()
-                await self._stream.send_all(data)
+            await self._writer.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(self._network_error(exc))
 

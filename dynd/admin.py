@@ -89,8 +89,7 @@ class Admin:
             joined = membership.from_wire(reply["state"])
         except (MembershipError, KeyError) as exc:
             raise Rejected(f"seed answered an invalid cluster state: {exc}") from None
-        self.node.state = joined  # a new cluster id: adopt, do not reconcile
-        self.node.set_state(joined)
+        self.node.set_state(joined)  # a new cluster id: adopt it whole, no reconcile
         await self.node.persist_identity()
         log.info("event=join_staged node=%s seed=%s", self.node.id, fields["seed"])
         return {"epoch": joined.epoch}

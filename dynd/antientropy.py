@@ -72,7 +72,7 @@ class AntiEntropy:
         return {"items": [[*split_key_id(kid), digest] for kid, digest in items.items()]}
 
     async def op_p_reap(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        clock = self.node._clock_from(fields["clock"])
+        clock = self.node.clock_from_peer(fields["clock"])
         if clock is None or not context.is_tombstone(clock):
             raise Rejected("p_reap needs a tombstone clock")
         ticket = self.node.replica.reap(fields["partition"], fields["bucket"], fields["key"], clock)
@@ -85,16 +85,11 @@ class AntiEntropy:
         wanted = set(segments)
         size = self.node.replica.tree(partition).segments
         found: dict[bytes, bytes] = {}
-        after = None
-        while True:
-            rows = self.node.storage.scan_partition(partition, after=after, limit=1000)
-            for bucket, key, raw in rows:
-                kid = key_id(bucket, key)
-                if merkle.key_segment(kid, size) in wanted:
-                    found[kid] = context.digest(context.decode(raw))
-            if len(rows) < 1000:
-                return found
-            after = (rows[-1][0], rows[-1][1])
+        for bucket, key, raw in self.node.storage.iter_partition(partition):
+            kid = key_id(bucket, key)
+            if merkle.key_segment(kid, size) in wanted:
+                found[kid] = context.digest_encoded(raw)
+        return found
 
     # ---- exchange -----------------------------------------------------------------
 
@@ -214,17 +209,11 @@ class AntiEntropy:
         grace_ms = self.node.config.antientropy.tombstone_grace * 1000
         now_ms = self.node.wall_ms()
         candidates: list[tuple[str, bytes, DVVSet]] = []
-        after = None
-        while True:
-            rows = self.node.storage.scan_partition(partition, after=after, limit=1000)
-            for bucket, key, raw in rows:
-                clock = context.decode(raw)
-                if context.is_tombstone(clock) and all(
-                        now_ms - s.written_at >= grace_ms for s in context.values(clock)):
-                    candidates.append((bucket, key, clock))
-            if len(rows) < 1000:
-                break
-            after = (rows[-1][0], rows[-1][1])
+        for bucket, key, raw in self.node.storage.iter_partition(partition):
+            clock = context.decode(raw)
+            if context.is_tombstone(clock) and all(
+                    now_ms - s.written_at >= grace_ms for s in context.values(clock)):
+                candidates.append((bucket, key, clock))
         if not candidates or not await self._no_hints_anywhere():
             return 0
         reaped = 0
@@ -259,7 +248,7 @@ class AntiEntropy:
                 return False
             if theirs is None or not context.equal(theirs, clock):
                 return False
-        wire = context.to_wire(clock)
+        wire = context.encode(clock)
         for primary in primaries:
             if primary == self.node.id:
                 ticket = self.node.replica.reap(partition, bucket, key, clock)

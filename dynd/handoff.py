@@ -51,7 +51,6 @@ class Handoff:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.progress: dict[int, Progress] = {}
-        self.hints_delivered = 0
         self.cleaned_epoch = 0
 
     # ---- ops -------------------------------------------------------------------
@@ -92,9 +91,10 @@ class Handoff:
         config = self.node.config.handoff
         while True:
             await trio.sleep(config.interval)
-            self.node.stats.hint_ages.check(self.node.id, self.node.storage.hint_counts(),
-                                            trio.current_time(), config.hint_warn_age)
-            for target in sorted(self.node.storage.hint_counts()):
+            counts = self.node.storage.hint_counts()
+            self.node.stats.hint_ages.check(self.node.id, counts, trio.current_time(),
+                                            config.hint_warn_age)
+            for target in sorted(counts):
                 if self.node.is_up(target) or target not in self.node.state.members:
                     await self.deliver_hints(target)
 
@@ -108,12 +108,10 @@ class Handoff:
                 return delivered
             for _, partition, bucket, key, raw in rows:
                 recipients = self._hint_recipients(target, partition)
-                clock = context.decode(raw)
                 try:
-                    for recipient in recipients:
+                    for recipient in recipients:  # the stored bytes are the wire form
                         await self.node.call(recipient, "p_put", {
-                            "bucket": bucket, "key": key, "partition": partition,
-                            "clock": context.to_wire(clock)})
+                            "bucket": bucket, "key": key, "partition": partition, "clock": raw})
                 except DynError as exc:
                     log.info("event=hint_delivery_paused node=%s target=%s error=%r",
                              self.node.id, target, exc.message)
@@ -124,7 +122,6 @@ class Handoff:
                     self.node.storage.stage(batch)
                     self.node.hints_released = True  # see Node.fallback_actor
                 delivered += 1
-                self.hints_delivered += 1
                 self.node.stats.count("hint_delivered")
                 await trio.sleep(1 / config.keys_per_second)
 

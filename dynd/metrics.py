@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from hdrh.histogram import HdrHistogram
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -104,10 +104,6 @@ class Stats:
         """Bump an internal event counter (see KNOWN_EVENTS for the usual names)."""
         self.events[event] += amount
         self.event_counter.labels(event).inc(amount)
-
-    def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
-        """Expose a live value (hints pending, storage bytes, ...) read at scrape time."""
-        Gauge(name, doc, registry=self.registry).set_function(read)
 
     def watch_node(self, collector: NodeCollector) -> None:
         """Export the node's live state with the counters (once per Stats)."""

@@ -254,7 +254,7 @@ class Node:
         if hint_for is not None:
             fields["hint_for"] = hint_for
         reply = await self.call(target.node, "p_get", fields)
-        return self._clock_from(reply.get("clock"))
+        return self.clock_from_peer(reply.get("clock"))
 
     async def replica_put(
         self, target: Target, partition: int, bucket: str, key: bytes, clock: DVVSet,
@@ -283,14 +283,12 @@ class Node:
         if ticket is not None:
             await ticket.wait()
 
-    def _clock_from(self, wire: Any) -> DVVSet | None:
-        """A peer's clock: its stored bytes (p_get, p_put) or the ``to_wire`` form."""
+    def clock_from_peer(self, wire: bytes | None) -> DVVSet | None:
+        """A peer's clock, sent as its stored bytes (``context.encode``), validated."""
         if wire is None:
             return None
         try:
-            if isinstance(wire, bytes):
-                return context.decode(wire, max_siblings=self.limits.max_siblings)
-            return context.from_wire(wire, max_siblings=self.limits.max_siblings)
+            return context.decode(wire, max_siblings=self.limits.max_siblings)
         except ValueError as exc:
             raise Rejected(f"invalid clock from peer: {exc}") from None
 
@@ -437,7 +435,7 @@ class Node:
                                                   fields["key"], fields.get("hint_for"))}
 
     async def op_p_put(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        clock = self._clock_from(fields["clock"])
+        clock = self.clock_from_peer(fields["clock"])
         if clock is None or clock.anonymous:
             raise Rejected("p_put needs a stored clock (no anonymous values)")
         await self.store_replica(fields["partition"], fields["bucket"], fields["key"], clock,

@@ -44,14 +44,8 @@ class Replica:
     def rebuild_tree(self, partition: int) -> PartitionTree:
         """Recompute one partition's tree from storage (startup, or after a wipe)."""
         tree = PartitionTree(self.segments)
-        after = None
-        while True:
-            rows = self.storage.scan_partition(partition, after=after, limit=1000)
-            for bucket, key, raw in rows:
-                tree.update(key_id(bucket, key), None, context.digest(context.decode(raw)))
-            if len(rows) < 1000:
-                break
-            after = (rows[-1][0], rows[-1][1])
+        for bucket, key, raw in self.storage.iter_partition(partition):
+            tree.update(key_id(bucket, key), None, context.digest_encoded(raw))
         self.trees[partition] = tree
         return tree
 

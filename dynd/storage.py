@@ -35,6 +35,7 @@ import os
 import struct
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import rocksdict
@@ -377,6 +378,17 @@ class Storage:
         low = prefix if after is None else data_key(partition, *after) + b"\x00"
         rows = self._range(CF_DATA, low, _prefix_end(prefix), limit)
         return [(*_decode_data_key(raw)[1:], value) for raw, value in rows]
+
+    def iter_partition(self, partition: int, page: int = 1000
+                       ) -> Iterator[tuple[str, bytes, bytes]]:
+        """Every (bucket, key, value) of one partition, read ``page`` rows at a time so a
+        big partition never sits in memory at once (tree builds, repair, reaping)."""
+        after = None
+        while rows := self.scan_partition(partition, after=after, limit=page):
+            yield from rows
+            if len(rows) < page:
+                return
+            after = (rows[-1][0], rows[-1][1])
 
     def count_partition(self, partition: int) -> int:
         """Number of objects (tombstones included) in one partition; walks its keys."""

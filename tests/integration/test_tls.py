@@ -211,7 +211,7 @@ async def test_data_client_cannot_act_as_a_peer(world: World) -> None:
         await call_as(world, world.alice, "p_gossip", {})
     with pytest.raises(Unauthorized, match="cluster member"):
         await call_as(world, world.alice, "p_put", {
-            "bucket": "default", "key": b"k", "partition": 0, "clock": []})
+            "bucket": "default", "key": b"k", "partition": 0, "clock": b""})
     with pytest.raises(Unauthorized, match="only ask to join as itself"):
         await call_as(world, world.alice, "p_join", {"member": {
             "id": "n9", "addr": "127.0.0.1:1", "zone": "default", "incarnation": 1}})

@@ -64,7 +64,7 @@ VALID = {
     "repair": {"bucket": "default", "partition": 7},
     "stats": {},
     "p_get": {"bucket": "default", "key": b"k", "partition": 0, "hint_for": "n2"},
-    "p_put": {"bucket": "default", "key": b"k", "partition": 3, "clock": [], "hint_for": "n2"},
+    "p_put": {"bucket": "default", "key": b"k", "partition": 3, "clock": b"", "hint_for": "n2"},
     "p_forward": {"req": {"v": 1, "id": 1, "op": "put"}},
     "p_gossip": {"state": {"epoch": 1}, "heartbeats": {"n1": [1, 2]}, "digest": b"d"},
     "p_join": {"member": {"id": "n3"}},
@@ -72,7 +72,7 @@ VALID = {
     "p_tree": {"partition": 1, "level": 2, "indices": [0, 5]},
     "p_segments": {"partition": 1, "segments": []},
     "p_status": {},
-    "p_reap": {"bucket": "default", "key": b"k", "partition": 2, "clock": []},
+    "p_reap": {"bucket": "default", "key": b"k", "partition": 2, "clock": b""},
 }
 
 
@@ -135,7 +135,7 @@ SHAPE_ERRORS = [
     ("r as float", get(r=2.0), "must be int, not float"),
     ("bucket as bytes", get(bucket=b"default"), "must be str"),
     ("clock as text", request("p_put", 1, **{**VALID["p_put"], "clock": "x"}),
-     "must be dict or list"),
+     "must be bytes"),
     ("req as list", request("p_forward", 1, req=[]), "must be dict"),
     ("indices of text", request("p_tree", 1, partition=1, level=0, indices=["1"]),
      "non-negative ints"),
