@@ -105,7 +105,8 @@ async def serve(config: Config, formatter: EventFormatter,
             register_node_gauges(node)
             if config.metrics_listen:
                 await nursery.start(serve_metrics, config.metrics_listen, node.stats.registry)
-            await nursery.start(Server(node.handle, config.limits, server_tls).serve, listeners)
+            await nursery.start(Server(node.handle, config.limits, server_tls,
+                                        answer_now=node.answer_now).serve, listeners)
             log.info("event=listening addr=%s:%d data_dir=%s tls=%s", host, bound,
                      config.data_dir, "mutual" if server_tls is not None else "off")
             sd_notify("READY=1")

@@ -35,13 +35,15 @@ from dynd.metrics import Stats
 from dynd.replica import Replica
 from dynd.ring import Ring, Target, partition_of
 from dynd.security import authorize
-from dynd.server import Peer
-from dynd.storage import Batch, Storage, Ticket
+from dynd.server import Peer, Reply
+from dynd.storage import Batch, Storage, StorageError, Ticket
 from dynd.transport import Transport
 
 log = logging.getLogger("dynd.node")
 
 OpHandler = Callable[[dict[str, Any], Peer], Awaitable[dict[str, Any]]]
+# An op that never waits: its result, and the ticket of the write to land first, if any.
+ImmediateOp = Callable[[dict[str, Any], Peer], tuple[dict[str, Any], Ticket | None]]
 
 META_NODE_ID = "node_id"
 META_INCARNATION = "incarnation"
@@ -91,14 +93,16 @@ class Node:
         self.stopping = False  # set on SIGTERM: new requests are refused, in-flight ones finish
         self.inflight = 0
         self._handlers: dict[str, OpHandler] = {}
-        self.register(self, ("ping", "get", "put", "delete", "replicas", "stats",
-                             "p_get", "p_put", "p_forward"))
+        self.register(self, ("get", "put", "delete", "replicas", "stats", "p_forward"))
+        self._immediate: dict[str, ImmediateOp] = {
+            "ping": self.ping, "p_get": self.p_get, "p_put": self.p_put}
         self.gossip = Gossip(self)
         self.handoff = Handoff(self)
         self.antientropy = AntiEntropy(self)
         for service in (self.gossip, self.handoff, self.antientropy, Admin(self)):
             self.register(service, service.OPS)
-        missing = (messages.CLIENT_OPS | messages.PEER_OPS) - set(self._handlers)
+        missing = (messages.CLIENT_OPS | messages.PEER_OPS) - set(self._handlers) - set(
+            self._immediate)
         assert not missing, f"ops without a handler: {sorted(missing)}"
 
     def register(self, owner: object, ops: Iterable[str]) -> None:
@@ -275,13 +279,19 @@ class Node:
     async def store_replica(
         self, partition: int, bucket: str, key: bytes, clock: DVVSet, hint_for: str | None
     ) -> None:
-        if hint_for is not None and hint_for != self.id:
-            self.stats.count("hint_stored")
-            await self.replica.store_hint(hint_for, partition, bucket, key, clock).wait()
-            return
-        _, ticket = self.replica.merge(partition, bucket, key, clock)
+        ticket = self.stage_replica(partition, bucket, key, clock, hint_for)
         if ticket is not None:
             await ticket.wait()
+
+    def stage_replica(
+        self, partition: int, bucket: str, key: bytes, clock: DVVSet, hint_for: str | None
+    ) -> Ticket | None:
+        """Merge a replica's copy into ours (or into the hint held for ``hint_for``); the
+        ticket to wait on for durability, None when it brought nothing new."""
+        if hint_for is not None and hint_for != self.id:
+            self.stats.count("hint_stored")
+            return self.replica.store_hint(hint_for, partition, bucket, key, clock)
+        return self.replica.merge(partition, bucket, key, clock)[1]
 
     def clock_from_peer(self, wire: bytes | None) -> DVVSet | None:
         """A peer's clock, sent as its stored bytes (``context.encode``), validated."""
@@ -318,10 +328,7 @@ class Node:
     # ---- dispatch ----------------------------------------------------------------
 
     async def handle(self, request: Request, peer: Peer) -> dict[str, Any]:
-        start = trio.current_time()
-        outcome = "ok"
-        self.inflight += 1
-        try:
+        with _Observed(self, request.op):
             if self.stopping:
                 raise Unavailable(f"node {self.id} is stopping")
             if not self.ready.is_set() and request.op not in ("ping", "p_gossip"):
@@ -331,16 +338,39 @@ class Node:
                     raise Unavailable(f"node {self.id} is starting: waiting for its seeds "
                                       f"{', '.join(self.config.seeds)} to recover its state")
             authorize(request, peer, self.config.tls, self.state.members)
-            return await self._handlers[request.op](request.fields, peer)
-        except DynError as exc:
-            outcome = exc.code
-            raise
-        except Exception:
-            outcome = "internal"
-            raise
-        finally:
-            self.inflight -= 1
-            self.stats.observe(request.op, outcome, trio.current_time() - start)
+            immediate = self._immediate.get(request.op)
+            if immediate is None:
+                return await self._handlers[request.op](request.fields, peer)
+            result, ticket = immediate(request.fields, peer)
+            if ticket is not None:
+                await ticket.wait()
+            return result
+
+    def answer_now(self, request: Request, peer: Peer, reply: Reply) -> bool:
+        """The server's fast path, for the ops that never wait on anything but their own
+        group commit (replica reads and writes, ping): answered from the reader loop, a
+        write once its ticket lands, without a task. False for every other op, and while
+        starting or stopping (``handle`` says why)."""
+        immediate = self._immediate.get(request.op)
+        if immediate is None or self.stopping or not self.ready.is_set():
+            return False
+        observed = _Observed(self, request.op)
+        try:
+            authorize(request, peer, self.config.tls, self.state.members)
+            result, ticket = immediate(request.fields, peer)
+        except Exception as exc:  # noqa: BLE001 - the error reply, as handle would raise it
+            observed.end(exc)
+            reply(None, exc)
+            return True
+        if ticket is None:
+            observed.end(None)
+            reply(result, None)
+        else:
+            def landed(error: StorageError | None) -> None:
+                observed.end(error)
+                reply(None if error else result, error)
+            ticket.on_done(landed)
+        return True
 
     async def drain(self, grace: float) -> int:
         """Refuse new requests and give in-flight ones up to `grace` seconds to finish.
@@ -386,8 +416,8 @@ class Node:
 
     # ---- data ops ------------------------------------------------------------------
 
-    async def op_ping(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return {"node": self.id, "epoch": self.state.epoch}
+    def ping(self, fields: dict[str, Any], peer: Peer) -> tuple[dict[str, Any], None]:
+        return {"node": self.id, "epoch": self.state.epoch}, None
 
     async def op_get(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         result = await self.coordinator.get(fields["bucket"], fields["key"], fields.get("r"))
@@ -429,18 +459,17 @@ class Node:
         value = inner.fields["value"] if inner.op == "put" else None
         return await self._write(inner.fields, value, forwarded=True)
 
-    async def op_p_get(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        # The stored bytes as they are: the coordinator validates them (_clock_from).
+    def p_get(self, fields: dict[str, Any], peer: Peer) -> tuple[dict[str, Any], None]:
+        # The stored bytes as they are: the coordinator validates them (clock_from_peer).
         return {"clock": self.replica.get_encoded(fields["partition"], fields["bucket"],
-                                                  fields["key"], fields.get("hint_for"))}
+                                                  fields["key"], fields.get("hint_for"))}, None
 
-    async def op_p_put(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    def p_put(self, fields: dict[str, Any], peer: Peer) -> tuple[dict[str, Any], Ticket | None]:
         clock = self.clock_from_peer(fields["clock"])
         if clock is None or clock.anonymous:
             raise Rejected("p_put needs a stored clock (no anonymous values)")
-        await self.store_replica(fields["partition"], fields["bucket"], fields["key"], clock,
-                                 fields.get("hint_for"))
-        return {}
+        return {}, self.stage_replica(fields["partition"], fields["bucket"], fields["key"],
+                                      clock, fields.get("hint_for"))
 
     async def op_replicas(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Every replica's local copy of a key: primaries, and fallbacks holding hints."""
@@ -482,6 +511,31 @@ class Node:
 
     async def op_stats(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"node": self.id, **self.stats.summary()}
+
+
+class _Observed:
+    """One request from admission to answer: counted in flight (drain waits for it) and,
+    when it ends, its latency and outcome (ok, an error code, internal) go to the stats."""
+
+    __slots__ = ("node", "op", "start")
+
+    def __init__(self, node: Node, op: str) -> None:
+        self.node, self.op = node, op
+        self.start = trio.current_time()
+        node.inflight += 1
+
+    def end(self, error: BaseException | None) -> None:
+        self.node.inflight -= 1
+        outcome = ("ok" if error is None else error.code if isinstance(error, DynError)
+                   else "internal")
+        self.node.stats.observe(self.op, outcome, trio.current_time() - self.start)
+
+    def __enter__(self) -> _Observed:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: Any) -> None:
+        self.end(error)
 
 
 class _Routing:

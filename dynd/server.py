@@ -20,6 +20,7 @@ import math
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -42,6 +43,11 @@ class Peer:
 
 
 Handler = Callable[[Request, Peer], Awaitable[dict[str, Any]]]
+# reply(result, None) or reply(None, error): called exactly once per request.
+Reply = Callable[[dict[str, Any] | None, Exception | None], None]
+# Takes a request without a task (returns True and calls reply, now or from a callback),
+# or returns False to leave it to the Handler.
+ImmediateHandler = Callable[[Request, Peer, Reply], bool]
 
 
 class FrameWriter:
@@ -90,10 +96,17 @@ class FrameWriter:
 
 
 class Server:
+    """``handler`` answers a request in a task of its own; ``answer_now``, when given, is
+    offered each request first, in the reader loop, and takes what needs no task: a replica
+    read answered on the spot, a replica write answered when its group commit lands. No
+    spawn, no scheduler pass; the request holds its admission slot until answered."""
+
     def __init__(
-        self, handler: Handler, limits: Limits, ssl_context: ssl.SSLContext | None = None
+        self, handler: Handler, limits: Limits, ssl_context: ssl.SSLContext | None = None,
+        answer_now: ImmediateHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.answer_now = answer_now
         self.limits = limits
         self.ssl_context = ssl_context
         self.connections = 0
@@ -211,22 +224,38 @@ class Server:
                 admission.acquire_nowait()
             except trio.WouldBlock:
                 await admission.acquire()
-            nursery.start_soon(self._answer, request, peer, writer, admission)
+            reply = partial(_reply, request, writer, admission)
+            if self.answer_now is not None:
+                try:
+                    if self.answer_now(request, peer, reply):
+                        continue
+                except Exception as exc:  # noqa: BLE001 - answered as the task path would
+                    reply(None, exc)
+                    continue
+            nursery.start_soon(self._answer, request, peer, reply)
 
-    async def _answer(
-        self, request: Request, peer: Peer, writer: FrameWriter, admission: trio.Semaphore
-    ) -> None:
+    async def _answer(self, request: Request, peer: Peer, reply: Reply) -> None:
         try:
             result = await self.handler(request, peer)
-            response = messages.ok(request.id, **result)
-        except DynError as exc:
-            response = messages.failure(request.id, exc)
-        except Exception as exc:
-            log.exception("event=handler_crash op=%s", request.op)
-            response = messages.failure(request.id, DynError(f"internal error: {exc!r}"))
-        finally:
-            admission.release()
-        writer.send(encode_frame(response))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+            reply(None, exc)
+        else:
+            reply(result, None)
+
+
+def _reply(request: Request, writer: FrameWriter, admission: trio.Semaphore,
+           result: dict[str, Any] | None, error: Exception | None) -> None:
+    """Queue the answer to ``request`` (its result, or the error; a crash is logged) and
+    free its admission slot."""
+    admission.release()
+    if error is None:
+        assert result is not None
+        writer.send(encode_frame(messages.ok(request.id, **result)))
+        return
+    if not isinstance(error, DynError):
+        log.error("event=handler_crash op=%s", request.op, exc_info=error)
+        error = DynError(f"internal error: {error!r}")
+    writer.send(encode_frame(messages.failure(request.id, error)))
 
 
 def _address_of(stream: trio.SocketStream) -> str:

@@ -31,15 +31,18 @@ treats a storage error as fatal).
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import rocksdict
 import trio
+
+log = logging.getLogger("dynd.storage")
 
 CF_DATA = "data"
 CF_HINTS = "hints"
@@ -193,13 +196,15 @@ class Batch:
 
 
 class Ticket:
-    """Completion of one staged batch: ``await ticket.wait()`` until it is durable."""
+    """Completion of one staged batch: ``await ticket.wait()`` until it is durable, or
+    ``on_done(callback)`` to be called then (no task needed to wait)."""
 
-    __slots__ = ("_done", "_error")
+    __slots__ = ("_done", "_error", "_callbacks")
 
     def __init__(self) -> None:
         self._done = trio.Event()
         self._error: BaseException | None = None
+        self._callbacks: list[Callable[[StorageError | None], None]] = []
 
     @property
     def done(self) -> bool:
@@ -208,6 +213,27 @@ class Ticket:
     def _finish(self, error: BaseException | None) -> None:
         self._error = error
         self._done.set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self._failure())
+            except Exception:  # one waiter's bug must not stop the group commit
+                log.exception("event=ticket_callback_crash")
+
+    def _failure(self) -> StorageError | None:
+        if self._error is None:
+            return None
+        failure = StorageError(f"write failed: {self._error}")
+        failure.__cause__ = self._error
+        return failure
+
+    def on_done(self, callback: Callable[[StorageError | None], None]) -> None:
+        """Call ``callback(None)`` once the batch is committed, ``callback(StorageError)``
+        if the commit failed; at once if that is already known."""
+        if self._done.is_set():
+            callback(self._failure())
+        else:
+            self._callbacks.append(callback)
 
     async def wait(self) -> None:
         """Return once the batch is committed; raise StorageError if the commit failed.
@@ -215,8 +241,9 @@ class Ticket:
         Cancelling the wait does not cancel the write: a staged batch is committed.
         """
         await self._done.wait()
-        if self._error is not None:
-            raise StorageError(f"write failed: {self._error}") from self._error
+        failure = self._failure()
+        if failure is not None:
+            raise failure
 
 
 @dataclass(slots=True)

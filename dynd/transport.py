@@ -83,6 +83,11 @@ class TcpTransport:
     async def call(
         self, addr: str, op: str, fields: dict[str, Any], timeout: float
     ) -> dict[str, Any]:
+        if trio.current_effective_deadline() < trio.current_time() + timeout:
+            # The caller's deadline comes first (a coordinator's fan-out): ours could never
+            # fire, and a cancel scope per replica request is not free.
+            connection = await self._connection(addr, timeout)
+            return await connection.call(op, fields)
         with trio.move_on_after(timeout) as scope:
             connection = await self._connection(addr, timeout)
             return await connection.call(op, fields)

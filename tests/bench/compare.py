@@ -9,6 +9,7 @@ stopped again. Prints Markdown tables (README-ready) and, with --json FILE, the 
     python -m tests.bench.compare --scale               # 1/3/5 nodes x value sizes
     python -m tests.bench.compare --single              # one request at a time
     python -m tests.bench.compare --profile             # py-spy on the dynd nodes
+    python -m tests.bench.compare --rss --records 1000000   # RSS per node after a load
 
 etcd-server and redis-server come from Debian (``make bench-deps``); a missing one is
 skipped with a note. Server CPU is read from /proc; "client-bound" marks a run whose
@@ -280,6 +281,35 @@ def single(args: argparse.Namespace, config: BenchConfig, root: Path) -> list[di
     return reports
 
 
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process in KiB (VmRSS in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def resident(args: argparse.Namespace, config: BenchConfig, root: Path) -> list[dict[str, Any]]:
+    """RSS of every node after loading ``--records`` keys, and again after a read run."""
+    n = min(3, args.nodes)
+    quorum = 1 if n == 1 else 2
+    with dynd_cluster(root / "rss", args.nodes, n, quorum, quorum, args.sync) as (addrs, pids):
+        target = _dynd_target(addrs)
+        idle = [rss_kib(pid) for pid in pids]
+        load = trio.run(run_phase, target, config, "load")
+        loaded = [rss_kib(pid) for pid in pids]
+        reads = BenchConfig(**{**config.__dict__, "workload": "c", "load": False})
+        run = trio.run(run_phase, target, reads, "run")
+        after = [rss_kib(pid) for pid in pids]
+    print(f"load: {load['throughput']:,.0f} inserts/s; then YCSB-C "
+          f"{run['throughput']:,.0f} ops/s\n")
+    print("| node | RSS idle MiB | after loading MiB | after reads MiB |\n|---|---|---|---|")
+    for i, (a, b, c) in enumerate(zip(idle, loaded, after, strict=True)):
+        print(f"| n{i + 1} | {a / 1024:.0f} | {b / 1024:.0f} | {c / 1024:.0f} |")
+    return [{"target": "dynd", "load": load, "run": run,
+             "rss_kib": {"idle": idle, "loaded": loaded, "after_reads": after}}]
+
+
 def run_profile(args: argparse.Namespace, config: BenchConfig,
                 root: Path) -> list[dict[str, Any]]:
     """py-spy on every dynd node during the run phase; top costs per node."""
@@ -316,13 +346,15 @@ def main() -> None:
                         default=[100, 1000, 10_000, 100_000])
     parser.add_argument("--single", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--rss", action="store_true",
+                        help="Load --records keys, then report each node's RSS.")
     parser.add_argument("--json", metavar="FILE", help="Also write the reports as JSON.")
     args = parser.parse_args()
     config = BenchConfig(workload=args.workload, records=args.records, duration=args.duration,
                          warmup=args.warmup, concurrency=args.concurrency, procs=args.procs,
                          connections=args.connections, value_size=args.value_size)
     mode = (scale if args.scale else single if args.single
-            else run_profile if args.profile else compare)
+            else run_profile if args.profile else resident if args.rss else compare)
     print(f"machine: {machine()['cores']} cores, {machine()['date']}; workload "
           f"{config.workload}, {config.records} records, {config.concurrency} in flight, "
           f"{config.procs} client processes, {config.value_size} B values\n", flush=True)

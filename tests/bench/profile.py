@@ -2,7 +2,8 @@
 
 ``self`` is where the samples were taken (the function itself was running), ``inclusive``
 counts a function whenever it is on the stack. Percentages are of the samples py-spy took
-while the node was busy (idle waits in epoll are excluded by py-spy unless --idle).
+while a thread held the GIL (``--gil``): Python work, not epoll waits or an fsync in a
+worker thread, which py-spy would otherwise count as busy.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def recording(pids: list[int], seconds: float, root: Path) -> Iterator[dict[int,
     """Record each pid for ``seconds`` (py-spy needs ptrace, i.e. root or CAP_SYS_PTRACE)."""
     outputs = {pid: root / f"py-spy-{pid}.txt" for pid in pids}
     spies = [subprocess.Popen([_py_spy(), "record", "-p", str(pid), "-d", str(int(seconds) + 1),
-                               "-r", str(SAMPLE_RATE), "-f", "raw", "-o", str(path)],
+                               "-r", str(SAMPLE_RATE), "--gil", "-f", "raw", "-o", str(path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for pid, path in outputs.items()]
     try:

@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from common.codec import FrameDecoder, encode_frame
+from common.errors import Rejected
 from common.limits import Limits
 from common.messages import request
 from dynd.server import Peer, Server
@@ -332,5 +333,67 @@ async def test_inflight_requests_per_connection_are_bounded() -> None:
                 while (message := decoder.next_message()) is not None:
                     answers.append(message["n"])
         assert sorted(answers) == list(range(1, 11)) and most == 3
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_answer_now_answers_without_a_task_now_or_later_and_falls_back() -> None:
+    """The reader-loop fast path: what it answers on the spot is answered at once, in
+    request order, even while a slow request holds a task; what it answers later (a
+    deferred reply) holds its admission slot until then; False hands the request to the
+    handler, and an exception becomes an error reply on a connection that stays usable."""
+    release = trio.Event()
+    later: list[Any] = []
+
+    async def handler(req: Any, peer: Peer) -> dict[str, Any]:
+        await release.wait()
+        return {"path": "task", "n": req.id}
+
+    def answer_now(req: Any, peer: Peer, reply: Any) -> bool:
+        if req.id == 1:
+            return False
+        if req.id == 3:
+            raise Rejected("refused on the fast path")
+        if req.id == 4:
+            raise RuntimeError("a bug on the fast path")
+        if req.id in (6, 7):
+            later.append(reply)
+        else:
+            reply({"path": "now", "n": req.id}, None)
+        return True
+
+    limits = Limits(max_inflight_per_connection=3)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Server(handler, limits, answer_now=answer_now).serve, listeners)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"".join(encode_frame(request("ping", i)) for i in range(1, 9)))
+        decoder, answers = FrameDecoder(1 << 20), []
+
+        async def read(count: int) -> None:
+            with trio.fail_after(5):
+                while len(answers) < count:
+                    decoder.receive_data(await stream.receive_some(65536))
+                    while (message := decoder.next_message()) is not None:
+                        answers.append(message)
+
+        await read(4)
+        # 1 waits in its task, 6 and 7 for their deferred replies: all 3 slots are taken,
+        # so 8 is not even read until one of them is answered.
+        await trio.sleep(0.2)
+        assert [a["id"] for a in answers] == [2, 3, 4, 5]
+        assert answers[0] == {"id": 2, "ok": True, "path": "now", "n": 2}
+        assert answers[1]["error"]["code"] == "rejected"
+        assert answers[2]["ok"] is False and "internal error" in answers[2]["error"]["message"]
+        later[0]({"path": "later", "n": 6}, None)
+        await read(6)  # 6, and 8 now that a slot is free
+        assert answers[4] == {"id": 6, "ok": True, "path": "later", "n": 6}
+        assert answers[5] == {"id": 8, "ok": True, "path": "now", "n": 8}
+        later[1](None, Rejected("deferred refusal"))
+        release.set()
+        await read(8)
+        assert answers[6]["id"] == 7 and answers[6]["error"]["code"] == "rejected"
+        assert answers[7] == {"id": 1, "ok": True, "path": "task", "n": 1}
         await stream.aclose()
         nursery.cancel_scope.cancel()

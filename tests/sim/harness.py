@@ -145,7 +145,7 @@ class SimNode:
             with self._scope:
                 async with trio.open_nursery() as server:
                     await server.start(node.run)
-                    self.cluster.network.attach(self.addr, node.handle, server)
+                    self.cluster.network.attach(self.addr, node.handle, server, node.answer_now)
                     task_status.started()
         finally:
             self.cluster.network.detach(self.addr)

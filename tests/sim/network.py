@@ -34,7 +34,7 @@ from common.codec import decode_body, encode_frame
 from common.errors import DynError, Unavailable, Unreachable
 from common.limits import Limits
 from common.messages import Request
-from dynd.server import Peer
+from dynd.server import ImmediateHandler, Peer
 
 log = logging.getLogger("sim.network")
 
@@ -63,6 +63,7 @@ class _Endpoint:
     handler: Handler
     nursery: trio.Nursery
     life: int  # changes on every attach: a reply from a past life is lost
+    answer_now: ImmediateHandler | None = None
 
 
 @dataclass(eq=False)
@@ -93,10 +94,12 @@ class SimNetwork:
 
     # ---- topology and faults ---------------------------------------------------------
 
-    def attach(self, addr: str, handler: Handler, nursery: trio.Nursery) -> None:
-        """`addr` accepts calls, served by `handler` in `nursery` (cancelled on a crash)."""
+    def attach(self, addr: str, handler: Handler, nursery: trio.Nursery,
+               answer_now: ImmediateHandler | None = None) -> None:
+        """`addr` accepts calls, served by `handler` in `nursery` (cancelled on a crash),
+        offered to `answer_now` first as dynd/server.py does."""
         self._lives += 1
-        self.endpoints[addr] = _Endpoint(handler, nursery, self._lives)
+        self.endpoints[addr] = _Endpoint(handler, nursery, self._lives, answer_now)
 
     def detach(self, addr: str) -> None:
         """`addr` crashed: refuse new calls, reset the ones waiting on it."""
@@ -195,7 +198,7 @@ class SimNetwork:
         rid = messages.reply_id(message)
         try:
             request = messages.validate_request(message, self.limits)
-            response = messages.ok(rid, **await endpoint.handler(request, Peer(src, None)))
+            response = messages.ok(rid, **await _answer(endpoint, request, Peer(src, None)))
         except DynError as exc:
             response = messages.failure(rid, exc)
         except Exception as exc:
@@ -220,6 +223,27 @@ class SimNetwork:
             self.nursery = nursery
             task_status.started()
             await trio.sleep_forever()
+
+
+async def _answer(endpoint: _Endpoint, request: Request, peer: Peer) -> dict[str, Any]:
+    """The result of one request: from the endpoint's fast path if it takes it (waiting
+    for a deferred reply), else from its handler."""
+    if endpoint.answer_now is None:
+        return await endpoint.handler(request, peer)
+    answered = trio.Event()
+    outcome: list[Any] = []
+
+    def reply(result: dict[str, Any] | None, error: Exception | None) -> None:
+        outcome[:] = [result, error]
+        answered.set()
+
+    if not endpoint.answer_now(request, peer, reply):
+        return await endpoint.handler(request, peer)
+    await answered.wait()
+    result, error = outcome
+    if error is not None:
+        raise error
+    return result
 
 
 class SimTransport:

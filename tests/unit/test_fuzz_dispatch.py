@@ -80,7 +80,8 @@ def node_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, C
             async with trio.open_nursery() as nursery:
                 box["cancel"] = nursery.cancel_scope.cancel
                 await nursery.start(node.run)
-                await nursery.start(Server(node.handle, LIMITS).serve, listeners)
+                server = Server(node.handle, LIMITS, answer_now=node.answer_now)
+                await nursery.start(server.serve, listeners)
                 ready.set()
         finally:
             storage.close()
