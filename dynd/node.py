@@ -45,6 +45,10 @@ OpHandler = Callable[[dict[str, Any], Peer], Awaitable[dict[str, Any]]]
 # An op that never waits: its result, and the ticket of the write to land first, if any.
 ImmediateOp = Callable[[dict[str, Any], Peer], tuple[dict[str, Any], Ticket | None]]
 
+# How long an up set is reused: liveness changes on the gossip timescale (seconds), and a
+# failed request invalidates it at once (suspect).
+UP_SET_TTL = 0.05
+
 META_NODE_ID = "node_id"
 META_INCARNATION = "incarnation"
 META_STATE = "state"
@@ -88,6 +92,7 @@ class Node:
             )
         self.state_changed = trio.Event()
         self._routing = _Routing(self.state)
+        self._up_set: tuple[ClusterState | None, float, frozenset[str]] = (None, 0.0, frozenset())
         self.background: trio.Nursery
         self.ready = trio.Event()
         self.stopping = False  # set on SIGTERM: new requests are refused, in-flight ones finish
@@ -199,14 +204,24 @@ class Node:
             return True
         return self.detector.is_available(node, trio.current_time())
 
-    def up_nodes(self) -> set[str]:
-        return {m for m, member in self.state.members.items()
-                if member.status != "removed" and self.is_up(m)}
+    def up_nodes(self) -> frozenset[str]:
+        """The members judged available, reused for UP_SET_TTL seconds (a phi evaluation
+        per member per request would make every request O(members)); recomputed at once
+        after a suspicion or a new cluster state."""
+        now = trio.current_time()
+        state, expires, up = self._up_set
+        if state is self.state and now < expires:
+            return up
+        up = frozenset(m for m, member in self.state.members.items()
+                       if member.status != "removed" and self.is_up(m))
+        self._up_set = (self.state, now + UP_SET_TTL, up)
+        return up
 
     def suspect(self, node: str, reason: str) -> None:
         if node != self.id:
             log.debug("event=suspect node=%s peer=%s reason=%r", self.id, node, reason)
             self.detector.suspect(node, trio.current_time())
+            self._up_set = (None, 0.0, frozenset())
 
     def zones(self) -> dict[str, str]:
         return dict(self.routing().zones)
@@ -224,7 +239,7 @@ class Node:
     def placement(self, bucket: str, key: bytes, n: int) -> Placement:
         routing = self.routing()
         partition = partition_of(bucket, key, routing.ring.ring_size)
-        targets, extra = routing.placement(partition, n, frozenset(self.up_nodes()))
+        targets, extra = routing.placement(partition, n, self.up_nodes())
         return Placement(partition, n, list(targets), list(extra))
 
     def replacement(self, place: Placement, failed: Target, tried: set[str]) -> Target | None:
