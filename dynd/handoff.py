@@ -159,8 +159,10 @@ class Handoff:
         owned = self.node.owned_partitions()
         dropped = 0
         for partition in range(self.node.state.ring_size):
-            if partition in owned:
+            if partition in owned or not self.node.storage.scan_partition(partition, limit=1):
                 continue
+            if not await self._handed_over(partition):
+                return  # a primary did not take our copy yet: keep it, try again later
             while rows := self.node.storage.scan_partition(partition, limit=1000):
                 if self.node.state.epoch != epoch or partition in self.node.owned_partitions():
                     return  # the ring moved on meanwhile: decide again next time
@@ -175,6 +177,28 @@ class Handoff:
         if dropped:
             log.info("event=foreign_replicas_dropped node=%s epoch=%d keys=%d",
                      self.node.id, epoch, dropped)
+
+    async def _handed_over(self, partition: int) -> bool:
+        """Merge our copy of a partition we no longer own into every one of its primaries
+        (an anti-entropy exchange with each) before it is dropped.
+
+        The new owner pulled the partition from one replica, which may lack a write that
+        only this node still holds (its other copy lost with a disk, say): dropping
+        without this would lose it (tests/sim seed 10). Riak's old owner hands its vnode
+        off for the same reason. False when a primary could not be reached.
+        """
+        if partition not in self.node.replica.trees:
+            self.node.replica.rebuild_tree(partition)  # not built at start: not owned then
+        for peer in self.node.primaries(partition):
+            if peer == self.node.id:
+                continue
+            try:
+                await self.node.antientropy.exchange(partition, peer)
+            except DynError as exc:
+                log.info("event=handover_deferred node=%s partition=%d peer=%s error=%r",
+                         self.node.id, partition, peer, exc.message)
+                return False
+        return True
 
     def _needed(self) -> list[int]:
         """Key partitions whose primaries gain this node in the planned ring."""

@@ -1,0 +1,79 @@
+"""A node drops a partition it no longer owns only after handing its copy over.
+
+Found by tests/sim seed 10: a joining node pulled a partition from one replica that
+lacked an acknowledged write; the old owner, the only node still holding it (its other
+copy had gone with a wiped disk), then dropped its copy. Here the same situation is
+built directly: a key held only by a node that is not among its partition's primaries.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import trio
+import trio.testing
+
+from dynd.node import Node
+from dynd.ring import partition_of
+from tests.sim.harness import BUCKET, Scenario, SimCluster, bootstrap_state
+from tests.sim.network import LinkFaults
+
+KEY = b"only-here"
+
+
+async def _cluster(root: str, clock: trio.testing.MockClock) -> SimCluster:
+    scenario = Scenario(nodes=4, faults=LinkFaults())
+    cluster = SimCluster(1, scenario, root, clock)
+    founders = [cluster.add_node(i) for i in range(scenario.nodes)]
+    state = bootstrap_state([n.id for n in founders], [n.addr for n in founders],
+                            scenario.ring_size, 3)
+    for node in founders:
+        node.seed_state(state)
+    return cluster
+
+
+def _holder_and_primaries(cluster: SimCluster) -> tuple[Node, int, list[Node]]:
+    """A node that is not a primary of KEY's partition, the partition, its primaries."""
+    nodes = [n.node for n in cluster.nodes if n.node is not None]
+    some = nodes[0]
+    partition = partition_of(BUCKET, KEY, some.state.ring_size)
+    primaries = set(some.primaries(partition))
+    holder = next(n for n in nodes if n.id not in primaries)
+    return holder, partition, [n for n in nodes if n.id in primaries]
+
+
+async def _hand_over(block_primary: bool, clock: trio.testing.MockClock) -> tuple[bool, bool]:
+    """(holder still has the key, every primary has it) after drop_foreign_partitions."""
+    with tempfile.TemporaryDirectory(prefix="dynd-handover-") as root:
+        cluster = await _cluster(root, clock)
+        async with trio.open_nursery() as nursery:
+            cluster.nursery = nursery
+            await nursery.start(cluster.network.run)
+            for node in cluster.nodes:
+                await node.start()
+            await trio.sleep(5)  # gossip: every node hears every other
+            holder, partition, primaries = _holder_and_primaries(cluster)
+            _, ticket = holder.replica.coordinate(
+                partition, BUCKET, KEY, b"v", {}, holder.actor, holder.wall_ms())
+            await ticket.wait()
+            if block_primary:
+                cluster.network.block(holder.addr, primaries[0].addr)
+            with trio.move_on_after(60):
+                await holder.handoff.drop_foreign_partitions(holder.state.epoch)
+            kept = holder.replica.get(partition, BUCKET, KEY) is not None
+            everywhere = all(p.replica.get(partition, BUCKET, KEY) is not None
+                             for p in primaries)
+            nursery.cancel_scope.cancel()
+    return kept, everywhere
+
+
+async def test_a_dropped_partition_is_merged_into_every_primary_first(
+        autojump_clock: trio.testing.MockClock) -> None:
+    kept, everywhere = await _hand_over(False, autojump_clock)
+    assert everywhere and not kept
+
+
+async def test_a_partition_is_kept_while_a_primary_cannot_take_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    kept, _ = await _hand_over(True, autojump_clock)
+    assert kept
