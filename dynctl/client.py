@@ -27,14 +27,15 @@ before they reach the network (``Rejected``); a reply may be up to ``MAX_REPLY_B
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -56,6 +57,8 @@ from common.errors import (
 from common.limits import Limits
 from common.messages import check_response, request
 from dynd.server import FrameWriter
+
+log = logging.getLogger("dynctl.client")
 
 DEFAULT_ADDR = "127.0.0.1:7070"
 LIMITS = Limits()
@@ -124,11 +127,21 @@ def as_bytes(data: bytes | str, what: str, limit: int) -> bytes:
     return data
 
 
-@dataclass(slots=True)
+# on_reply(result, None) or on_reply(None, error): how a submitted request is answered.
+ReplyCallback = Callable[[dict[str, Any] | None, DynError | None], None]
+
+
 class _Pending:
-    done: trio.Event = field(default_factory=trio.Event)
-    reply: dict[str, Any] | None = None
-    error: DynError | None = None
+    """A request waiting for its reply: a caller blocked in ``call`` (``done``), or a
+    ``submit`` callback."""
+
+    __slots__ = ("done", "reply", "error", "on_reply")
+
+    def __init__(self, on_reply: ReplyCallback | None = None) -> None:
+        self.done = trio.Event() if on_reply is None else None
+        self.reply: dict[str, Any] | None = None
+        self.error: DynError | None = None
+        self.on_reply = on_reply
 
 
 class Connection:
@@ -189,12 +202,9 @@ class Connection:
         try:
             if self._broken is not None:
                 raise _fresh(self._broken)
-            rid = self._next_id
-            self._next_id = rid + 1 if rid < _MAX_REQUEST_ID else 1
-            frame = encode_frame(request(op, rid, **fields), LIMITS.max_frame_bytes)
-            pending = self._pending[rid] = _Pending()
+            pending = _Pending()
+            rid = self._send(op, fields, pending)
             try:
-                self._writer.send(frame)
                 await pending.done.wait()
             finally:
                 del self._pending[rid]
@@ -203,8 +213,43 @@ class Connection:
         if pending.error is not None:
             raise _fresh(pending.error)
         assert pending.reply is not None
-        reply = check_response(pending.reply)
-        return {name: value for name, value in reply.items() if name not in ("id", "ok")}
+        return _result(pending.reply)
+
+    def submit(self, op: str, fields: dict[str, Any],
+               on_reply: ReplyCallback) -> Callable[[], None] | None:
+        """Send one request without waiting for it (a coordinator's fan-out: no task per
+        request). ``on_reply(result, None)`` or ``on_reply(None, error)`` is called once,
+        from the reader, when the reply comes or the connection fails.
+
+        Returns a function that abandons the request (its reply is dropped, ``on_reply``
+        is not called); None, with nothing sent, when the connection is closed or has no
+        free slot (the caller waits in ``call`` instead). No deadline of its own.
+        """
+        if self._broken is not None:
+            return None
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            return None
+        try:
+            rid = self._send(op, fields, _Pending(on_reply))
+        except BaseException:
+            self._slots.release()
+            raise
+        return partial(self._abandon, rid)
+
+    def _send(self, op: str, fields: dict[str, Any], pending: _Pending) -> int:
+        """Queue the request's frame under a fresh id; a slot is already held for it."""
+        rid = self._next_id
+        self._next_id = rid + 1 if rid < _MAX_REQUEST_ID else 1
+        frame = encode_frame(request(op, rid, **fields), LIMITS.max_frame_bytes)
+        self._pending[rid] = pending
+        self._writer.send(frame)
+        return rid
+
+    def _abandon(self, rid: int) -> None:
+        if self._pending.pop(rid, None) is not None:
+            self._slots.release()
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                    ) -> None:
@@ -259,17 +304,32 @@ class Connection:
             raise error_from_wire(message.get("error"))
         self._answered = True
         pending = self._pending.get(rid)
-        if pending is not None:  # else the request gave up waiting
+        if pending is None:  # the request gave up waiting
+            return
+        if pending.done is not None:
             pending.reply = message
             pending.done.set()
+            return
+        del self._pending[rid]
+        self._slots.release()
+        try:
+            result, error = _result(message), None
+        except DynError as exc:
+            result, error = None, exc
+        _answer(pending, result, error)
 
     def _fail(self, error: DynError) -> None:
         """Fail every waiting request, and every later one, and end the connection's task."""
         if self._broken is None:
             self._broken = error
-        for pending in self._pending.values():
-            pending.error = error
-            pending.done.set()
+        for rid, pending in list(self._pending.items()):
+            if pending.done is not None:
+                pending.error = error
+                pending.done.set()
+            else:
+                del self._pending[rid]
+                self._slots.release()
+                _answer(pending, None, _fresh(error))
         self._scope.cancel()
 
 
@@ -459,6 +519,21 @@ def _parse_object(result: dict[str, Any]) -> Object:
     if not isinstance(found, bool):
         raise ProtocolError("get reply without a found flag")
     return Object(found=found, values=parsed, context=_context_of(result))
+
+
+def _result(message: dict[str, Any]) -> dict[str, Any]:
+    """A reply's result fields (without ``id`` and ``ok``), or its error raised."""
+    reply = check_response(message)
+    return {name: value for name, value in reply.items() if name not in ("id", "ok")}
+
+
+def _answer(pending: _Pending, result: dict[str, Any] | None, error: DynError | None) -> None:
+    """Hand a submitted request its outcome; a callback's bug must not end the reader."""
+    assert pending.on_reply is not None
+    try:
+        pending.on_reply(result, error)
+    except Exception:
+        log.exception("event=reply_callback_crash")
 
 
 def _fresh(error: DynError) -> DynError:

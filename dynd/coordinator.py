@@ -5,10 +5,17 @@ keeps going in the background after the client has its answer (stragglers are
 read-repaired, replication finishes). A replica that fails is marked suspect
 and a fallback takes its place, so a freshly dead node costs one retry, not
 the write.
+
+Replica requests are sent without a task each (Node.submit) and come back as
+callbacks, the way riak_kv's get/put FSMs take replies as messages: a request
+to N replicas costs no spawn, cancel scope or coroutine chain per replica. One
+task per node (``Coordinator.run``) expires the fan-outs whose deadline passed.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +28,7 @@ from common.context import DVVSet
 from common.errors import DynError, Unavailable, Unreachable
 from dynd.quorum import GetCore, PutCore
 from dynd.ring import Target
+from dynd.storage import StorageError, Ticket
 
 if TYPE_CHECKING:
     from dynd.node import Node
@@ -48,20 +56,111 @@ def result_fields(clock: DVVSet | None) -> dict[str, Any]:
     }
 
 
+class _FanOut:
+    """Requests of one get or put, in flight without tasks: local writes (tickets) and
+    replica requests (Node.submit). ``then`` runs once, when the last has come back or
+    when the deadline passed (the stragglers are abandoned then: a reply after the
+    deadline changes nothing)."""
+
+    __slots__ = ("coordinator", "then", "outstanding", "abandon", "over")
+
+    def __init__(self, coordinator: Coordinator, then: Callable[[], None]) -> None:
+        self.coordinator = coordinator
+        self.then: Callable[[], None] | None = then
+        self.outstanding = 1  # the sending phase itself, until arm(): a reply that comes
+        self.abandon: list[Callable[[], None]] = []  # back at once cannot end it early
+        self.over = False
+
+    def send(self, node: str, op: str, fields: dict[str, Any],
+             on_reply: Callable[[dict[str, Any] | None, DynError | None], None]) -> None:
+        self.outstanding += 1
+
+        def replied(result: dict[str, Any] | None, error: DynError | None) -> None:
+            if not self.over:
+                on_reply(result, error)  # may send more (a fallback) before we count down
+                self._count_down()
+
+        self.abandon.append(self.coordinator.node.submit(node, op, fields, replied))
+
+    def track(self, ticket: Ticket, on_done: Callable[[StorageError | None], None]) -> None:
+        self.outstanding += 1
+
+        def landed(error: StorageError | None) -> None:
+            if not self.over:
+                on_done(error)
+                self._count_down()
+
+        ticket.on_done(landed)
+
+    def arm(self, deadline: float) -> None:
+        """Everything is sent: from now on the last reply, or ``deadline``, ends it."""
+        self._count_down()
+        if not self.over:
+            self.coordinator.expire_at(deadline, self.expire)
+
+    def expire(self) -> None:
+        if not self.over:
+            for abandon in self.abandon:
+                abandon()
+            self._end()
+
+    def _count_down(self) -> None:
+        self.outstanding -= 1
+        if not self.outstanding:
+            self._end()
+
+    def _end(self) -> None:
+        self.over = True
+        then, self.then, self.abandon = self.then, None, []  # nothing kept until the deadline
+        if then is not None:
+            then()
+
+
 class Coordinator:
     def __init__(self, node: Node) -> None:
         self.node = node
+        self._deadlines: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._earlier = trio.Event()
+
+    def expire_at(self, deadline: float, expire: Callable[[], None]) -> None:
+        """Call ``expire()`` at ``deadline`` (from ``run``)."""
+        heapq.heappush(self._deadlines, (deadline, next(self._order), expire))
+        if self._deadlines[0][0] == deadline:  # the loop sleeps until a later one: wake it
+            self._earlier.set()
+
+    async def run(self) -> None:
+        """Expire fan-outs as their deadlines pass: one task for all of them."""
+        while True:
+            if self._deadlines:
+                with trio.move_on_at(self._deadlines[0][0]):
+                    await self._earlier.wait()
+            else:
+                await self._earlier.wait()
+            self._earlier = trio.Event()
+            now = trio.current_time()
+            while self._deadlines and self._deadlines[0][0] <= now:
+                heapq.heappop(self._deadlines)[2]()
+
+    def _deadline(self) -> float:
+        return trio.current_time() + self.node.request_timeout
 
     async def get(self, bucket: str, key: bytes, r: int | None) -> dict[str, Any]:
         n, r, _ = self.node.quorum_sizes(bucket, r=r)
         place = self.node.placement(bucket, key, n)
+        if not place.targets:
+            raise Unavailable("no replica of this key is reachable")
         # R counts distinct replicas: never lowered to the few this node finds reachable.
         core = GetCore(r=r, n=len(place.targets))
         decided = trio.Event()
 
-        async def ask(target: Target) -> None:
+        def replied(target: Target, result: dict[str, Any] | None,
+                    error: DynError | None) -> None:
             try:
-                clock = await self.node.replica_get(target, place.partition, bucket, key)
+                if error is not None:
+                    raise error
+                assert result is not None
+                clock = self.node.clock_from_peer(result.get("clock"))
             except DynError as exc:
                 core.add_failure(target.node, exc.message)
             else:
@@ -69,19 +168,21 @@ class Coordinator:
             if core.settled():
                 decided.set()
 
-        async def repair() -> None:
-            await self._read_repair(place, bucket, key, core)
+        def finished() -> None:
+            decided.set()
+            self._read_repair(place, bucket, key, core)
 
-        if not place.targets:
-            raise Unavailable("no replica of this key is reachable")
-        # Our own copy is a synchronous read: take it here, not in a task of its own.
-        remote = [t for t in place.targets if t.node != self.node.id]
-        if len(remote) < len(place.targets):
-            local = next(t for t in place.targets if t.node == self.node.id)
-            core.add_reply(local.node, self.node.replica.get(
-                place.partition, bucket, key, None if local.role == "primary" else local.primary),
-                fallback=local.role == "fallback")
-        self._fan_out([partial(ask, target) for target in remote], decided, then=repair)
+        fan = _FanOut(self, finished)
+        for target in place.targets:
+            if target.node == self.node.id:  # our own copy is a synchronous read
+                hint_for = None if target.role == "primary" else target.primary
+                core.add_reply(target.node, self.node.replica.get(
+                    place.partition, bucket, key, hint_for), fallback=target.role == "fallback")
+            else:
+                fan.send(target.node, "p_get",
+                         self.node.replica_fields(target, place.partition, bucket, key),
+                         partial(replied, target))
+        fan.arm(self._deadline())
         if not core.settled():
             await decided.wait()
         if not core.enough():
@@ -91,54 +192,27 @@ class Coordinator:
             )
         return result_fields(core.merged())
 
-    def _fan_out(self, jobs: list[Callable[[], Awaitable[None]]], decided: trio.Event,
-                 then: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Run ``jobs`` as background tasks under one deadline (the request timeout from
-        now); once all have ended, finished or timed out, set ``decided`` and run ``then``.
-
-        One task per job, no wrapper task or nursery: the first replica request reaches
-        the wire a scheduler pass sooner, and a request costs two tasks fewer.
-        """
-        if not jobs:
-            decided.set()
-            return
-        deadline = trio.current_time() + self.node.request_timeout
-        remaining = len(jobs)
-
-        async def run(job: Callable[[], Awaitable[None]]) -> None:
-            nonlocal remaining
-            with trio.move_on_at(deadline):
-                await job()
-            remaining -= 1
-            if not remaining:
-                decided.set()
-                if then is not None:
-                    await then()
-
-        for job in jobs:
-            self.node.background.start_soon(run, job)
-
-    async def _read_repair(self, place: Placement, bucket: str, key: bytes, core: GetCore) -> None:
+    def _read_repair(self, place: Placement, bucket: str, key: bytes, core: GetCore) -> None:
+        """Every replica that answered with less than the merged object gets it (in the
+        background, best effort: anti-entropy catches what this misses)."""
         merged = core.merged()
-        if merged is None:
-            return
-        stale = core.stale(merged)
+        stale = [] if merged is None else core.stale(merged)
         if not stale:
             return
+        assert merged is not None
         by_node = {t.node: t for t in place.targets}
-        async with trio.open_nursery() as nursery:
-            for node in stale:
-                self.node.stats.count("read_repair")
-                nursery.start_soon(self._quiet_put, by_node[node], place.partition, bucket, key,
-                                   merged)
-
-    async def _quiet_put(
-        self, target: Target, partition: int, bucket: str, key: bytes, clock: DVVSet
-    ) -> None:
-        try:
-            await self.node.replica_put(target, partition, bucket, key, clock)
-        except DynError:
-            pass  # anti-entropy catches what a best-effort repair missed
+        fan = _FanOut(self, lambda: None)
+        for node in stale:
+            self.node.stats.count("read_repair")
+            target = by_node[node]
+            if node == self.node.id:
+                hint_for = None if target.role == "primary" else target.primary
+                self.node.stage_replica(place.partition, bucket, key, merged, hint_for)
+            else:
+                fields = self.node.replica_fields(target, place.partition, bucket, key,
+                                                  clock=context.encode(merged))
+                fan.send(node, "p_put", fields, lambda result, error: None)
+        fan.arm(self._deadline())
 
     async def put(
         self, bucket: str, key: bytes, value: bytes | None, client_context: dict[str, int],
@@ -179,44 +253,49 @@ class Coordinator:
         core = PutCore(w=w, n=max(len(place.targets), 1))
         decided = trio.Event()
         encoded = context.encode(clock)  # once, not once per replica
-
-        async def local() -> None:
-            try:
-                await ticket.wait()
-            except Exception as exc:  # a failed local write is one missing ack, not a crash
-                core.add_failure(self.node.id, f"local write failed: {exc}")
-            else:
-                core.add_ack(self.node.id)
-            if core.enough() or core.hopeless():
-                decided.set()
-
-        async def replicate(target: Target, counted: bool) -> None:
-            try:
-                await self.node.replica_put(target, place.partition, bucket, key, clock,
-                                            encoded)
-            except DynError as exc:
-                if counted:
-                    core.add_failure(target.node, exc.message)
-                    replacement = self.node.replacement(place, target, tried)
-                    if replacement is not None:
-                        tried.add(replacement.node)
-                        core.n += 1
-                        await replicate(replacement, True)
-                        return
-            else:
-                if counted:
-                    core.add_ack(target.node)
-            if core.enough() or core.hopeless():
-                decided.set()
-
         tried = {t.node for t in place.targets} | {self.node.id}
 
-        jobs = [local]
-        jobs += [partial(replicate, target, True)
-                 for target in place.targets if target.node != self.node.id]
-        jobs += [partial(replicate, Target(node, node, "primary"), False)
-                 for node in place.extra if node not in tried]
-        self._fan_out(jobs, decided)
+        def check() -> None:
+            if core.enough() or core.hopeless():
+                decided.set()
+
+        def landed(error: StorageError | None) -> None:
+            # A failed local write is one missing ack, not a crash.
+            if error is None:
+                core.add_ack(self.node.id)
+            else:
+                core.add_failure(self.node.id, f"local write failed: {error}")
+            check()
+
+        def replicate(target: Target, counted: bool) -> None:
+            fields = self.node.replica_fields(target, place.partition, bucket, key,
+                                              clock=encoded)
+            fan.send(target.node, "p_put", fields, partial(acked, target, counted))
+
+        def acked(target: Target, counted: bool, result: dict[str, Any] | None,
+                  error: DynError | None) -> None:
+            if not counted:
+                return
+            if error is None:
+                core.add_ack(target.node)
+            else:
+                core.add_failure(target.node, error.message)
+                replacement = self.node.replacement(place, target, tried)
+                if replacement is not None:
+                    tried.add(replacement.node)
+                    core.n += 1
+                    replicate(replacement, True)
+            check()
+
+        fan = _FanOut(self, decided.set)
+        fan.track(ticket, landed)
+        for target in place.targets:
+            if target.node != self.node.id:
+                replicate(target, True)
+        for node in place.extra:
+            if node not in tried:
+                replicate(Target(node, node, "primary"), False)
+        fan.arm(self._deadline())
         await decided.wait()
         if not core.enough():
             raise Unavailable(f"write quorum not met: {core.describe()}")

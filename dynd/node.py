@@ -37,7 +37,7 @@ from dynd.ring import Ring, Target, partition_of
 from dynd.security import authorize
 from dynd.server import Peer, Reply
 from dynd.storage import Batch, Storage, StorageError, Ticket
-from dynd.transport import Transport
+from dynd.transport import ReplyCallback, Transport
 
 log = logging.getLogger("dynd.node")
 
@@ -263,33 +263,69 @@ class Node:
             self.suspect(node, exc.message)
             raise
 
+    def replica_fields(self, target: Target, partition: int, bucket: str, key: bytes,
+                       **extra: Any) -> dict[str, Any]:
+        """A replica request's fields for ``target`` (a fallback's name the primary it
+        holds the hint for)."""
+        fields = {"bucket": bucket, "key": key, "partition": partition, **extra}
+        if target.role != "primary":
+            fields["hint_for"] = target.primary
+        return fields
+
+    def submit(self, node: str, op: str, fields: dict[str, Any],
+               on_reply: ReplyCallback) -> Callable[[], None]:
+        """Send a request without waiting for it: ``on_reply(result, None)`` or
+        ``on_reply(None, error)`` comes once, unless the returned function abandoned it
+        first. No task where the transport can do without (an open connection with a free
+        slot); else ``call`` in a background task. Unavailable marks the node suspect,
+        as in ``call``."""
+        def replied(result: dict[str, Any] | None, error: DynError | None) -> None:
+            if isinstance(error, Unavailable):
+                self.suspect(node, error.message)
+            on_reply(result, error)
+
+        try:
+            addr = self.addr_of(node)
+        except Unavailable as exc:
+            replied(None, exc)
+            return _nothing
+        abandon = self.transport.submit(addr, op, fields, replied)
+        if abandon is not None:
+            return abandon
+        scope = trio.CancelScope()
+
+        async def in_task() -> None:
+            with scope:
+                try:
+                    result = await self.transport.call(addr, op, fields, self.request_timeout)
+                except DynError as exc:
+                    replied(None, exc)
+                else:
+                    replied(result, None)
+
+        self.background.start_soon(in_task)
+        return scope.cancel
+
     async def replica_get(
         self, target: Target, partition: int, bucket: str, key: bytes
     ) -> DVVSet | None:
-        hint_for = None if target.role == "primary" else target.primary
         if target.node == self.id:
+            hint_for = None if target.role == "primary" else target.primary
             return self.replica.get(partition, bucket, key, hint_for)
-        fields: dict[str, Any] = {"bucket": bucket, "key": key, "partition": partition}
-        if hint_for is not None:
-            fields["hint_for"] = hint_for
-        reply = await self.call(target.node, "p_get", fields)
+        reply = await self.call(target.node, "p_get",
+                                self.replica_fields(target, partition, bucket, key))
         return self.clock_from_peer(reply.get("clock"))
 
     async def replica_put(
-        self, target: Target, partition: int, bucket: str, key: bytes, clock: DVVSet,
-        encoded: bytes | None = None,
+        self, target: Target, partition: int, bucket: str, key: bytes, clock: DVVSet
     ) -> None:
-        """Store ``clock`` on ``target``; ``encoded`` (its ``context.encode``), when the
-        caller has it, saves encoding it once per replica."""
-        hint_for = None if target.role == "primary" else target.primary
+        """Store ``clock`` on ``target``."""
         if target.node == self.id:
+            hint_for = None if target.role == "primary" else target.primary
             await self.store_replica(partition, bucket, key, clock, hint_for)
             return
-        fields: dict[str, Any] = {"bucket": bucket, "key": key, "partition": partition,
-                                  "clock": context.encode(clock) if encoded is None else encoded}
-        if hint_for is not None:
-            fields["hint_for"] = hint_for
-        await self.call(target.node, "p_put", fields)
+        await self.call(target.node, "p_put", self.replica_fields(
+            target, partition, bucket, key, clock=context.encode(clock)))
 
     async def store_replica(
         self, partition: int, bucket: str, key: bytes, clock: DVVSet, hint_for: str | None
@@ -416,6 +452,7 @@ class Node:
             for partition in sorted(self.owned_partitions()):
                 self.replica.rebuild_tree(partition)
                 await trio.sleep(0)
+            nursery.start_soon(self.coordinator.run)
             nursery.start_soon(self.gossip.run)
             nursery.start_soon(self.handoff.run)
             nursery.start_soon(self.antientropy.run)
@@ -526,6 +563,10 @@ class Node:
 
     async def op_stats(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"node": self.id, **self.stats.summary()}
+
+
+def _nothing() -> None:
+    """Nothing to abandon: the request failed before it was sent."""
 
 
 class _Observed:

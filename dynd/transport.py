@@ -1,22 +1,23 @@
 """Persistent, multiplexed connections to peers: the seam the simulator replaces.
 
 `Transport.call(addr, op, fields, timeout)` is everything the node needs from
-the network. The real one keeps one pipelined connection per peer address
-(the same Connection the Python client uses: request ids, one reader, one
-coalescing writer), reconnects with exponential backoff, and turns every
-network failure or deadline into Unavailable. tests/sim provides another
-implementation over a simulated network.
-"""
+the network; `submit` is its task-free variant for fan-outs, where it can. The
+real one keeps one pipelined connection per peer address (the same Connection
+the Python client uses: request ids, one reader, one coalescing writer),
+reconnects with exponential backoff, and turns every network failure or
+deadline into Unavailable. tests/sim provides another implementation over a
+simulated network."""
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
 
 from common.errors import Unavailable, Unreachable
-from dynctl.client import Connection
+from dynctl.client import Connection, ReplyCallback
 
 
 class Transport(Protocol):
@@ -24,6 +25,12 @@ class Transport(Protocol):
         self, addr: str, op: str, fields: dict[str, Any], timeout: float
     ) -> dict[str, Any]:
         """Send one request to the node at `addr`; its result, or a DynError."""
+        ...
+
+    def submit(self, addr: str, op: str, fields: dict[str, Any],
+               on_reply: ReplyCallback) -> Callable[[], None] | None:
+        """Send without waiting (Connection.submit) when that needs no task; None when
+        it would (no open connection, no free slot): the caller then uses ``call``."""
         ...
 
 
@@ -79,6 +86,13 @@ class TcpTransport:
             self._backoff.pop(addr, None)
             self._connections[addr] = connection
             return connection
+
+    def submit(self, addr: str, op: str, fields: dict[str, Any],
+               on_reply: ReplyCallback) -> Callable[[], None] | None:
+        connection = self._connections.get(addr)
+        if connection is None or connection.closed:
+            return None
+        return connection.submit(op, fields, on_reply)
 
     async def call(
         self, addr: str, op: str, fields: dict[str, Any], timeout: float

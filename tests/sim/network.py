@@ -256,3 +256,9 @@ class SimTransport:
     async def call(self, addr: str, op: str, fields: dict[str, Any],
                    timeout: float) -> dict[str, Any]:
         return await self.network.call(self.addr, addr, op, fields, timeout)
+
+    def submit(self, addr: str, op: str, fields: dict[str, Any],
+               on_reply: Any) -> None:
+        """Every simulated request takes a trip through the network's tasks: the node
+        falls back to ``call`` in a task of its own, as for a busy real connection."""
+        return None

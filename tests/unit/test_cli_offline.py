@@ -28,7 +28,7 @@ from common.codec import FrameDecoder, encode_frame
 from common.errors import Conflict, DynError, NotFound, ProtocolError, Rejected, Unavailable
 from common.messages import failure, ok
 from dynctl.cli import main
-from dynctl.client import Client, ClientConfigError, SyncClient, parse_addr
+from dynctl.client import LIMITS, Client, ClientConfigError, Connection, SyncClient, parse_addr
 
 RFC3339_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 
@@ -512,6 +512,54 @@ async def test_client_pipelines_concurrent_requests(node):
     assert finished[-1] == "status"
     assert len(finished) == 51
     assert len({req["id"] for req in node.requests}) == len(node.requests)
+
+
+async def test_connection_submit_answers_by_callback_and_can_be_abandoned(node):
+    """The task-free request path the node's fan-outs use: each submitted request gets
+    exactly one callback with its result or error, an abandoned one none (and its slot
+    back), and a broken connection fails what is still waiting."""
+    async with trio.open_nursery() as nursery:
+        connection = await Connection.open(node.addr, nursery)
+        outcomes: dict[str, tuple[Any, Any]] = {}
+        arrived = trio.Event()
+
+        def record(name: str, result: Any, error: Any) -> None:
+            outcomes[name] = (result, error)
+            if {"ping", "bad", "sleep"} <= set(outcomes):
+                arrived.set()
+
+        connection.submit("ping", {}, partial(record, "ping"))
+        connection.submit("no_such_op", {}, partial(record, "bad"))
+        abandon = connection.submit("status", {}, partial(record, "abandoned"))
+        assert abandon is not None
+        abandon()
+        connection.submit("sleep", {}, partial(record, "sleep"))
+        with trio.fail_after(5):
+            while "bad" not in outcomes or "ping" not in outcomes:
+                await trio.sleep(0.01)
+        assert outcomes["ping"] == ({"node": "fake1", "epoch": 7}, None)
+        assert outcomes["bad"][0] is None and isinstance(outcomes["bad"][1], ProtocolError)
+        connection.close()  # "sleep" is still waiting: it fails
+        with trio.fail_after(5):
+            await arrived.wait()
+        assert outcomes["sleep"][0] is None
+        assert isinstance(outcomes["sleep"][1], Unavailable)
+        await trio.sleep(0.4)  # the abandoned status reply (0.3 s) would have come by now
+        assert "abandoned" not in outcomes
+        assert connection.submit("ping", {}, partial(record, "late")) is None  # closed
+
+
+async def test_connection_submit_declines_without_a_free_slot(node):
+    async with trio.open_nursery() as nursery:
+        connection = await Connection.open(node.addr, nursery)
+        slots = LIMITS.max_inflight_per_connection
+        abandons = [connection.submit("sleep", {}, lambda result, error: None)
+                    for _ in range(slots)]
+        assert all(abandons)
+        assert connection.submit("ping", {}, lambda result, error: None) is None
+        abandons[0]()  # a slot is free again
+        assert connection.submit("ping", {}, lambda result, error: None) is not None
+        connection.close()
 
 
 async def test_client_object_value_and_errors(node):

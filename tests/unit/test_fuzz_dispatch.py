@@ -49,6 +49,9 @@ class Nowhere:
                    timeout: float) -> dict[str, Any]:
         raise Unavailable(f"{addr} is unreachable in this test")
 
+    def submit(self, addr: str, op: str, fields: dict[str, Any], on_reply: Any) -> None:
+        return None  # no connection to send on: the node falls back to call
+
 
 class CrashLog(logging.Handler):
     """Collects ERROR records (handler and connection crashes are logged at ERROR)."""

@@ -1,4 +1,5 @@
-"""The node's view of who is up: the set every request routes by."""
+"""The node's view of who is up (the set every request routes by), and the one task
+that expires fan-outs at their deadline."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import trio
 import trio.testing
 
 from common.config import Config
+from dynd.coordinator import Coordinator
 from dynd.node import UP_SET_TTL, Node
 from dynd.storage import Storage
 from tests.sim.harness import bootstrap_state
@@ -36,3 +38,18 @@ async def test_up_set_is_reused_briefly_and_a_suspicion_takes_effect_at_once(
         assert node.up_nodes() == {"n1", "n2", "n3"}  # a new cluster state: at once
     finally:
         storage.close()
+
+
+async def test_fan_out_deadlines_fire_in_order_and_an_earlier_one_wakes_the_loop(
+        autojump_clock: trio.testing.MockClock) -> None:
+    coordinator = Coordinator(node=None)  # type: ignore[arg-type]  # run() needs no node
+    fired: list[tuple[str, float]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(coordinator.run)
+        start = trio.current_time()
+        coordinator.expire_at(start + 10, lambda: fired.append(("late", trio.current_time())))
+        await trio.sleep(1)
+        coordinator.expire_at(start + 5, lambda: fired.append(("early", trio.current_time())))
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+    assert [(name, when - start) for name, when in fired] == [("early", 5), ("late", 10)]
