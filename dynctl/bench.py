@@ -230,19 +230,19 @@ class _Recorder:
     measure_start: float = 0.0
     measure_end: float = 0.0
 
-    def record(self, op: str, micros: int) -> None:
+    def record(self, op: str, micros: int, measured: bool) -> None:
         self.completed += 1
-        if self.measuring:
+        if measured:
             histogram = self.histograms.get(op)
             if histogram is None:
                 histogram = self.histograms[op] = HdrHistogram(1, LATENCY_MAX_US, 3)
             histogram.record_value(max(1, min(micros, LATENCY_MAX_US)))
             self.measure_end = time.time()
 
-    def fail(self, op: str, exc: Exception) -> None:
+    def fail(self, op: str, exc: Exception, measured: bool) -> None:
         self.completed += 1
         self.failed += 1
-        if self.measuring:
+        if measured:
             self.errors[f"{op}:{type(exc).__name__}"] += 1
             self.measure_end = time.time()
 
@@ -291,6 +291,7 @@ async def _run_phase(target: Target, config: BenchConfig, phase: str, proc_index
             for op, record in operations:
                 if stop_at is not None and trio.current_time() >= stop_at:
                     return
+                measured = recorder.measuring  # as issued: --ops counts exactly these
                 key = key_name(record)
                 offset = rng.randrange(_VALUE_POOL_BYTES)
                 started = time.perf_counter_ns()
@@ -302,9 +303,9 @@ async def _run_phase(target: Target, config: BenchConfig, phase: str, proc_index
                     else:
                         await calls[op](key, pool[offset:offset + config.value_size])
                 except Exception as exc:  # noqa: BLE001 - counted by kind, the run goes on
-                    recorder.fail(op, exc)
+                    recorder.fail(op, exc, measured)
                     continue
-                recorder.record(op, (time.perf_counter_ns() - started) // 1000)
+                recorder.record(op, (time.perf_counter_ns() - started) // 1000, measured)
                 if op == "insert" and phase != "load":
                     stream.inserts.acknowledge()
 

@@ -5,8 +5,8 @@ replacements and token changes, look at the plan (which partitions move
 where), then commit. A commit bumps the epoch and records, for that epoch, the
 owners before and after and one transfer per partition that changes owner.
 Until a partition's transfer completes its old owner keeps serving it and its
-new owner also receives writes (``write_targets``), so no acknowledged write
-is lost by a membership change.
+new owner also receives writes (the node writes each key to the primaries of
+``next_owners`` too), so no acknowledged write is lost by a membership change.
 
 Every node keeps its own copy and gossip merges copies with ``reconcile``,
 a semilattice join (commutative, associative, idempotent), so copies converge
@@ -363,15 +363,6 @@ def _transfer_of(state: ClusterState, partition: int) -> Transfer | None:
     if i < len(state.transfers) and state.transfers[i].partition == partition:
         return state.transfers[i]
     return None
-
-
-def write_targets(state: ClusterState, partition: int) -> list[str]:
-    """Nodes that must receive a partition's writes besides its effective owner: the
-    target of its pending transfer, so a write made during the move is not lost."""
-    transfer = _transfer_of(state, partition)
-    if transfer is None or partition in state.done:
-        return []
-    return [transfer.target]
 
 
 def _needed(state: ClusterState, node: str) -> bool:

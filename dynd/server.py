@@ -79,7 +79,7 @@ class FrameWriter:
     async def drained(self) -> None:
         """Wait until everything queued so far has been handed to the stream."""
         while self._queue or self._sending:
-            await trio.sleep(0.005)
+            await self._progress.wait()
 
     async def run(self) -> None:
         while True:
@@ -171,8 +171,8 @@ class Server:
                 fatal = exc
             else:  # the peer stopped sending: answer what it already asked, then close
                 with trio.move_on_after(self.limits.request_timeout):
-                    while admission.value < self.limits.max_inflight_per_connection:
-                        await trio.sleep(0.005)
+                    for _ in range(self.limits.max_inflight_per_connection):
+                        await admission.acquire()  # all slots back: every request answered
                     await writer.drained()
             nursery.cancel_scope.cancel()
         if fatal is not None:

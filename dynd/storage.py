@@ -417,11 +417,6 @@ class Storage:
                 return
             after = (rows[-1][0], rows[-1][1])
 
-    def count_partition(self, partition: int) -> int:
-        """Number of objects (tombstones included) in one partition; walks its keys."""
-        prefix = _partition_prefix(partition)
-        return len(self._range(CF_DATA, prefix, _prefix_end(prefix), None, values=False))
-
     def scan_hints(self, target: str | None = None,
                    limit: int | None = None) -> list[tuple[str, int, str, bytes, bytes]]:
         """(target, partition, bucket, key, value) of hints, for one target or all."""
@@ -444,10 +439,6 @@ class Storage:
             target = _decode_hint_key(raw)[0]
             counts[target] = counts.get(target, 0) + 1
         self._hint_counts = counts
-
-    def overlay_size(self) -> int:
-        """Writes staged but not yet committed (each key counted once)."""
-        return sum(len(overlay) for overlay in self._overlay.values())
 
     def approximate_size(self) -> int:
         """Bytes on disk: every file of the database directory (SSTs, WAL, manifest)."""

@@ -2,8 +2,8 @@
 driven by the same client machinery (dynctl.bench): same processes, same pipelining model.
 
 - Redis: RESP2 over a few pipelined connections (replies come back in order, so a FIFO of
-  waiters is the whole protocol state). read = GET, update/insert = SET,
-  read-modify-write = GET then SET.
+  waiters is the whole protocol state), sent through dynd's coalescing FrameWriter.
+  read = GET, update/insert = SET, read-modify-write = GET then SET.
 - etcd: its v3 gRPC-gateway (HTTP/1.1 + JSON, keys and values base64) with one keep-alive
   connection per request in flight (HTTP/1.1 answers in order, one at a time).
   read = POST /v3/kv/range (linearizable, etcd's default), update/insert = /v3/kv/put,
@@ -25,6 +25,7 @@ import trio
 
 from dynctl.bench import Target
 from dynctl.client import parse_addr
+from dynd.server import FrameWriter
 
 MAX_REPLY_BYTES = 8 * 1024 * 1024
 _CHUNK = 64 * 1024
@@ -79,25 +80,15 @@ class RedisConnection:
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._reader = _Buffered(stream)
-        self._stream = stream
-        self._outbox = bytearray()
-        self._has_output = trio.Event()
+        self._writer = FrameWriter(stream)  # dynd's own coalescing writer: the same batching
         self._waiting: deque[tuple[trio.Event, list[Any]]] = deque()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_loop)
+            nursery.start_soon(self._writer.run)
             task_status.started()
             await self._read_loop()
             nursery.cancel_scope.cancel()
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._has_output.wait()
-            self._has_output = trio.Event()
-            data = bytes(self._outbox)
-            self._outbox.clear()
-            await self._stream.send_all(data)
 
     async def _read_loop(self) -> None:
         try:
@@ -129,8 +120,7 @@ class RedisConnection:
     async def call(self, *parts: bytes) -> Any:
         done, slot = trio.Event(), []
         self._waiting.append((done, slot))
-        self._outbox += resp_command(*parts)
-        self._has_output.set()
+        self._writer.send(resp_command(*parts))
         await done.wait()
         if isinstance(slot[0], StoreError):
             raise slot[0]

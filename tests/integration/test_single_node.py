@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from dynctl.client import Client, SyncClient
+from dynctl.ycsb import key_name as ycsb_key
 from tests.integration.harness import Cluster, dynctl, dynctl_json
 
 
@@ -240,3 +242,24 @@ def test_json_error_document_when_unreachable(tmp_path) -> None:
     assert result.returncode == 4
     assert json.loads(result.stdout)["error"]["code"] == "unavailable"
     assert os.environ.get("DYN_NODE") is None or True
+
+
+def test_bench_runs_ycsb_against_a_node_and_reports_every_operation(node) -> None:
+    """dynctl bench end to end: load, then a measured YCSB-A run, as one JSON document."""
+    code, report = dynctl_json("--node", node.addr, "bench", "-w", "a", "--records", "40",
+                               "--ops", "300", "--warmup", "0", "--procs", "2",
+                               "--concurrency", "4", "--seed", "7")
+    assert code == 0, report
+    load, measured = report["phases"]
+    assert load["phase"] == "load" and measured["phase"] == "run"
+    assert load["operations"]["insert"]["count"] == 40 and not load["errors"]
+    assert measured["ops"] == 300
+    assert sum(op["count"] for op in measured["operations"].values()) == 300
+    assert set(measured["operations"]) == {"read", "update"} and not measured["errors"]
+    for op in measured["operations"].values():
+        assert 0 < op["p50"] <= op["p99"] <= op["max"]
+    assert measured["throughput"] > 0 and measured["client_cpu_us_per_op"] > 0
+    code, doc = dynctl_json("--node", node.addr, "get", ycsb_key(0).decode())
+    value = doc["values"][0]
+    assert code == 0 and value["encoding"] == "base64"
+    assert len(base64.b64decode(value["value"])) == 1000  # a YCSB record
