@@ -383,6 +383,21 @@ def decode(data: bytes, *, max_siblings: int | None = None) -> DVVSet:
     return from_wire(_decode_cbor(data, InvalidClock, "clock"), max_siblings=max_siblings)
 
 
+def decode_stored(data: bytes) -> DVVSet:
+    """Parse a clock this node stored itself (``encode`` wrote it, RocksDB checksums it):
+    the shape is trusted, so none of ``decode``'s per-field checks, which cost more than
+    the parse on every read and read-modify-write. A malformed copy still fails, as
+    InvalidClock. Bytes from a peer go through ``decode``."""
+    try:
+        entries, anonymous = cbor2.loads(data)
+        return DVVSet(
+            tuple((actor, counter, tuple(Sibling(value, at) for value, at in values))
+                  for actor, counter, values in entries),
+            tuple(Sibling(value, at) for value, at in anonymous))
+    except (cbor2.CBORDecodeError, TypeError, ValueError) as exc:
+        raise InvalidClock(f"stored clock: {exc}") from exc
+
+
 def digest(clock: DVVSet) -> bytes:
     """16-byte stable hash of the clock: equal clocks, equal digests (Merkle leaves)."""
     return digest_encoded(encode(clock))

@@ -210,7 +210,7 @@ class AntiEntropy:
         now_ms = self.node.wall_ms()
         candidates: list[tuple[str, bytes, DVVSet]] = []
         for bucket, key, raw in self.node.storage.iter_partition(partition):
-            clock = context.decode(raw)
+            clock = context.decode_stored(raw)
             if context.is_tombstone(clock) and all(
                     now_ms - s.written_at >= grace_ms for s in context.values(clock)):
                 candidates.append((bucket, key, clock))

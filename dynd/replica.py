@@ -54,7 +54,7 @@ class Replica:
     ) -> DVVSet | None:
         """Our copy: the data copy, or with `hint_for` the hint held for that primary."""
         raw = self.get_encoded(partition, bucket, key, hint_for)
-        return None if raw is None else context.decode(raw)
+        return None if raw is None else context.decode_stored(raw)
 
     def get_encoded(
         self, partition: int, bucket: str, key: bytes, hint_for: str | None = None
@@ -74,7 +74,7 @@ class Replica:
         A coordinator that is itself a fallback keeps its copy as a hint.
         """
         stored_raw = self.get_encoded(partition, bucket, key, hint_for)
-        stored = None if stored_raw is None else context.decode(stored_raw)
+        stored = None if stored_raw is None else context.decode_stored(stored_raw)
         client = context.new(Sibling(value, written_at), client_context)
         result = context.update(client, stored, actor)
         if context.sibling_count(result) > self.max_siblings:
@@ -91,7 +91,7 @@ class Replica:
     ) -> tuple[DVVSet, Ticket | None]:
         """Sync a replica's copy into ours; no write when it brings nothing new."""
         stored_raw = self.get_encoded(partition, bucket, key)
-        stored = None if stored_raw is None else context.decode(stored_raw)
+        stored = None if stored_raw is None else context.decode_stored(stored_raw)
         merged = incoming if stored is None else context.sync(stored, incoming)
         if stored is not None and context.equal(stored, merged):
             return stored, None
@@ -129,7 +129,7 @@ class Replica:
     ) -> Ticket:
         """Keep a replica for an unreachable primary until it can be handed back."""
         raw = self.storage.get_hint(target, partition, bucket, key)
-        merged = incoming if raw is None else context.sync(context.decode(raw), incoming)
+        merged = incoming if raw is None else context.sync(context.decode_stored(raw), incoming)
         batch = Batch()
         batch.put_hint(target, partition, bucket, key, context.encode(merged))
         return self.storage.stage(batch)
