@@ -67,8 +67,10 @@ class _FanOut:
     def __init__(self, coordinator: Coordinator, then: Callable[[], None]) -> None:
         self.coordinator = coordinator
         self.then: Callable[[], None] | None = then
-        self.outstanding = 1  # the sending phase itself, until arm(): a reply that comes
-        self.abandon: list[Callable[[], None]] = []  # back at once cannot end it early
+        # The sending phase counts as one until arm(): a reply that comes back while
+        # requests are still being sent (a synchronous failure) cannot end it early.
+        self.outstanding = 1
+        self.abandon: list[Callable[[], None]] = []
         self.over = False
 
     def send(self, node: str, op: str, fields: dict[str, Any],
