@@ -28,6 +28,7 @@ from common.context import DVVSet
 from common.errors import DynError, Unavailable, Unreachable
 from dynd.quorum import GetCore, PutCore
 from dynd.ring import Target
+from dynd.server import Reply, answered
 from dynd.storage import StorageError, Ticket
 
 if TYPE_CHECKING:
@@ -147,14 +148,30 @@ class Coordinator:
     def _deadline(self) -> float:
         return trio.current_time() + self.node.request_timeout
 
-    async def get(self, bucket: str, key: bytes, r: int | None) -> dict[str, Any]:
+    def start_get(self, bucket: str, key: bytes, r: int | None, reply: Reply) -> bool:
+        """Begin a get: ``reply`` comes once R replies (or the failures that make R
+        impossible) are in, from whichever callback completes them. Raises what makes the
+        request impossible to start (a bad r). True: it always takes the request."""
         n, r, _ = self.node.quorum_sizes(bucket, r=r)
         place = self.node.placement(bucket, key, n)
         if not place.targets:
             raise Unavailable("no replica of this key is reachable")
         # R counts distinct replicas: never lowered to the few this node finds reachable.
         core = GetCore(r=r, n=len(place.targets))
-        decided = trio.Event()
+        decided = False
+
+        def decide() -> None:
+            nonlocal decided
+            if decided:
+                return
+            decided = True
+            if core.enough():
+                reply(result_fields(core.merged()), None)
+            else:
+                reply(None, Unavailable(
+                    f"read quorum not met: {len(core.replies)} of {core.r} replies"
+                    + "".join(f"; {node}: {why}"
+                              for node, why in sorted(core.failures.items()))))
 
         def replied(target: Target, result: dict[str, Any] | None,
                     error: DynError | None) -> None:
@@ -168,10 +185,10 @@ class Coordinator:
             else:
                 core.add_reply(target.node, clock, fallback=target.role == "fallback")
             if core.settled():
-                decided.set()
+                decide()
 
         def finished() -> None:
-            decided.set()
+            decide()
             self._read_repair(place, bucket, key, core)
 
         fan = _FanOut(self, finished)
@@ -185,14 +202,9 @@ class Coordinator:
                          self.node.replica_fields(target, place.partition, bucket, key),
                          partial(replied, target))
         fan.arm(self._deadline())
-        if not core.settled():
-            await decided.wait()
-        if not core.enough():
-            raise Unavailable(
-                f"read quorum not met: {len(core.replies)} of {core.r} replies"
-                + "".join(f"; {node}: {why}" for node, why in sorted(core.failures.items()))
-            )
-        return result_fields(core.merged())
+        if core.settled():
+            decide()
+        return True
 
     def _read_repair(self, place: Placement, bucket: str, key: bytes, core: GetCore) -> None:
         """Every replica that answered with less than the merged object gets it (in the
@@ -216,15 +228,28 @@ class Coordinator:
                 fan.send(node, "p_put", fields, lambda result, error: None)
         fan.arm(self._deadline())
 
+    def start_put(
+        self, bucket: str, key: bytes, value: bytes | None, client_context: dict[str, int],
+        w: int | None, reply: Reply,
+    ) -> bool:
+        """Coordinate a put (value) or delete (value None) here if this node is a primary
+        of the key: ``reply`` comes once W replicas hold it. False, with nothing done,
+        when the write belongs on a primary (``put`` forwards it)."""
+        n, _, w = self.node.quorum_sizes(bucket, w=w)
+        place = self.node.placement(bucket, key, n)
+        me = next((t for t in place.targets if t.node == self.node.id), None)
+        if me is None or me.role != "primary":
+            return False
+        self._write_here(place, me, bucket, key, value, client_context, w, reply)
+        return True
+
     async def put(
         self, bucket: str, key: bytes, value: bytes | None, client_context: dict[str, int],
         w: int | None, forward: Callable[[str], Awaitable[dict[str, Any]]] | None,
     ) -> dict[str, Any]:
-        """Coordinate a put (value) or delete (value None).
-
-        `forward(node)` sends the original request to another node; it is None
-        for a request that was already forwarded once (no forwarding loops).
-        """
+        """Coordinate a put or delete wherever it arrived: forwarded to a primary when
+        this node is none (unless ``forward`` is None: the request was forwarded already,
+        no loops), else as ``start_put``."""
         n, _, w = self.node.quorum_sizes(bucket, w=w)
         place = self.node.placement(bucket, key, n)
         me = next((t for t in place.targets if t.node == self.node.id), None)
@@ -239,6 +264,17 @@ class Coordinator:
                     return await forward(target.node)
                 except Unreachable as exc:  # never sent: the next primary may take it
                     self.node.suspect(target.node, exc.message)
+        result = await answered(partial(self._write_here, place, me, bucket, key, value,
+                                        client_context, w))
+        assert result is not None
+        return result
+
+    def _write_here(
+        self, place: Placement, me: Target | None, bucket: str, key: bytes,
+        value: bytes | None, client_context: dict[str, int], w: int, reply: Reply,
+    ) -> bool:
+        """Mint the write's dot on this node's copy (a hint when this node is no primary
+        of the key), store it, replicate it; ``reply`` once W acknowledged."""
         if me is None:  # no preference-list node took the forward: keep it as a hint
             hint_for = place.targets[0].primary if place.targets else None
         else:
@@ -253,13 +289,23 @@ class Coordinator:
         # W counts distinct nodes holding the write: never lowered to the few reachable
         # ones, or one node could acknowledge alone and then lose its disk (tests/sim seed 8).
         core = PutCore(w=w, n=max(len(place.targets), 1))
-        decided = trio.Event()
         encoded = context.encode(clock)  # once, not once per replica
         tried = {t.node for t in place.targets} | {self.node.id}
+        decided = False
+
+        def decide() -> None:
+            nonlocal decided
+            if decided:
+                return
+            decided = True
+            if core.enough():
+                reply({"context": context.encode_context(context.join(clock))}, None)
+            else:
+                reply(None, Unavailable(f"write quorum not met: {core.describe()}"))
 
         def check() -> None:
             if core.enough() or core.hopeless():
-                decided.set()
+                decide()
 
         def landed(error: StorageError | None) -> None:
             # A failed local write is one missing ack, not a crash.
@@ -289,7 +335,7 @@ class Coordinator:
                     replicate(replacement, True)
             check()
 
-        fan = _FanOut(self, decided.set)
+        fan = _FanOut(self, decide)
         fan.track(ticket, landed)
         for target in place.targets:
             if target.node != self.node.id:
@@ -298,7 +344,4 @@ class Coordinator:
             if node not in tried:
                 replicate(Target(node, node, "primary"), False)
         fan.arm(self._deadline())
-        await decided.wait()
-        if not core.enough():
-            raise Unavailable(f"write quorum not met: {core.describe()}")
-        return {"context": context.encode_context(context.join(clock))}
+        return True

@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
 
 import cbor2
@@ -35,15 +36,16 @@ from dynd.metrics import Stats
 from dynd.replica import Replica
 from dynd.ring import Ring, Target, partition_of
 from dynd.security import authorize
-from dynd.server import Peer, Reply
-from dynd.storage import Batch, Storage, StorageError, Ticket
+from dynd.server import Peer, Reply, answered
+from dynd.storage import Batch, Storage, Ticket
 from dynd.transport import ReplyCallback, Transport
 
 log = logging.getLogger("dynd.node")
 
 OpHandler = Callable[[dict[str, Any], Peer], Awaitable[dict[str, Any]]]
-# An op that never waits: its result, and the ticket of the write to land first, if any.
-ImmediateOp = Callable[[dict[str, Any], Peer], tuple[dict[str, Any], Ticket | None]]
+# An op run without a task: takes the request (True) and replies once, now or from a
+# callback, or declines it (False: the op's async handler takes it).
+ImmediateOp = Callable[[str, dict[str, Any], Peer, Reply], bool]
 
 # How long an up set is reused: liveness changes on the gossip timescale (seconds), and a
 # failed request invalidates it at once (suspect).
@@ -98,9 +100,10 @@ class Node:
         self.stopping = False  # set on SIGTERM: new requests are refused, in-flight ones finish
         self.inflight = 0
         self._handlers: dict[str, OpHandler] = {}
-        self.register(self, ("get", "put", "delete", "replicas", "stats", "p_forward"))
+        self.register(self, ("put", "delete", "replicas", "stats", "p_forward"))
         self._immediate: dict[str, ImmediateOp] = {
-            "ping": self.ping, "p_get": self.p_get, "p_put": self.p_put}
+            "ping": self.ping, "p_get": self.p_get, "p_put": self.p_put, "get": self.get,
+            "put": self.put_here, "delete": self.put_here}
         self.gossip = Gossip(self)
         self.handoff = Handoff(self)
         self.antientropy = AntiEntropy(self)
@@ -389,39 +392,37 @@ class Node:
                     raise Unavailable(f"node {self.id} is starting: waiting for its seeds "
                                       f"{', '.join(self.config.seeds)} to recover its state")
             authorize(request, peer, self.config.tls, self.state.members)
-            immediate = self._immediate.get(request.op)
-            if immediate is None:
-                return await self._handlers[request.op](request.fields, peer)
-            result, ticket = immediate(request.fields, peer)
-            if ticket is not None:
-                await ticket.wait()
+            handler = self._handlers.get(request.op)
+            if handler is not None:
+                return await handler(request.fields, peer)
+            result = await answered(partial(self._immediate[request.op], request.op,
+                                            request.fields, peer))
+            assert result is not None  # ops without a handler always take the request
             return result
 
     def answer_now(self, request: Request, peer: Peer, reply: Reply) -> bool:
-        """The server's fast path, for the ops that never wait on anything but their own
-        group commit (replica reads and writes, ping): answered from the reader loop, a
-        write once its ticket lands, without a task. False for every other op, and while
-        starting or stopping (``handle`` says why)."""
+        """The server's fast path: the ops that need no task of their own (replica reads
+        and writes, ping, and gets and puts this node coordinates) are started from the
+        reader loop and reply from callbacks. False for every other op, for a put this
+        node must forward, and while starting or stopping (``handle`` says why)."""
         immediate = self._immediate.get(request.op)
         if immediate is None or self.stopping or not self.ready.is_set():
             return False
         observed = _Observed(self, request.op)
+
+        def replied(result: dict[str, Any] | None, error: Exception | None) -> None:
+            observed.end(error)
+            reply(result, error)
+
         try:
             authorize(request, peer, self.config.tls, self.state.members)
-            result, ticket = immediate(request.fields, peer)
+            if immediate(request.op, request.fields, peer, replied):
+                return True
         except Exception as exc:  # noqa: BLE001 - the error reply, as handle would raise it
-            observed.end(exc)
-            reply(None, exc)
+            replied(None, exc)
             return True
-        if ticket is None:
-            observed.end(None)
-            reply(result, None)
-        else:
-            def landed(error: StorageError | None) -> None:
-                observed.end(error)
-                reply(None if error else result, error)
-            ticket.on_done(landed)
-        return True
+        observed.discard()
+        return False
 
     async def drain(self, grace: float) -> int:
         """Refuse new requests and give in-flight ones up to `grace` seconds to finish.
@@ -468,16 +469,29 @@ class Node:
 
     # ---- data ops ------------------------------------------------------------------
 
-    def ping(self, fields: dict[str, Any], peer: Peer) -> tuple[dict[str, Any], None]:
-        return {"node": self.id, "epoch": self.state.epoch}, None
+    def ping(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
+        reply({"node": self.id, "epoch": self.state.epoch}, None)
+        return True
 
-    async def op_get(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        result = await self.coordinator.get(fields["bucket"], fields["key"], fields.get("r"))
-        self.stats.siblings.observe(len(result["values"]))
-        if len(result["values"]) > self.config.warn_siblings:
-            log.warning("event=many_siblings node=%s bucket=%s key=%r siblings=%d",
-                        self.id, fields["bucket"], fields["key"][:64], len(result["values"]))
-        return result
+    def get(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
+        def counted(result: dict[str, Any] | None, error: Exception | None) -> None:
+            if result is not None:
+                self.stats.siblings.observe(len(result["values"]))
+                if len(result["values"]) > self.config.warn_siblings:
+                    log.warning("event=many_siblings node=%s bucket=%s key=%r siblings=%d",
+                                self.id, fields["bucket"], fields["key"][:64],
+                                len(result["values"]))
+            reply(result, error)
+
+        return self.coordinator.start_get(fields["bucket"], fields["key"], fields.get("r"),
+                                          counted)
+
+    def put_here(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
+        """A put or delete this node is a primary for, coordinated without a task; False
+        when it must go to a primary (op_put and op_delete forward it)."""
+        value = fields["value"] if op == "put" else None
+        return self.coordinator.start_put(fields["bucket"], fields["key"], value,
+                                          self._client_context(fields), fields.get("w"), reply)
 
     async def op_put(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return await self._write(fields, fields["value"], forwarded=False)
@@ -488,11 +502,7 @@ class Node:
     async def _write(
         self, fields: dict[str, Any], value: bytes | None, *, forwarded: bool
     ) -> dict[str, Any]:
-        try:
-            client_context = context.decode_context(
-                fields.get("context") or "", self.limits.max_context_bytes)
-        except ValueError as exc:
-            raise Rejected(f"bad context: {exc}") from None
+        client_context = self._client_context(fields)
         op = "put" if value is not None else "delete"
 
         async def forward(node: str) -> dict[str, Any]:
@@ -504,6 +514,13 @@ class Node:
             None if forwarded else forward,
         )
 
+    def _client_context(self, fields: dict[str, Any]) -> dict[str, int]:
+        try:
+            return context.decode_context(fields.get("context") or "",
+                                          self.limits.max_context_bytes)
+        except ValueError as exc:
+            raise Rejected(f"bad context: {exc}") from None
+
     async def op_p_forward(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         inner = messages.validate_request(fields["req"], self.limits)
         if inner.op not in ("put", "delete"):
@@ -511,17 +528,23 @@ class Node:
         value = inner.fields["value"] if inner.op == "put" else None
         return await self._write(inner.fields, value, forwarded=True)
 
-    def p_get(self, fields: dict[str, Any], peer: Peer) -> tuple[dict[str, Any], None]:
+    def p_get(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
         # The stored bytes as they are: the coordinator validates them (clock_from_peer).
-        return {"clock": self.replica.get_encoded(fields["partition"], fields["bucket"],
-                                                  fields["key"], fields.get("hint_for"))}, None
+        reply({"clock": self.replica.get_encoded(fields["partition"], fields["bucket"],
+                                                 fields["key"], fields.get("hint_for"))}, None)
+        return True
 
-    def p_put(self, fields: dict[str, Any], peer: Peer) -> tuple[dict[str, Any], Ticket | None]:
+    def p_put(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
         clock = self.clock_from_peer(fields["clock"])
         if clock is None or clock.anonymous:
             raise Rejected("p_put needs a stored clock (no anonymous values)")
-        return {}, self.stage_replica(fields["partition"], fields["bucket"], fields["key"],
-                                      clock, fields.get("hint_for"))
+        ticket = self.stage_replica(fields["partition"], fields["bucket"], fields["key"],
+                                    clock, fields.get("hint_for"))
+        if ticket is None:
+            reply({}, None)
+        else:
+            ticket.on_done(lambda error: reply(None if error else {}, error))
+        return True
 
     async def op_replicas(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Every replica's local copy of a key: primaries, and fallbacks holding hints."""
@@ -579,6 +602,10 @@ class _Observed:
         self.node, self.op = node, op
         self.start = trio.current_time()
         node.inflight += 1
+
+    def discard(self) -> None:
+        """The request went elsewhere after all (a task): not counted here."""
+        self.node.inflight -= 1
 
     def end(self, error: BaseException | None) -> None:
         self.node.inflight -= 1

@@ -50,6 +50,26 @@ Reply = Callable[[dict[str, Any] | None, Exception | None], None]
 ImmediateHandler = Callable[[Request, Peer, Reply], bool]
 
 
+async def answered(start: Callable[[Reply], bool]) -> dict[str, Any] | None:
+    """Wait for a reply-style operation: ``start(reply)`` takes it (True) and calls
+    ``reply`` once, now or later, or declines it (False: None is returned). The result,
+    or the error raised; what ``start`` raises propagates."""
+    done = trio.Event()
+    outcome: list[Any] = [None, None]
+
+    def reply(result: dict[str, Any] | None, error: Exception | None) -> None:
+        outcome[:] = [result, error]
+        done.set()
+
+    if not start(reply):
+        return None
+    await done.wait()
+    result, error = outcome
+    if error is not None:
+        raise error
+    return result
+
+
 class FrameWriter:
     """Queue encoded frames; one task sends everything queued in one send_all.
 

@@ -260,6 +260,8 @@ def test_bench_runs_ycsb_against_a_node_and_reports_every_operation(node) -> Non
         assert 0 < op["p50"] <= op["p99"] <= op["max"]
     assert measured["throughput"] > 0 and measured["client_cpu_us_per_op"] > 0
     code, doc = dynctl_json("--node", node.addr, "get", ycsb_key(0).decode())
-    value = doc["values"][0]
-    assert code == 0 and value["encoding"] == "base64"
-    assert len(base64.b64decode(value["value"])) == 1000  # a YCSB record
+    # 3: two client processes updated the key at once and left siblings, as they should.
+    assert code in (0, 3) and doc["values"]
+    for value in doc["values"]:
+        assert value["encoding"] == "base64"
+        assert len(base64.b64decode(value["value"])) == 1000  # a YCSB record

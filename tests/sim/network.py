@@ -25,6 +25,7 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -34,7 +35,7 @@ from common.codec import decode_body, encode_frame
 from common.errors import DynError, Unavailable, Unreachable
 from common.limits import Limits
 from common.messages import Request
-from dynd.server import ImmediateHandler, Peer
+from dynd.server import ImmediateHandler, Peer, answered
 
 log = logging.getLogger("sim.network")
 
@@ -226,24 +227,13 @@ class SimNetwork:
 
 
 async def _answer(endpoint: _Endpoint, request: Request, peer: Peer) -> dict[str, Any]:
-    """The result of one request: from the endpoint's fast path if it takes it (waiting
-    for a deferred reply), else from its handler."""
-    if endpoint.answer_now is None:
-        return await endpoint.handler(request, peer)
-    answered = trio.Event()
-    outcome: list[Any] = []
-
-    def reply(result: dict[str, Any] | None, error: Exception | None) -> None:
-        outcome[:] = [result, error]
-        answered.set()
-
-    if not endpoint.answer_now(request, peer, reply):
-        return await endpoint.handler(request, peer)
-    await answered.wait()
-    result, error = outcome
-    if error is not None:
-        raise error
-    return result
+    """The result of one request: from the endpoint's fast path if it takes it, else from
+    its handler."""
+    if endpoint.answer_now is not None:
+        result = await answered(partial(endpoint.answer_now, request, peer))
+        if result is not None:
+            return result
+    return await endpoint.handler(request, peer)
 
 
 class SimTransport:
