@@ -14,8 +14,6 @@ task per node (``Coordinator.run``) expires the fan-outs whose deadline passed.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -95,11 +93,11 @@ class _FanOut:
 
         ticket.on_done(landed)
 
-    def arm(self, deadline: float) -> None:
-        """Everything is sent: from now on the last reply, or ``deadline``, ends it."""
+    def arm(self) -> None:
+        """Everything is sent: from now on the last reply, or the deadline, ends it."""
         self._count_down()
         if not self.over:
-            self.coordinator.expire_at(deadline, self.expire)
+            self.coordinator.expire_later(self)
 
     def expire(self) -> None:
         if not self.over:
@@ -114,6 +112,7 @@ class _FanOut:
 
     def _end(self) -> None:
         self.over = True
+        self.coordinator.forget(self)
         then, self.then, self.abandon = self.then, None, []  # nothing kept until the deadline
         if then is not None:
             then()
@@ -122,31 +121,34 @@ class _FanOut:
 class Coordinator:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._deadlines: list[tuple[float, int, Callable[[], None]]] = []
-        self._order = itertools.count()
-        self._earlier = trio.Event()
+        # Fan-outs in flight and their deadlines. Every one gets the same timeout from when
+        # it is armed, so insertion order is deadline order; one that ends leaves at once,
+        # so only those in flight are kept (not every request of the last timeout period).
+        self._open: dict[_FanOut, float] = {}
+        self._opened = trio.Event()
 
-    def expire_at(self, deadline: float, expire: Callable[[], None]) -> None:
-        """Call ``expire()`` at ``deadline`` (from ``run``)."""
-        heapq.heappush(self._deadlines, (deadline, next(self._order), expire))
-        if self._deadlines[0][0] == deadline:  # the loop sleeps until a later one: wake it
-            self._earlier.set()
+    def expire_later(self, fan: _FanOut) -> None:
+        """Expire ``fan`` request_timeout from now, unless it ends before."""
+        self._open[fan] = trio.current_time() + self.node.request_timeout
+        if len(self._open) == 1:
+            self._opened.set()
+
+    def forget(self, fan: _FanOut) -> None:
+        self._open.pop(fan, None)
 
     async def run(self) -> None:
         """Expire fan-outs as their deadlines pass: one task for all of them."""
         while True:
-            if self._deadlines:
-                with trio.move_on_at(self._deadlines[0][0]):
-                    await self._earlier.wait()
+            if not self._open:
+                await self._opened.wait()
+                self._opened = trio.Event()
+                continue
+            fan, deadline = next(iter(self._open.items()))
+            if trio.current_time() < deadline:
+                await trio.sleep_until(deadline)
             else:
-                await self._earlier.wait()
-            self._earlier = trio.Event()
-            now = trio.current_time()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                heapq.heappop(self._deadlines)[2]()
-
-    def _deadline(self) -> float:
-        return trio.current_time() + self.node.request_timeout
+                del self._open[fan]
+                fan.expire()
 
     def start_get(self, bucket: str, key: bytes, r: int | None, reply: Reply) -> bool:
         """Begin a get: ``reply`` comes once R replies (or the failures that make R
@@ -201,7 +203,7 @@ class Coordinator:
                 fan.send(target.node, "p_get",
                          self.node.replica_fields(target, place.partition, bucket, key),
                          partial(replied, target))
-        fan.arm(self._deadline())
+        fan.arm()
         if core.settled():
             decide()
         return True
@@ -226,7 +228,7 @@ class Coordinator:
                 fields = self.node.replica_fields(target, place.partition, bucket, key,
                                                   clock=context.encode(merged))
                 fan.send(node, "p_put", fields, lambda result, error: None)
-        fan.arm(self._deadline())
+        fan.arm()
 
     def start_put(
         self, bucket: str, key: bytes, value: bytes | None, client_context: dict[str, int],
@@ -343,5 +345,5 @@ class Coordinator:
         for node in place.extra:
             if node not in tried:
                 replicate(Target(node, node, "primary"), False)
-        fan.arm(self._deadline())
+        fan.arm()
         return True

@@ -4,12 +4,13 @@ that expires fan-outs at their deadline."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import trio
 import trio.testing
 
 from common.config import Config
-from dynd.coordinator import Coordinator
+from dynd.coordinator import Coordinator, _FanOut
 from dynd.node import UP_SET_TTL, Node
 from dynd.storage import Storage
 from tests.sim.harness import bootstrap_state
@@ -40,16 +41,34 @@ async def test_up_set_is_reused_briefly_and_a_suspicion_takes_effect_at_once(
         storage.close()
 
 
-async def test_fan_out_deadlines_fire_in_order_and_an_earlier_one_wakes_the_loop(
+async def test_fan_outs_expire_at_their_deadline_unless_they_end_first(
         autojump_clock: trio.testing.MockClock) -> None:
-    coordinator = Coordinator(node=None)  # type: ignore[arg-type]  # run() needs no node
+    """One task expires every fan-out request_timeout after it was armed; one that ends
+    first is forgotten at once (only fan-outs in flight are kept)."""
+    coordinator = Coordinator(node=SimpleNamespace(request_timeout=5.0))  # type: ignore[arg-type]
     fired: list[tuple[str, float]] = []
+
+    def fan_out(name: str) -> _FanOut:
+        fan = _FanOut(coordinator, lambda: fired.append((name, trio.current_time())))
+        fan.outstanding += 1  # one request in flight that never answers
+        fan.arm()
+        return fan
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(coordinator.run)
         start = trio.current_time()
-        coordinator.expire_at(start + 10, lambda: fired.append(("late", trio.current_time())))
+        fan_out("first")
         await trio.sleep(1)
-        coordinator.expire_at(start + 5, lambda: fired.append(("early", trio.current_time())))
-        await trio.sleep(20)
+        ends_early = fan_out("second")
+        fan_out("third")
+        assert len(coordinator._open) == 3
+        await trio.sleep(1)
+        ends_early._count_down()  # its reply came
+        assert len(coordinator._open) == 2
+        await trio.sleep(10)
+        assert not coordinator._open
+        fan_out("later")  # an empty loop wakes for a new one
+        await trio.sleep(10)
         nursery.cancel_scope.cancel()
-    assert [(name, when - start) for name, when in fired] == [("early", 5), ("late", 10)]
+    assert [(name, when - start) for name, when in fired] == [
+        ("second", 2), ("first", 5), ("third", 6), ("later", 17)]
