@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -87,6 +88,20 @@ class FrameWriter:
         self._progress = trio.Event()
 
     def send(self, frame: bytes) -> None:
+        if not self._queue and not self._sending and isinstance(self.stream, trio.SocketStream):
+            # Nothing queued or being sent: hand the frame to the kernel now, as far as it
+            # takes it without blocking, instead of waking the writer task for it (a
+            # scheduler pass per frame when requests come one at a time). fileno() is -1
+            # once the socket is closed, so a late reply never reaches a reused descriptor.
+            fd = self.stream.socket.fileno()
+            if fd >= 0:
+                try:
+                    sent = os.write(fd, frame)
+                except OSError:  # would block, or broken: the writer task finds out which
+                    sent = 0
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
         self._queue.append(frame)
         self._unsent_bytes += len(frame)
         self._wakeup.set()
