@@ -75,11 +75,15 @@ class FrameWriter:
     """Queue encoded frames; one task sends everything queued in one send_all.
 
     With ``send_timeout`` a send that the other side does not take within that many seconds
-    raises trio.TooSlowError (a client that stopped reading).
+    raises trio.TooSlowError (a client that stopped reading). ``eager`` (plain sockets only)
+    hands a frame to the kernel at once when nothing is waiting; without it every frame
+    waits for the task, which coalesces more when the other side answers in microseconds.
     """
 
-    def __init__(self, stream: trio.abc.Stream, send_timeout: float = math.inf) -> None:
+    def __init__(self, stream: trio.abc.Stream, send_timeout: float = math.inf, *,
+                 eager: bool = True) -> None:
         self.stream = stream
+        self.eager = eager and isinstance(stream, trio.SocketStream)
         self.send_timeout = send_timeout
         self._queue: list[bytes] = []
         self._wakeup = trio.Event()
@@ -88,7 +92,7 @@ class FrameWriter:
         self._progress = trio.Event()
 
     def send(self, frame: bytes) -> None:
-        if not self._queue and not self._sending and isinstance(self.stream, trio.SocketStream):
+        if self.eager and not self._queue and not self._sending:
             # Nothing queued or being sent: hand the frame to the kernel now, as far as it
             # takes it without blocking, instead of waking the writer task for it (a
             # scheduler pass per frame when requests come one at a time). fileno() is -1

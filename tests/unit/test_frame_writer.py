@@ -32,6 +32,18 @@ async def test_an_idle_writer_sends_at_once_without_its_task() -> None:
     await theirs.aclose()
 
 
+async def test_a_writer_that_is_not_eager_leaves_every_frame_to_its_task() -> None:
+    ours, theirs = await _pair()
+    writer = FrameWriter(ours, eager=False)
+    writer.send(b"one")
+    writer.send(b"two")
+    assert writer._queue == [b"one", b"two"]  # coalesced into one send by the task
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        assert await _read(theirs, 6) == b"onetwo"
+        nursery.cancel_scope.cancel()
+
+
 async def test_what_the_kernel_does_not_take_is_queued_in_order() -> None:
     ours, theirs = await _pair()
     writer = FrameWriter(ours)
