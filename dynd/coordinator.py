@@ -74,24 +74,23 @@ class _FanOut:
 
     def send(self, node: str, op: str, fields: dict[str, Any],
              on_reply: Callable[[dict[str, Any] | None, DynError | None], None]) -> None:
-        self.outstanding += 1
-
-        def replied(result: dict[str, Any] | None, error: DynError | None) -> None:
-            if not self.over:
-                on_reply(result, error)  # may send more (a fallback) before we count down
-                self._count_down()
-
-        self.abandon.append(self.coordinator.node.submit(node, op, fields, replied))
+        self.abandon.append(self.coordinator.node.submit(node, op, fields,
+                                                         self._counted(on_reply)))
 
     def track(self, ticket: Ticket, on_done: Callable[[StorageError | None], None]) -> None:
+        ticket.on_done(self._counted(on_done))
+
+    def _counted(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """``callback`` as one more outstanding request: called unless the fan-out is over,
+        then counted down (after it, so a fallback it sends keeps the fan-out open)."""
         self.outstanding += 1
 
-        def landed(error: StorageError | None) -> None:
+        def done(*outcome: Any) -> None:
             if not self.over:
-                on_done(error)
+                callback(*outcome)
                 self._count_down()
 
-        ticket.on_done(landed)
+        return done
 
     def arm(self) -> None:
         """Everything is sent: from now on the last reply, or the deadline, ends it."""
@@ -116,6 +115,21 @@ class _FanOut:
         then, self.then, self.abandon = self.then, None, []  # nothing kept until the deadline
         if then is not None:
             then()
+
+
+class _FirstReply:
+    """A reply that passes on only its first call: whichever callback completes a quorum
+    answers, the later ones find it ``done``."""
+
+    __slots__ = ("reply", "done")
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply, self.done = reply, False
+
+    def __call__(self, result: dict[str, Any] | None, error: Exception | None) -> None:
+        if not self.done:
+            self.done = True
+            self.reply(result, error)
 
 
 class Coordinator:
@@ -160,20 +174,15 @@ class Coordinator:
             raise Unavailable("no replica of this key is reachable")
         # R counts distinct replicas: never lowered to the few this node finds reachable.
         core = GetCore(r=r, n=len(place.targets))
-        decided = False
+        answer = _FirstReply(reply)
 
         def decide() -> None:
-            nonlocal decided
-            if decided:
+            if answer.done:
                 return
-            decided = True
             if core.enough():
-                reply(result_fields(core.merged()), None)
+                answer(result_fields(core.merged()), None)
             else:
-                reply(None, Unavailable(
-                    f"read quorum not met: {len(core.replies)} of {core.r} replies"
-                    + "".join(f"; {node}: {why}"
-                              for node, why in sorted(core.failures.items()))))
+                answer(None, Unavailable(f"read quorum not met: {core.describe()}"))
 
         def replied(target: Target, result: dict[str, Any] | None,
                     error: DynError | None) -> None:
@@ -237,13 +246,20 @@ class Coordinator:
         """Coordinate a put (value) or delete (value None) here if this node is a primary
         of the key: ``reply`` comes once W replicas hold it. False, with nothing done,
         when the write belongs on a primary (``put`` forwards it)."""
-        n, _, w = self.node.quorum_sizes(bucket, w=w)
-        place = self.node.placement(bucket, key, n)
-        me = next((t for t in place.targets if t.node == self.node.id), None)
+        place, me, w_needed = self._write_placement(bucket, key, w)
         if me is None or me.role != "primary":
             return False
-        self._write_here(place, me, bucket, key, value, client_context, w, reply)
+        self._write_here(place, me, bucket, key, value, client_context, w_needed, reply)
         return True
+
+    def _write_placement(self, bucket: str, key: bytes, w: int | None
+                         ) -> tuple[Placement, Target | None, int]:
+        """Where a write of the key goes, this node's place in it (None: outside the
+        preference list), and the W it needs."""
+        n, _, w_needed = self.node.quorum_sizes(bucket, w=w)
+        place = self.node.placement(bucket, key, n)
+        me = next((t for t in place.targets if t.node == self.node.id), None)
+        return place, me, w_needed
 
     async def put(
         self, bucket: str, key: bytes, value: bytes | None, client_context: dict[str, int],
@@ -252,9 +268,7 @@ class Coordinator:
         """Coordinate a put or delete wherever it arrived: forwarded to a primary when
         this node is none (unless ``forward`` is None: the request was forwarded already,
         no loops), else as ``start_put``."""
-        n, _, w = self.node.quorum_sizes(bucket, w=w)
-        place = self.node.placement(bucket, key, n)
-        me = next((t for t in place.targets if t.node == self.node.id), None)
+        place, me, w_needed = self._write_placement(bucket, key, w)
         if (me is None or me.role != "primary") and forward is not None:
             # Only a primary's copy holds every dot its actor minted for the key; a dot
             # minted on a fallback's hint copy can repeat one already handed back and be
@@ -267,7 +281,7 @@ class Coordinator:
                 except Unreachable as exc:  # never sent: the next primary may take it
                     self.node.suspect(target.node, exc.message)
         result = await answered(partial(self._write_here, place, me, bucket, key, value,
-                                        client_context, w))
+                                        client_context, w_needed))
         assert result is not None
         return result
 
@@ -293,17 +307,15 @@ class Coordinator:
         core = PutCore(w=w, n=max(len(place.targets), 1))
         encoded = context.encode(clock)  # once, not once per replica
         tried = {t.node for t in place.targets} | {self.node.id}
-        decided = False
+        answer = _FirstReply(reply)
 
         def decide() -> None:
-            nonlocal decided
-            if decided:
+            if answer.done:
                 return
-            decided = True
             if core.enough():
-                reply({"context": context.encode_context(context.join(clock))}, None)
+                answer({"context": context.encode_context(context.join(clock))}, None)
             else:
-                reply(None, Unavailable(f"write quorum not met: {core.describe()}"))
+                answer(None, Unavailable(f"write quorum not met: {core.describe()}"))
 
         def check() -> None:
             if core.enough() or core.hopeless():

@@ -60,6 +60,11 @@ class GetCore:
         clocks = [c for c in self.replies.values() if c is not None]
         return context.merge_all(clocks) if clocks else None
 
+    def describe(self) -> str:
+        """What is known when R was not met, for the error message."""
+        reasons = "".join(f"; {node}: {why}" for node, why in sorted(self.failures.items()))
+        return f"{len(self.replies)} of {self.r} replies{reasons}"
+
     def stale(self, merged: DVVSet) -> list[str]:
         """Replicas whose copy does not descend the merged answer: read repair targets."""
         return [

@@ -78,3 +78,11 @@ def test_put_failure_message_says_what_is_known() -> None:
     core.add_failure("n2", "refused")
     assert core.hopeless()
     assert core.describe() == "1 of 3 required acknowledgements (n2: refused)"
+
+
+def test_get_describes_why_r_was_not_met() -> None:
+    core = GetCore(r=2, n=3)
+    core.add_reply("n1", None)
+    core.add_failure("n3", "timed out")
+    core.add_failure("n2", "refused")
+    assert core.describe() == "1 of 2 replies; n2: refused; n3: timed out"
