@@ -19,7 +19,8 @@ visible at once to every read through an in-memory overlay of not-yet-committed
 writes; ``run()`` (one service task) drains the queue into one RocksDB
 WriteBatch, writes it (fsync under ``sync="batch"``), and wakes every waiter of
 that drain. Reads and the commit call rocksdict directly: its calls hold the
-GIL anyway, and a worker-thread hop costs more than the call (DESIGN.md).
+GIL, a synced write through its fsync included, so a worker thread would not
+let the node run meanwhile, and its hop costs more than the call (DESIGN.md).
 A read-modify-write without an ``await`` between read and ``stage()`` is thus
 atomic. The overlay holds only the writes of the current drain and the ones
 staged while it was written, so scans merge it cheaply.
@@ -34,7 +35,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -56,15 +56,6 @@ _MAX_OPEN_FILES = 512
 _BLOOM_BITS_PER_KEY = 10
 
 _Op = tuple[str, bytes, bytes | None]  # (column family, raw key, value or None = delete)
-
-
-@dataclass(eq=False)
-class _Flight:
-    """A group's WriteBatch on its way to RocksDB from a worker thread."""
-
-    batch: rocksdict.WriteBatch
-    landed: bool = False
-    error: BaseException | None = None
 
 
 class StorageError(Exception):
@@ -291,8 +282,6 @@ class Storage:
         self._db: rocksdict.Rdict | None = db
         self._path = path
         self._max_batch_ops = max_batch_ops
-        self._flight: _Flight | None = None  # a group handed to a worker thread
-        self._flight_lock = threading.Lock()
         self._write_options = rocksdict.WriteOptions()
         self._write_options.sync = fsync
         # Column-family views (reads) and handles (WriteBatch): both pin the DB open,
@@ -502,7 +491,7 @@ class Storage:
                 await trio.lowlevel.checkpoint()  # let ready tasks join this group
                 if self._db is None:
                     return
-                await self._commit_group_async()
+                self._commit_group()
                 if not self._queue:
                     self._has_work = trio.Event()
         finally:
@@ -534,41 +523,6 @@ class Storage:
                     write_batch.put(raw_key, value, self._handles[cf])
         return write_batch
 
-    async def _commit_group_async(self) -> None:
-        """Like _commit_group, but an fsync'ed write runs in a worker thread.
-
-        rocksdict releases the GIL while RocksDB writes and syncs (measured), so
-        the node keeps serving reads, the network and staging during the ~3 ms
-        fsync, and the writes staged meanwhile form the next, larger group. The
-        thread hop (~160 us) is paid once per group, not per write. Without
-        fsync the write is fast and stays on the trio thread (no threads under
-        the simulator's autojump clock).
-        """
-        if not self._write_options.sync:
-            self._commit_group()
-            return
-        group = self._take_group()
-        flight = _Flight(self._build_batch(group))
-        self._flight = flight
-        try:
-            await trio.to_thread.run_sync(self._land, flight, abandon_on_cancel=False)
-        finally:  # also when cancelled: the thread has finished by then, the group is written
-            self._flight = None
-            self._finish_group(group, flight.error)
-
-    def _land(self, flight: _Flight) -> None:
-        """Write an in-flight group exactly once: from the worker thread, or from close()
-        if close() got there first (the worker may not even have started: close() runs on
-        the event loop that would start it)."""
-        with self._flight_lock:
-            if flight.landed:
-                return
-            flight.landed = True
-            try:
-                self._write_batch(flight.batch)
-            except Exception as exc:  # rocksdict raises plain Exception
-                flight.error = exc
-
     def _commit_group(self) -> None:
         group = self._take_group()
         error: BaseException | None = None
@@ -596,8 +550,6 @@ class Storage:
         """Commit what is staged, then close every view, handle and the DB; idempotent."""
         if self._db is None:
             return
-        if self._flight is not None:
-            self._land(self._flight)  # the group in flight goes first: keeps write order
         self._commit_all()
         for view in self._views.values():
             view.close()
