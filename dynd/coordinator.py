@@ -240,16 +240,17 @@ class Coordinator:
         fan.arm()
 
     def start_put(
-        self, bucket: str, key: bytes, value: bytes | None, client_context: dict[str, int],
-        w: int | None, reply: Reply,
+        self, bucket: str, key: bytes, value: bytes | None,
+        client_context: Callable[[], dict[str, int]], w: int | None, reply: Reply,
     ) -> bool:
         """Coordinate a put (value) or delete (value None) here if this node is a primary
-        of the key: ``reply`` comes once W replicas hold it. False, with nothing done,
-        when the write belongs on a primary (``put`` forwards it)."""
+        of the key: ``reply`` comes once W replicas hold it. False, with nothing done (not
+        even ``client_context`` decoded), when the write belongs on a primary (``put``
+        forwards it)."""
         place, me, w_needed = self._write_placement(bucket, key, w)
         if me is None or me.role != "primary":
             return False
-        self._write_here(place, me, bucket, key, value, client_context, w_needed, reply)
+        self._write_here(place, me, bucket, key, value, client_context(), w_needed, reply)
         return True
 
     def _write_placement(self, bucket: str, key: bytes, w: int | None

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dynd.handoff")
 
+_CURSOR_PREFIX = "xfer:"  # meta names of pull cursors: xfer:<epoch>:<partition>
+
 
 @dataclass
 class Progress:
@@ -145,6 +147,7 @@ class Handoff:
                     log.warning("event=transfer_stalled node=%s epoch=%d error=%r",
                                 self.node.id, state.epoch, exc.message)
             elif not pending and state.epoch > self.cleaned_epoch:
+                self._forget_cursors(state.epoch)
                 await self.drop_foreign_partitions(state.epoch)
             with trio.move_on_after(1.0):
                 await self.node.state_changed.wait()
@@ -233,10 +236,20 @@ class Handoff:
                  self.node.id, epoch, len(mine))
         self.node.background.start_soon(self.node.gossip.push_now)
 
+    def _forget_cursors(self, epoch: int) -> None:
+        """Drop the pull cursors of this epoch and of the ones it superseded: once every
+        transfer of the epoch is done, none is read again."""
+        batch = Batch()
+        for name in self.node.storage.meta_names(_CURSOR_PREFIX):
+            if int(name.split(":")[1]) <= epoch:
+                batch.delete_meta(name)
+        if len(batch):
+            self.node.storage.stage(batch)
+
     async def _pull_partition(
         self, epoch: int, partition: int, sources: list[str], progress: Progress
     ) -> None:
-        meta = f"xfer:{epoch}:{partition}"
+        meta = f"{_CURSOR_PREFIX}{epoch}:{partition}"
         raw_cursor = self.node.storage.get_meta(meta)
         cursor = None if raw_cursor is None else cbor2.loads(raw_cursor)
         if cursor == "done":

@@ -491,7 +491,8 @@ class Node:
         when it must go to a primary (op_put and op_delete forward it)."""
         value = fields["value"] if op == "put" else None
         return self.coordinator.start_put(fields["bucket"], fields["key"], value,
-                                          self._client_context(fields), fields.get("w"), reply)
+                                          partial(self._client_context, fields),
+                                          fields.get("w"), reply)
 
     async def op_put(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return await self._write(fields, fields["value"], forwarded=False)

@@ -347,6 +347,12 @@ class Storage:
     def get_meta(self, name: str) -> bytes | None:
         return self._lookup(CF_META, name.encode())
 
+    def meta_names(self, prefix: str) -> list[str]:
+        """Names of the meta entries that start with ``prefix``, in order."""
+        low = prefix.encode()
+        rows = self._range(CF_META, low, _prefix_end(low), None, values=False)
+        return [raw.decode() for raw, _ in rows]
+
     def _range(self, cf: str, low: bytes, high: bytes | None, limit: int | None,
                values: bool = True) -> list[tuple[bytes, bytes]]:
         """Keys in [low, high) in order, RocksDB merged with the overlay, at most ``limit``.

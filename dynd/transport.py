@@ -100,10 +100,12 @@ class TcpTransport:
         if trio.current_effective_deadline() < trio.current_time() + timeout:
             # The caller's deadline comes first (a coordinator's fan-out): ours could never
             # fire, and a cancel scope per replica request is not free.
-            connection = await self._connection(addr, timeout)
-            return await connection.call(op, fields)
+            return await self._send(addr, op, fields, timeout)
         with trio.move_on_after(timeout) as scope:
-            connection = await self._connection(addr, timeout)
-            return await connection.call(op, fields)
+            return await self._send(addr, op, fields, timeout)
         assert scope.cancelled_caught
         raise Unavailable(f"{op} to {addr} timed out after {timeout:g}s")
+
+    async def _send(self, addr: str, op: str, fields: dict[str, Any], timeout: float
+                    ) -> dict[str, Any]:
+        return await (await self._connection(addr, timeout)).call(op, fields)

@@ -375,3 +375,12 @@ async def test_benchmark_synced_writes(tmp_path: Path, nursery: trio.Nursery) ->
           f"batches of 1000 keys {batched:,.0f} keys/s")
     store.close()
     assert batched > one_by_one
+
+
+async def test_meta_names_by_prefix_see_staged_and_committed_entries(storage: Storage) -> None:
+    await storage.write(Batch().put_meta("xfer:1:0", b"a").put_meta("xfer:2:5", b"b")
+                        .put_meta("state", b"s"))
+    storage.stage(Batch().put_meta("xfer:2:6", b"c").delete_meta("xfer:1:0"))
+    assert storage.meta_names("xfer:") == ["xfer:2:5", "xfer:2:6"]
+    assert storage.meta_names("xfer:3:") == []
+    assert storage.meta_names("") == ["state", "xfer:2:5", "xfer:2:6"]

@@ -71,6 +71,12 @@ def divergence(nodes: list[SimNode], keys: list[bytes]) -> list[str]:
     return problems
 
 
+def leftover_cursors(nodes: list[SimNode]) -> list[str]:
+    """Transfer pull cursors a node still keeps once no transfer is pending (converged)."""
+    return [f"{n.id}: transfer cursors left {names}" for n in nodes if n.node is not None
+            if (names := n.node.storage.meta_names("xfer:"))]
+
+
 def _describe(clock: DVVSet | None) -> str:
     if clock is None:
         return "absent"

@@ -415,6 +415,8 @@ async def _run(seed: int, scenario: Scenario, clock: trio.testing.MockClock) -> 
             else:
                 violations += checkers.check_history(history, checkers.final_clocks(
                     cluster.nodes, keys))
+                await trio.sleep(2.0)  # a transfer loop pass (every second) after the last
+                violations += checkers.leftover_cursors(cluster.nodes)
             report = Report(seed, scenario, violations, converged_after, history,
                             cluster.events, cluster.network.frames, trio.current_time())
             nursery.cancel_scope.cancel()
