@@ -184,13 +184,25 @@ class Coordinator:
             else:
                 answer(None, Unavailable(f"read quorum not met: {core.describe()}"))
 
+        # Our own copy first: a replica answering with the very bytes we hold (replicas in
+        # sync, the common case) needs no parse and validation of its own.
+        local_raw: bytes | None = None
+        local: DVVSet | None = None
+        for target in place.targets:
+            if target.node == self.node.id:
+                hint_for = None if target.role == "primary" else target.primary
+                local_raw = self.node.replica.get_encoded(place.partition, bucket, key, hint_for)
+                local = None if local_raw is None else context.decode_stored(local_raw)
+                core.add_reply(target.node, local, fallback=target.role == "fallback")
+
         def replied(target: Target, result: dict[str, Any] | None,
                     error: DynError | None) -> None:
             try:
                 if error is not None:
                     raise error
                 assert result is not None
-                clock = self.node.clock_from_peer(result.get("clock"))
+                wire = result.get("clock")
+                clock = local if wire == local_raw else self.node.clock_from_peer(wire)
             except DynError as exc:
                 core.add_failure(target.node, exc.message)
             else:
@@ -204,11 +216,7 @@ class Coordinator:
 
         fan = _FanOut(self, finished)
         for target in place.targets:
-            if target.node == self.node.id:  # our own copy is a synchronous read
-                hint_for = None if target.role == "primary" else target.primary
-                core.add_reply(target.node, self.node.replica.get(
-                    place.partition, bucket, key, hint_for), fallback=target.role == "fallback")
-            else:
+            if target.node != self.node.id:
                 fan.send(target.node, "p_get",
                          self.node.replica_fields(target, place.partition, bucket, key),
                          partial(replied, target))

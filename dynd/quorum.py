@@ -57,7 +57,10 @@ class GetCore:
 
     def merged(self) -> DVVSet | None:
         """The sync of every reply, or None when no replica held the key."""
-        clocks = [c for c in self.replies.values() if c is not None]
+        # Replies that are one object (equal bytes, parsed once) need merging only once.
+        clocks = list({id(c): c for c in self.replies.values() if c is not None}.values())
+        if len(clocks) == 1:
+            return clocks[0]
         return context.merge_all(clocks) if clocks else None
 
     def describe(self) -> str:
@@ -70,7 +73,7 @@ class GetCore:
         return [
             node
             for node, clock in self.replies.items()
-            if clock is None or not context.descends(clock, merged)
+            if clock is None or (clock is not merged and not context.descends(clock, merged))
         ]
 
 

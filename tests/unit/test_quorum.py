@@ -32,6 +32,21 @@ def test_stale_replicas_are_those_that_do_not_descend_the_answer() -> None:
     assert sorted(core.stale(core.merged())) == ["n2", "n3"]
 
 
+def test_replies_sharing_one_parsed_clock_merge_to_it_and_are_not_stale() -> None:
+    old = clock_with(b"old")
+    new = clock_with(b"new", stored=old)
+    in_sync = GetCore(r=2, n=3)
+    in_sync.add_reply("n1", new)
+    in_sync.add_reply("n2", new)  # the same bytes as n1's: the coordinator parsed them once
+    assert in_sync.merged() is new
+    assert in_sync.stale(new) == []
+    one_behind = GetCore(r=3, n=3)
+    for node, clock in (("n1", new), ("n2", new), ("n3", old)):
+        one_behind.add_reply(node, clock)
+    assert context.equal(one_behind.merged(), new)
+    assert one_behind.stale(one_behind.merged()) == ["n3"]
+
+
 def test_fallback_misses_do_not_make_a_stored_key_look_missing() -> None:
     core = GetCore(r=2, n=3)
     core.add_reply("f1", None, fallback=True)
