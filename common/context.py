@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import cbor2
 
 MAX_INT = 2**63 - 1
-MAX_ACTOR_CHARS = 128  # a node id (<= 64) plus "." and an incarnation number, with room to spare
+# A node id (<= 64) and its incarnation; a fallback's actor adds a hint generation and the
+# primary's id (<= 64): "n1.3.h2.n4". With room to spare.
+MAX_ACTOR_CHARS = 192
 DIGEST_BYTES = 16
 _MAX_CBOR_DEPTH = 8  # the clock wire form nests 5 deep, a context 2 deep
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -176,29 +178,35 @@ def merge_all(clocks: Iterable[DVVSet]) -> DVVSet:
 
 
 def _add_event(entries: tuple[tuple[str, int, tuple[Sibling, ...]], ...], actor: str,
-               value: Sibling) -> tuple[tuple[str, int, tuple[Sibling, ...]], ...]:
-    """Mint the next dot of ``actor`` for ``value``, keeping entries sorted."""
+               value: Sibling, floor: int) -> tuple[tuple[str, int, tuple[Sibling, ...]], ...]:
+    """Mint the next dot of ``actor`` for ``value``, keeping entries sorted; an actor
+    without an entry starts after ``floor``."""
     for index, (entry_actor, counter, values) in enumerate(entries):
         if entry_actor == actor:
             return entries[:index] + ((actor, counter + 1, (value, *values)),) + entries[index + 1:]
         if entry_actor > actor:
-            return entries[:index] + ((actor, 1, (value,)),) + entries[index:]
-    return entries + ((actor, 1, (value,)),)
+            return entries[:index] + ((actor, floor + 1, (value,)),) + entries[index:]
+    return entries + ((actor, floor + 1, (value,)),)
 
 
-def update(client: DVVSet, stored: DVVSet | None, actor: str) -> DVVSet:
+def update(client: DVVSet, stored: DVVSet | None, actor: str, floor: int = 0) -> DVVSet:
     """Coordinate a put at ``actor``: the result is causally newer than both clocks.
 
     ``client`` comes from ``new(value, context)``: its single anonymous value gets
     a new dot of ``actor``; the stored siblings that ``context`` covers are dropped,
     all others stay as siblings. ``actor`` must be the coordinating node's own
     incarnation and ``stored`` its local clock, or dots could be minted twice.
+    ``floor``: when neither clock has an entry of ``actor``, the highest counter
+    ``actor`` may have used for this key on a copy since deleted (the new entry
+    starts after it; its history then covers dots of that deleted copy, which were
+    all superseded, or the copy would not have been deleted).
     """
     if len(client.anonymous) != 1:
         raise ValueError("update() needs a client clock with exactly one new value, "
                          f"got {len(client.anonymous)}")
     synced = sync(DVVSet(client.entries), stored or _EMPTY)
-    return DVVSet(_add_event(synced.entries, actor, client.anonymous[0]), synced.anonymous)
+    return DVVSet(_add_event(synced.entries, actor, client.anonymous[0], floor),
+                  synced.anonymous)
 
 
 def join(clock: DVVSet) -> VersionVector:

@@ -306,7 +306,7 @@ class Coordinator:
             hint_for = None if me.role == "primary" else me.primary
         if hint_for is not None:
             self.node.stats.count("hint_stored")
-        actor = self.node.actor if hint_for is None else self.node.fallback_actor()
+        actor = self.node.actor if hint_for is None else self.node.fallback_actor(hint_for)
         clock, ticket = self.node.replica.coordinate(
             place.partition, bucket, key, value, client_context, actor,
             self.node.wall_ms(), hint_for,

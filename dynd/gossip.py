@@ -173,8 +173,7 @@ class Gossip:
                     continue
                 member = remote.members.get(self.node.id)
                 if member is not None and member.status != "removed":
-                    self.node.incarnation = max(self.node.incarnation, member.incarnation + 1)
-                    self.node.actor = f"{self.node.id}.{self.node.incarnation}"
+                    self.node.set_incarnation(max(self.node.incarnation, member.incarnation + 1))
                     self.node.state = remote
                     log.warning("event=recovering_lost_disk node=%s incarnation=%d seed=%s",
                                 self.node.id, self.node.incarnation, addr)

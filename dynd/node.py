@@ -81,8 +81,7 @@ class Node:
         self.fresh = storage.get_meta(META_NODE_ID) is None
         self.id = self._node_id()
         self.stats = Stats(self.id)
-        self.incarnation = int(storage.get_meta(META_INCARNATION) or b"0") + 1
-        self.actor = f"{self.id}.{self.incarnation}"
+        self.set_incarnation(int(storage.get_meta(META_INCARNATION) or b"0") + 1)
         self.hint_generation = int(storage.get_meta(META_HINT_GENERATION) or b"0")
         self.hints_released = True  # hints may have been released before a crash
         raw_state = storage.get_meta(META_STATE)
@@ -356,8 +355,15 @@ class Node:
         except ValueError as exc:
             raise Rejected(f"invalid clock from peer: {exc}") from None
 
-    def fallback_actor(self) -> str:
-        """The actor for a dot minted on a hint copy (no primary of the key reachable).
+    def set_incarnation(self, incarnation: int) -> None:
+        """This life of the node: its actor, the name its dots are minted under."""
+        self.incarnation = incarnation
+        self.actor = f"{self.id}.{incarnation}"
+        self.replica.own_actor = self.actor
+
+    def fallback_actor(self, primary: str) -> str:
+        """The actor for a dot minted on the hint copy held for ``primary`` (no primary
+        of the key reachable).
 
         A dot's counter comes from the copy it is minted on. A primary's data
         copy keeps every dot its actor minted for the key, but a hint copy is
@@ -366,7 +372,10 @@ class Node:
         on merge (tests/sim seeds 4, 10, 12, 17, 18; the chaos two-node kill).
         So fallback dots get their own actor, renewed (and persisted) after
         every hint release: a key's clock grows by one entry only per outage in
-        which no primary of it was reachable.
+        which no primary of it was reachable. The actor names the primary too:
+        one node can hold hint copies of a key for two primaries (the preference
+        list moved between two writes), each counting from its own start
+        (tests/sim seed 20 minted one dot on both and lost a write).
         """
         if self.hints_released:
             self.hints_released = False
@@ -374,7 +383,7 @@ class Node:
             batch = Batch()
             batch.put_meta(META_HINT_GENERATION, str(self.hint_generation).encode())
             self.storage.stage(batch)  # staged before the write it serves: durable first
-        return f"{self.actor}.h{self.hint_generation}"
+        return f"{self.actor}.h{self.hint_generation}.{primary}"
 
     def wall_ms(self) -> int:
         return int(self.wall() * 1000)

@@ -34,6 +34,13 @@ class Replica:
         self.max_siblings = max_siblings
         self.segments = segments
         self.trees: dict[int, PartitionTree] = {}
+        # The node's actor (set once it is known) and the highest counter it reached in a
+        # tombstone this node has reaped: a key reaped here may still be a tombstone on a
+        # replica that has not reaped it yet, so a new dot for the key must not repeat one
+        # of its dots (tests/sim seed 139: a value minted at counter 1 under a tombstone at
+        # 2 vanished on merge). In memory only: every start is a new incarnation (actor).
+        self.own_actor: str | None = None
+        self.dot_floor = 0
 
     def tree(self, partition: int) -> PartitionTree:
         tree = self.trees.get(partition)
@@ -76,7 +83,8 @@ class Replica:
         stored_raw = self.get_encoded(partition, bucket, key, hint_for)
         stored = None if stored_raw is None else context.decode_stored(stored_raw)
         client = context.new(Sibling(value, written_at), client_context)
-        result = context.update(client, stored, actor)
+        result = context.update(client, stored, actor,
+                                self.dot_floor if actor == self.own_actor else 0)
         if context.sibling_count(result) > self.max_siblings:
             raise Rejected(
                 f"key would have {context.sibling_count(result)} siblings, limit is "
@@ -118,6 +126,7 @@ class Replica:
         stored = self.get(partition, bucket, key)
         if stored is None or not context.equal(stored, expected):
             return None
+        self.dot_floor = max(self.dot_floor, context.join(stored).get(self.own_actor or "", 0))
         batch = Batch()
         batch.delete(partition, bucket, key)
         ticket = self.storage.stage(batch)

@@ -306,7 +306,7 @@ GOOD_SIBLING = [b"v", 1]
     ([{}, []], "entries must be a list"),
     ([[["a", 1]], []], "entry must be a list of 3"),
     ([[[1, 1, []]], []], "actor"),
-    ([[["x" * 129, 1, []]], []], "actor"),
+    ([[["x" * (dvv.MAX_ACTOR_CHARS + 1), 1, []]], []], "actor"),
     ([[["b", 1, []], ["a", 1, []]], []], "sorted and unique"),
     ([[["a", 1, []], ["a", 2, []]], []], "sorted and unique"),
     ([[["a", 0, []]], []], "1..2"),
@@ -455,3 +455,10 @@ def test_values_order_is_anonymous_then_actor_then_newest_first():
 def test_context_encoding_is_stable():
     assert dvv.encode_context({"b": 2, "a": 1}) == b64(cbor2.dumps([["a", 1], ["b", 2]]))
     assert dvv.digest(dvv.empty()) == dvv.digest(DVVSet())
+
+
+def test_update_starts_a_new_actor_entry_after_the_floor() -> None:
+    first = dvv.update(dvv.new(dvv.Sibling(b"a", 1)), None, "n1.1", floor=6)
+    assert dvv.join(first) == {"n1.1": 7}
+    second = dvv.update(dvv.new(dvv.Sibling(b"b", 2), dvv.join(first)), first, "n1.1", floor=9)
+    assert dvv.join(second) == {"n1.1": 8}  # an existing entry counts on from itself

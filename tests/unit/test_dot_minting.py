@@ -1,0 +1,53 @@
+"""A dot is never minted twice for one key: not on two hint copies of it, not after a
+reap that another replica has not done yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common import context
+from common.config import Config
+from dynd.node import Node
+from dynd.replica import Replica
+from dynd.storage import Storage
+from tests.unit.test_fuzz_dispatch import LIMITS, Nowhere
+
+
+def test_hint_copies_for_two_primaries_mint_distinct_dots(tmp_path: Path) -> None:
+    """tests/sim seed 20: the preference list moved between two fallback writes of a key,
+    so the second landed on a fresh hint copy (for another primary) and minted the first
+    one's dot again; merged, one of the two values vanished."""
+    storage = Storage.open(str(tmp_path), sync="none")
+    node = Node(Config(node_id="n5", data_dir=str(tmp_path), limits=LIMITS), storage,
+                Nowhere(), addr="127.0.0.1:1")
+    try:
+        clocks = []
+        for primary, value in (("n2", b"first"), ("n4", b"second")):
+            clock, _ = node.replica.coordinate(
+                3, "default", b"cart", value, {}, node.fallback_actor(primary),
+                node.wall_ms(), hint_for=primary)
+            clocks.append(clock)
+        merged = context.merge_all(clocks)  # what a primary holds once both are handed back
+        assert sorted(s.value for s in context.live_values(merged)) == [b"first", b"second"]
+    finally:
+        storage.close()
+
+
+def test_a_key_reaped_here_but_not_everywhere_gets_fresh_dots(tmp_path: Path) -> None:
+    """tests/sim seed 139: the tombstone was reaped on the coordinator but not yet on
+    another primary; a new put minted counter 1 under the tombstone's 2 and vanished
+    when the two copies merged."""
+    storage = Storage.open(str(tmp_path), sync="none")
+    replica = Replica(storage, max_siblings=100)
+    replica.own_actor = "n3.2"
+    try:
+        put, _ = replica.coordinate(1, "b", b"k", b"v1", {}, "n3.2", 1)
+        tombstone, _ = replica.coordinate(1, "b", b"k", None, context.join(put), "n3.2", 2)
+        unreaped = tombstone  # another primary still holds it
+        assert replica.reap(1, "b", b"k", tombstone) is not None
+        assert replica.get(1, "b", b"k") is None
+        fresh, _ = replica.coordinate(1, "b", b"k", b"v2", {}, "n3.2", 3)
+        merged = context.sync(unreaped, fresh)
+        assert [s.value for s in context.live_values(merged)] == [b"v2"]
+    finally:
+        storage.close()
