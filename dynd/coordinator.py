@@ -307,14 +307,13 @@ class Coordinator:
         if hint_for is not None:
             self.node.stats.count("hint_stored")
         actor = self.node.actor if hint_for is None else self.node.fallback_actor(hint_for)
-        clock, ticket = self.node.replica.coordinate(
+        clock, encoded, ticket = self.node.replica.coordinate(
             place.partition, bucket, key, value, client_context, actor,
             self.node.wall_ms(), hint_for,
         )
         # W counts distinct nodes holding the write: never lowered to the few reachable
         # ones, or one node could acknowledge alone and then lose its disk (tests/sim seed 8).
         core = PutCore(w=w, n=max(len(place.targets), 1))
-        encoded = context.encode(clock)  # once, not once per replica
         tried = {t.node for t in place.targets} | {self.node.id}
         answer = _FirstReply(reply)
 

@@ -75,8 +75,10 @@ class Replica:
         self, partition: int, bucket: str, key: bytes, value: bytes | None,
         client_context: dict[str, int], actor: str, written_at: int,
         hint_for: str | None = None,
-    ) -> tuple[DVVSet, Ticket]:
-        """Mint a new dot for a client write on this node (the coordinating replica).
+    ) -> tuple[DVVSet, bytes, Ticket]:
+        """Mint a new dot for a client write on this node (the coordinating replica): the
+        new clock, encoded once (stored here and sent to the other replicas as it is), and
+        the ticket of the local write.
 
         A coordinator that is itself a fallback keeps its copy as a hint.
         """
@@ -90,9 +92,11 @@ class Replica:
                 f"key would have {context.sibling_count(result)} siblings, limit is "
                 f"{self.max_siblings}: resolve them (dynctl resolve) before writing blind"
             )
-        if hint_for is not None:
-            return result, self.store_hint(hint_for, partition, bucket, key, result)
-        return result, self._store(partition, bucket, key, stored_raw, result)
+        encoded = context.encode(result)
+        if hint_for is not None:  # minted on the hint copy as stored: nothing to merge
+            batch = Batch().put_hint(hint_for, partition, bucket, key, encoded)
+            return result, encoded, self.storage.stage(batch)
+        return result, encoded, self._store(partition, bucket, key, stored_raw, encoded)
 
     def merge(
         self, partition: int, bucket: str, key: bytes, incoming: DVVSet
@@ -103,14 +107,13 @@ class Replica:
         merged = incoming if stored is None else context.sync(stored, incoming)
         if stored is not None and context.equal(stored, merged):
             return stored, None
-        return merged, self._store(partition, bucket, key, stored_raw, merged)
+        return merged, self._store(partition, bucket, key, stored_raw, context.encode(merged))
 
     def _store(
-        self, partition: int, bucket: str, key: bytes, old_raw: bytes | None, new: DVVSet
+        self, partition: int, bucket: str, key: bytes, old_raw: bytes | None, encoded: bytes
     ) -> Ticket:
-        """Stage ``new`` over the copy stored as ``old_raw``; digests hash the stored bytes
-        (``encode`` is canonical, so they are ``context.digest`` of the clocks)."""
-        encoded = context.encode(new)
+        """Stage ``encoded`` over the copy stored as ``old_raw``; digests hash the stored
+        bytes (``encode`` is canonical, so they are ``context.digest`` of the clocks)."""
         batch = Batch()
         batch.put(partition, bucket, key, encoded)
         ticket = self.storage.stage(batch)

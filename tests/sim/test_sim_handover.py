@@ -53,7 +53,7 @@ async def _hand_over(block_primary: bool, clock: trio.testing.MockClock) -> tupl
                 await node.start()
             await trio.sleep(5)  # gossip: every node hears every other
             holder, partition, primaries = _holder_and_primaries(cluster)
-            _, ticket = holder.replica.coordinate(
+            _, _, ticket = holder.replica.coordinate(
                 partition, BUCKET, KEY, b"v", {}, holder.actor, holder.wall_ms())
             await ticket.wait()
             if block_primary:

@@ -23,7 +23,7 @@ def test_hint_copies_for_two_primaries_mint_distinct_dots(tmp_path: Path) -> Non
     try:
         clocks = []
         for primary, value in (("n2", b"first"), ("n4", b"second")):
-            clock, _ = node.replica.coordinate(
+            clock, _, _ = node.replica.coordinate(
                 3, "default", b"cart", value, {}, node.fallback_actor(primary),
                 node.wall_ms(), hint_for=primary)
             clocks.append(clock)
@@ -41,12 +41,12 @@ def test_a_key_reaped_here_but_not_everywhere_gets_fresh_dots(tmp_path: Path) ->
     replica = Replica(storage, max_siblings=100)
     replica.own_actor = "n3.2"
     try:
-        put, _ = replica.coordinate(1, "b", b"k", b"v1", {}, "n3.2", 1)
-        tombstone, _ = replica.coordinate(1, "b", b"k", None, context.join(put), "n3.2", 2)
+        put, _, _ = replica.coordinate(1, "b", b"k", b"v1", {}, "n3.2", 1)
+        tombstone, _, _ = replica.coordinate(1, "b", b"k", None, context.join(put), "n3.2", 2)
         unreaped = tombstone  # another primary still holds it
         assert replica.reap(1, "b", b"k", tombstone) is not None
         assert replica.get(1, "b", b"k") is None
-        fresh, _ = replica.coordinate(1, "b", b"k", b"v2", {}, "n3.2", 3)
+        fresh, _, _ = replica.coordinate(1, "b", b"k", b"v2", {}, "n3.2", 3)
         merged = context.sync(unreaped, fresh)
         assert [s.value for s in context.live_values(merged)] == [b"v2"]
     finally:
