@@ -190,8 +190,8 @@ class Coordinator:
         local: DVVSet | None = None
         for target in place.targets:
             if target.node == self.node.id:
-                hint_for = None if target.role == "primary" else target.primary
-                local_raw = self.node.replica.get_encoded(place.partition, bucket, key, hint_for)
+                local_raw = self.node.replica.get_encoded(place.partition, bucket, key,
+                                                          target.hint_for)
                 local = None if local_raw is None else context.decode_stored(local_raw)
                 core.add_reply(target.node, local, fallback=target.role == "fallback")
 
@@ -239,8 +239,7 @@ class Coordinator:
             self.node.stats.count("read_repair")
             target = by_node[node]
             if node == self.node.id:
-                hint_for = None if target.role == "primary" else target.primary
-                self.node.stage_replica(place.partition, bucket, key, merged, hint_for)
+                self.node.stage_replica(place.partition, bucket, key, merged, target.hint_for)
             else:
                 fields = self.node.replica_fields(target, place.partition, bucket, key,
                                                   clock=context.encode(merged))
@@ -303,7 +302,7 @@ class Coordinator:
         if me is None:  # no preference-list node took the forward: keep it as a hint
             hint_for = place.targets[0].primary if place.targets else None
         else:
-            hint_for = None if me.role == "primary" else me.primary
+            hint_for = me.hint_for
         if hint_for is not None:
             self.node.stats.count("hint_stored")
         actor = self.node.actor if hint_for is None else self.node.fallback_actor(hint_for)

@@ -270,8 +270,8 @@ class Node:
         """A replica request's fields for ``target`` (a fallback's name the primary it
         holds the hint for)."""
         fields = {"bucket": bucket, "key": key, "partition": partition, **extra}
-        if target.role != "primary":
-            fields["hint_for"] = target.primary
+        if target.hint_for is not None:
+            fields["hint_for"] = target.hint_for
         return fields
 
     def submit(self, node: str, op: str, fields: dict[str, Any],
@@ -312,8 +312,7 @@ class Node:
         self, target: Target, partition: int, bucket: str, key: bytes
     ) -> DVVSet | None:
         if target.node == self.id:
-            hint_for = None if target.role == "primary" else target.primary
-            return self.replica.get(partition, bucket, key, hint_for)
+            return self.replica.get(partition, bucket, key, target.hint_for)
         reply = await self.call(target.node, "p_get",
                                 self.replica_fields(target, partition, bucket, key))
         return self.clock_from_peer(reply.get("clock"))
@@ -323,8 +322,7 @@ class Node:
     ) -> None:
         """Store ``clock`` on ``target``."""
         if target.node == self.id:
-            hint_for = None if target.role == "primary" else target.primary
-            await self.store_replica(partition, bucket, key, clock, hint_for)
+            await self.store_replica(partition, bucket, key, clock, target.hint_for)
             return
         await self.call(target.node, "p_put", self.replica_fields(
             target, partition, bucket, key, clock=context.encode(clock)))

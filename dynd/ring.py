@@ -81,6 +81,11 @@ class Target:
     primary: str  # the primary this replica belongs to (== node for a primary)
     role: str  # "primary" | "fallback"
 
+    @property
+    def hint_for(self) -> str | None:
+        """The primary a fallback keeps its copy for as a hint; None for a primary."""
+        return None if self.role == "primary" else self.primary
+
 
 @dataclass(frozen=True)
 class Ring:
