@@ -31,7 +31,7 @@ from dynd.coordinator import Coordinator, Placement
 from dynd.detector import PhiAccrualDetector
 from dynd.gossip import Gossip
 from dynd.handoff import Handoff
-from dynd.membership import ClusterState, Member
+from dynd.membership import BucketProps, ClusterState, Member
 from dynd.metrics import Stats
 from dynd.replica import Replica
 from dynd.ring import Ring, Target, partition_of
@@ -185,14 +185,15 @@ class Node:
         return min(self.claim_n(), self.active_member_count())
 
     def active_member_count(self) -> int:
-        return sum(1 for m in self.state.members.values() if m.status in ("valid", "leaving")) or 1
+        return self.routing().active_members
 
     def quorum_sizes(
         self, bucket: str, *, r: int | None = None, w: int | None = None
     ) -> tuple[int, int, int]:
         """N, R, W for a request: bucket props, per-request overrides, capped by members."""
-        props = membership.bucket(self.state, bucket)
-        n = min(props.n, self.active_member_count())
+        routing = self.routing()
+        props = routing.bucket(bucket)
+        n = min(props.n, routing.active_members)
         r = r if r is not None else props.r
         w = w if w is not None else props.w
         if r > props.n or w > props.n:
@@ -636,11 +637,15 @@ class _Routing:
     owners); the caches are bounded by Q x N values x the up-sets seen in one epoch."""
 
     MAX_PLACEMENTS = 65536  # (partition, n, up set) entries kept; cleared when exceeded
+    MAX_BUCKETS = 4096  # bucket names kept (clients name any); cleared when exceeded
 
     def __init__(self, state: ClusterState) -> None:
         self.state = state
         self.ring = membership.ring(state)
         self.zones = membership.zones(state)
+        self.active_members = sum(1 for m in state.members.values()
+                                  if m.status in ("valid", "leaving")) or 1
+        self._buckets: dict[str, BucketProps] = {}
         self._rings: dict[tuple[str, ...], Ring] = {self.ring.owners: self.ring}
         self._primaries: dict[tuple[int, int, tuple[str, ...]], tuple[str, ...]] = {}
         self._placements: dict[tuple[int, int, frozenset[str]],
@@ -658,6 +663,16 @@ class _Routing:
             found = self._primaries[cache_key] = tuple(
                 ring.primaries(partition, n, self.zones))
         return found
+
+    def bucket(self, name: str) -> BucketProps:
+        """A bucket's properties (a bucket never set copies the default's: one copy per
+        name and state, not one per request)."""
+        props = self._buckets.get(name)
+        if props is None:
+            if len(self._buckets) >= self.MAX_BUCKETS:
+                self._buckets.clear()
+            props = self._buckets[name] = membership.bucket(self.state, name)
+        return props
 
     def placement(self, partition: int, n: int, up: frozenset[str]
                   ) -> tuple[tuple[Target, ...], tuple[str, ...]]:
