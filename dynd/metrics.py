@@ -5,17 +5,18 @@ Two views of the same measurements: HDR histograms for `dynctl stats`
 `metrics_listen` endpoint. The registry is per node, not the global default,
 so the simulator can run many nodes in one process.
 
-Counters are bumped where things happen (`Stats.observe`, `Stats.count`);
-live state (hints pending, members, phi, epoch, storage size) is read from the
-node at scrape time by `NodeCollector`, so nothing has to remember to update
-a gauge. `HintAgeWatch` turns hint counts into ages, since storage keeps no
-hint timestamps.
+Counters are bumped where things happen (`Stats.observe`, `Stats.count`) as
+plain ints that the registry reads at scrape time; live state (hints pending,
+members, phi, epoch, storage size) is read from the node at scrape time by
+`NodeCollector`, so nothing has to remember to update a gauge. `HintAgeWatch`
+turns hint counts into ages, since storage keeps no hint timestamps.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,9 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from hdrh.histogram import HdrHistogram
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from common.errors import Unavailable
 from dynd import membership
@@ -39,6 +46,7 @@ _MAX_MICROS = 120_000_000  # latencies above two minutes are clamped
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
+SIBLING_BUCKETS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 
 # Coordinated client ops: an `unavailable` answer to one of them is a quorum failure (quorum
 # not met, deadline passed, or no replica reachable; the client sees the same exit code 4).
@@ -50,60 +58,72 @@ KNOWN_EVENTS = ("quorum_failure", "read_repair", "hint_stored", "hint_delivered"
                 "antientropy_compared", "antientropy_repaired", "tombstones_reaped")
 
 
+class Buckets:
+    """A Prometheus histogram kept as plain counts: an observation is a bisect and two
+    additions, where prometheus_client takes a lock and walks every bucket (and the
+    label lookup in front of it cost more than that). Exported at scrape time."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # le: a bound >= value
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, observations <= le) per bound and +Inf, as the exposition format has them."""
+        running = 0
+        exported = []
+        for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), self.counts,
+                                strict=True):
+            running += count
+            exported.append((bound, running))
+        return exported
+
+
+@dataclass(slots=True)
+class _OpStats:
+    """What one operation's requests add up to: exact percentiles (HDR) for `dynctl stats`,
+    Prometheus buckets for the scrape."""
+
+    histogram: HdrHistogram
+    buckets: Buckets
+    errors: int = 0
+
+
 class Stats:
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         self.registry = CollectorRegistry(auto_describe=True)
-        self._histograms: dict[str, HdrHistogram] = {}
-        self._errors: Tally[str] = Tally()
+        self._ops: dict[str, _OpStats] = {}
+        self._outcomes: Tally[tuple[str, str]] = Tally()
         self.events: Tally[str] = Tally()
-        self.requests = Counter(
-            "dynd_requests", "Requests served, by operation and outcome",
-            ["op", "outcome"], registry=self.registry,
-        )
-        self.latency = Histogram(
-            "dynd_request_seconds", "Request latency by operation", ["op"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.event_counter = Counter(
-            "dynd_events", "Internal events: read repairs, hints stored and delivered, "
-            "quorum failures, keys transferred, anti-entropy keys compared and repaired",
-            ["event"], registry=self.registry,
-        )
-        self.siblings = Histogram(
-            "dynd_get_siblings", "Live siblings returned per get",
-            buckets=(1, 2, 3, 5, 10, 20, 50, 100), registry=self.registry,
-        )
-        for event in KNOWN_EVENTS:
-            self.event_counter.labels(event)
+        self.siblings = Buckets(SIBLING_BUCKETS)
         self.hint_ages = HintAgeWatch()
         self._collector: NodeCollector | None = None
-        # Label children looked up once: `labels()` costs more than the observation itself.
-        self._request_children: dict[tuple[str, str], Any] = {}
-        self._latency_children: dict[str, tuple[HdrHistogram, Any]] = {}
+        self.registry.register(_RequestCollector(self))
 
     def observe(self, op: str, outcome: str, seconds: float) -> None:
         """Record one served request (`outcome` is "ok" or an error code)."""
-        children = self._latency_children.get(op)
-        if children is None:
-            histogram = self._histograms[op] = HdrHistogram(1, _MAX_MICROS, 3)
-            children = self._latency_children[op] = (histogram, self.latency.labels(op))
-        histogram, latency = children
-        histogram.record_value(min(max(int(seconds * 1e6), 1), _MAX_MICROS))
+        stats = self._ops.get(op)
+        if stats is None:
+            stats = self._ops[op] = _OpStats(HdrHistogram(1, _MAX_MICROS, 3),
+                                             Buckets(LATENCY_BUCKETS))
+        stats.histogram.record_value(min(max(int(seconds * 1e6), 1), _MAX_MICROS))
+        stats.buckets.observe(seconds)
+        self._outcomes[op, outcome] += 1
         if outcome != "ok":
-            self._errors[op] += 1
-        counter = self._request_children.get((op, outcome))
-        if counter is None:
-            counter = self._request_children[op, outcome] = self.requests.labels(op, outcome)
-        counter.inc()
-        latency.observe(seconds)
-        if outcome == Unavailable.code and op in QUORUM_OPS:
-            self.count("quorum_failure")
+            stats.errors += 1
+            if outcome == Unavailable.code and op in QUORUM_OPS:
+                self.count("quorum_failure")
 
     def count(self, event: str, amount: int = 1) -> None:
         """Bump an internal event counter (see KNOWN_EVENTS for the usual names)."""
         self.events[event] += amount
-        self.event_counter.labels(event).inc(amount)
 
     def watch_node(self, collector: NodeCollector) -> None:
         """Export the node's live state with the counters (once per Stats)."""
@@ -115,10 +135,11 @@ class Stats:
     def summary(self) -> dict[str, Any]:
         """Per-operation counts and latency percentiles in milliseconds."""
         ops = {}
-        for op, h in sorted(self._histograms.items()):
+        for op, stats in sorted(self._ops.items()):
+            h = stats.histogram
             ops[op] = {
                 "count": h.get_total_count(),
-                "errors": self._errors[op],
+                "errors": stats.errors,
                 **{
                     name: h.get_value_at_percentile(pct) / 1000
                     for name, pct in (("p50", 50), ("p95", 95), ("p99", 99), ("p999", 99.9))
@@ -130,6 +151,36 @@ class Stats:
             summary["gauges"] = self._collector.read().totals()
         return summary
 
+
+class _RequestCollector(Collector):
+    """The request counters, latencies, events and sibling counts, read from Stats."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        requests = CounterMetricFamily("dynd_requests", "Requests served, by operation and "
+                                       "outcome", labels=["op", "outcome"])
+        for (op, outcome), count in sorted(stats._outcomes.items()):
+            requests.add_metric([op, outcome], count)
+        yield requests
+        latency = HistogramMetricFamily("dynd_request_seconds", "Request latency by operation",
+                                        labels=["op"])
+        for op, op_stats in sorted(stats._ops.items()):
+            latency.add_metric([op], op_stats.buckets.cumulative(),
+                               sum_value=op_stats.buckets.total)
+        yield latency
+        events = CounterMetricFamily(
+            "dynd_events", "Internal events: read repairs, hints stored and delivered, "
+            "quorum failures, keys transferred, anti-entropy keys compared and repaired",
+            labels=["event"])
+        for event in sorted(stats.events.keys() | set(KNOWN_EVENTS)):
+            events.add_metric([event], stats.events[event])
+        yield events
+        siblings = HistogramMetricFamily("dynd_get_siblings", "Live siblings returned per get")
+        siblings.add_metric([], stats.siblings.cumulative(), sum_value=stats.siblings.total)
+        yield siblings
 
 
 class HintAgeWatch:
