@@ -166,6 +166,7 @@ class Handoff:
                 continue
             if not await self._handed_over(partition):
                 return  # a primary did not take our copy yet: keep it, try again later
+            self.node.replica.forget_partition(partition)
             while rows := self.node.storage.scan_partition(partition, limit=1000):
                 if self.node.state.epoch != epoch or partition in self.node.owned_partitions():
                     return  # the ring moved on meanwhile: decide again next time

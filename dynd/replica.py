@@ -41,6 +41,10 @@ class Replica:
         # 2 vanished on merge). In memory only: every start is a new incarnation (actor).
         self.own_actor: str | None = None
         self.dot_floor = 0
+        # Partitions whose copy this node dropped after handing it over -> the renewal its
+        # own dots there are minted under since (see forget_partition). In memory only, as
+        # dot_floor: the next incarnation is a new actor anyway.
+        self._renewals: dict[int, int] = {}
 
     def tree(self, partition: int) -> PartitionTree:
         tree = self.trees.get(partition)
@@ -55,6 +59,27 @@ class Replica:
             tree.update(key_id(bucket, key), None, context.digest_encoded(raw))
         self.trees[partition] = tree
         return tree
+
+    def own_actor_in(self, partition: int) -> str:
+        """The actor this node's own dots in ``partition`` are minted under: its
+        incarnation, renewed for a partition whose copy it has dropped."""
+        renewal = self._renewals.get(partition)
+        own = self.own_actor or ""
+        return own if renewal is None else f"{own}.d{renewal}"
+
+    def forget_partition(self, partition: int) -> None:
+        """Call before deleting this node's copy of a partition it handed over.
+
+        The copy's values are live on the other replicas, dots of this node's actor
+        among them, and a later ring change can make this node a primary of the
+        partition again before its copy is back (its pull pending, or the walk for a
+        key partition's primaries reaching it when another node's transfer completes).
+        A dot minted then from the missing copy repeats one of them, and a floor
+        (dot_floor) would not do either: the new dot's history would cover those live
+        values and drop them on merge. So later dots there get a fresh actor (Riak's
+        remedy for the same loss, kv679, is a fresh actor epoch too).
+        """
+        self._renewals[partition] = max(self._renewals.values(), default=0) + 1
 
     def get(
         self, partition: int, bucket: str, key: bytes, hint_for: str | None = None
@@ -80,13 +105,16 @@ class Replica:
         new clock, encoded once (stored here and sent to the other replicas as it is), and
         the ticket of the local write.
 
-        A coordinator that is itself a fallback keeps its copy as a hint.
+        A coordinator that is itself a fallback keeps its copy as a hint. This node's
+        own ``actor`` is minted as ``own_actor_in(partition)``.
         """
         stored_raw = self.get_encoded(partition, bucket, key, hint_for)
         stored = None if stored_raw is None else context.decode_stored(stored_raw)
         client = context.new(Sibling(value, written_at), client_context)
-        result = context.update(client, stored, actor,
-                                self.dot_floor if actor == self.own_actor else 0)
+        floor = 0
+        if actor == self.own_actor:
+            actor, floor = self.own_actor_in(partition), self.dot_floor
+        result = context.update(client, stored, actor, floor)
         if context.sibling_count(result) > self.max_siblings:
             raise Rejected(
                 f"key would have {context.sibling_count(result)} siblings, limit is "
@@ -129,7 +157,8 @@ class Replica:
         stored = self.get(partition, bucket, key)
         if stored is None or not context.equal(stored, expected):
             return None
-        self.dot_floor = max(self.dot_floor, context.join(stored).get(self.own_actor or "", 0))
+        self.dot_floor = max(self.dot_floor,
+                             context.join(stored).get(self.own_actor_in(partition), 0))
         batch = Batch()
         batch.delete(partition, bucket, key)
         ticket = self.storage.stage(batch)
