@@ -7,11 +7,13 @@ if the hint did not change meanwhile).
 
 Transfers: after a commit, a node that gained key partitions pulls them,
 page by page, from any replica of the old ring (the old owner first, so a
-dead owner costs nothing but a retry). The cursor of every partition is
-persisted, so a transfer resumes after a crash. While a partition moves,
-writes also reach the new owner (dynd.node.placement), reads still go to the
-old one. When every page is in, the node records the transfer as complete in
-the gossiped state.
+dead owner costs nothing but a retry), whether or not it is the new owner of
+a ring partition: a key partition's primaries are the first n distinct owners
+walking the ring, so another node's move can make this one a primary too.
+The cursor of every partition is persisted, so a transfer resumes after a
+crash. While a partition moves, writes also reach the new owner
+(dynd.node.placement), reads still go to the old one. When every page is in,
+the node records the transfer as complete in the gossiped state.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dynd.handoff")
 
 _CURSOR_PREFIX = "xfer:"  # meta names of pull cursors: xfer:<epoch>:<partition>
+_META_PULLED_EPOCH = "pulled_epoch"
 
 
 @dataclass
@@ -54,6 +57,9 @@ class Handoff:
         self.node = node
         self.progress: dict[int, Progress] = {}
         self.cleaned_epoch = 0
+        # The last epoch whose gained key partitions are all in; persisted, or every restart
+        # would pull them again (from the founder alone, in the first epoch after it).
+        self.pulled_epoch = int(node.storage.get_meta(_META_PULLED_EPOCH) or b"0")
 
     # ---- ops -------------------------------------------------------------------
 
@@ -135,11 +141,18 @@ class Handoff:
         return [p for p in self.node.primaries(partition) if p != self.node.id]
 
     async def _transfer_loop(self) -> None:
+        """Pull what the current epoch brings; once all its transfers are done, forget the
+        pull cursors and drop the partitions this node lost.
+
+        The pull comes first even when the other nodes' transfers are all done (this node
+        learnt of the epoch late, or restarted): cursors written after the clean-up would
+        never be forgotten.
+        """
         while True:
             state = self.node.state
             pending = membership.pending_transfers(state)
             mine = [t for t in pending if t.target == self.node.id]
-            if mine:
+            if mine or state.epoch > self.pulled_epoch:
                 try:
                     await self._pull_all(state.epoch, mine)
                 except DynError as exc:
@@ -216,7 +229,9 @@ class Handoff:
         """Pull every key partition this epoch brings us, then report our transfers done.
 
         Completion is reported only once all of them are in: until then the old
-        owners stay primaries and keep serving reads.
+        owners stay primaries and keep serving reads. A node with no transfer of its
+        own (`mine` empty) still pulls what it gained, once per epoch, and has nothing
+        to report; it pulls before its cursors are forgotten (see _transfer_loop).
         """
         state = self.node.state
         first_sources = [s for t in mine for s in t.sources]
@@ -227,6 +242,10 @@ class Handoff:
             sources = list(dict.fromkeys(s for s in candidates if s != self.node.id))
             await self._pull_partition(epoch, partition, sources, progress)
             progress.state = "done"
+        self.pulled_epoch = epoch
+        await self.node.storage.write(Batch().put_meta(_META_PULLED_EPOCH, str(epoch).encode()))
+        if not mine:
+            return
         for transfer in mine:
             if self.node.state.epoch != epoch:
                 return
