@@ -99,7 +99,10 @@ class PutCore:
         return self.n - len(self.failures) < self.w
 
     def describe(self) -> str:
-        """What is known when W was not met, for the error message."""
+        """What is known when W was not met, for the error message. The count is of the
+        answer's moment: replicas still writing may hold the value later, so the write
+        is indeterminate (exit 4), not undone."""
         reasons = "; ".join(f"{node}: {why}" for node, why in sorted(self.failures.items()))
         text = f"{len(self.acks)} of {self.w} required acknowledgements"
-        return f"{text} ({reasons})" if reasons else text
+        text = f"{text} ({reasons})" if reasons else text
+        return f"{text}; the value may still reach other replicas"

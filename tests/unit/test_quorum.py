@@ -92,7 +92,8 @@ def test_put_failure_message_says_what_is_known() -> None:
     core.add_ack("n1")
     core.add_failure("n2", "refused")
     assert core.hopeless()
-    assert core.describe() == "1 of 3 required acknowledgements (n2: refused)"
+    assert core.describe() == ("1 of 3 required acknowledgements (n2: refused); "
+                               "the value may still reach other replicas")
 
 
 def test_get_describes_why_r_was_not_met() -> None:
