@@ -175,6 +175,9 @@ class Gossip:
                 if member is not None and member.status != "removed":
                     self.node.set_incarnation(max(self.node.incarnation, member.incarnation + 1))
                     self.node.state = remote
+                    # Anti-entropy and `dynctl repair` restore a lost disk, all of it; the
+                    # epoch's pull would bring back only what the epoch moved.
+                    self.node.handoff.mark_pulled(remote.epoch)
                     log.warning("event=recovering_lost_disk node=%s incarnation=%d seed=%s",
                                 self.node.id, self.node.incarnation, addr)
                 return

@@ -238,12 +238,15 @@ class Handoff:
         for partition in self._needed():
             progress = self.progress.setdefault(
                 partition, Progress(partition, "", self.node.id))
-            candidates = (*self.node.primaries(partition, owners=state.owners), *first_sources)
+            # The old primaries first (they hold it while transfers run), then today's: once
+            # the epoch's transfers are done (a node that restarted, or learnt of the epoch
+            # late) an old primary may have dropped its copy, or be down.
+            candidates = (*self.node.primaries(partition, owners=state.owners), *first_sources,
+                          *self.node.primaries(partition))
             sources = list(dict.fromkeys(s for s in candidates if s != self.node.id))
             await self._pull_partition(epoch, partition, sources, progress)
             progress.state = "done"
-        self.pulled_epoch = epoch
-        await self.node.storage.write(Batch().put_meta(_META_PULLED_EPOCH, str(epoch).encode()))
+        self.mark_pulled(epoch)
         if not mine:
             return
         for transfer in mine:
@@ -255,6 +258,12 @@ class Handoff:
         log.info("event=transfers_done node=%s epoch=%d partitions=%d",
                  self.node.id, epoch, len(mine))
         self.node.background.start_soon(self.node.gossip.push_now)
+
+    def mark_pulled(self, epoch: int) -> None:
+        """Record that ``epoch`` needs no pull (any more); persisted with the next group
+        commit, so a restart does not pull again (a crash before it only repeats a pull)."""
+        self.pulled_epoch = epoch
+        self.node.storage.stage(Batch().put_meta(_META_PULLED_EPOCH, str(epoch).encode()))
 
     def _forget_cursors(self, epoch: int) -> None:
         """Drop the pull cursors of this epoch and of the ones it superseded: once every
