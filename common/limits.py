@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_N = 16  # replicas per key (a bucket's n), so also the largest r and w
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import DynError, ProtocolError, Rejected, error_from_wire
-from common.limits import Limits
+from common.limits import MAX_N, Limits
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_ID = 2**63 - 1
 MAX_NODE_ID_BYTES = 64
-MAX_REPLICATION = 64  # n, r and w are each in 1..MAX_REPLICATION
 MAX_FETCH_LIMIT = 10_000  # items per p_fetch page
 MAX_TOKENS = 2**20  # a tokens count, far above any ring size
 MAX_TREE_LEVEL = 64  # Merkle tree level in p_tree
@@ -246,7 +245,7 @@ def _check_after(name: str, after: list[Any], limits: Limits) -> None:
     _check_key(f"{name}[1]", after[1], limits)
 
 
-_check_replication = _in_range(1, MAX_REPLICATION)
+_check_replication = _in_range(1, MAX_N)
 _check_non_negative = _in_range(0, None)
 
 # Limit and naming checks by field name; a field means the same thing in every op.

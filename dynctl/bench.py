@@ -43,7 +43,7 @@ import click
 import trio
 from hdrh.histogram import HdrHistogram
 
-from common.errors import UsageError
+from common.errors import DynError, UsageError, error_from_wire
 from dynctl.client import LIMITS, Client
 from dynctl.output import Outcome, Output
 from dynctl.ycsb import (
@@ -254,7 +254,10 @@ def _client_process(target: Target, config: BenchConfig, phase: str, proc_index:
         result = trio.run(_run_phase, target, config, phase, proc_index, pipe)
         pipe.send(("result", result))
     except BaseException as exc:  # noqa: B036 - reported to the parent, which raises it
-        pipe.send(("failed", f"{type(exc).__name__}: {exc}"))
+        # As a wire error, so that the parent raises the same class and dynctl exits with
+        # its code (an unreachable node is 4); anything else is an internal error.
+        failure = exc if isinstance(exc, DynError) else DynError(f"{type(exc).__name__}: {exc}")
+        pipe.send(("failed", failure.to_wire()))
     finally:
         pipe.close()
 
@@ -396,9 +399,10 @@ async def _collect(pipes: list[Any], phase: str,
                     elif message[0] == "result":
                         results[index] = message[1]
                     else:
-                        raise UsageError(f"client process {index} failed: {message[1]}")
+                        error = error_from_wire(message[1])
+                        raise type(error)(f"client process {index} failed: {error.message}")
             except EOFError:
-                raise UsageError(f"client process {index} exited without a result") from None
+                raise DynError(f"client process {index} exited without a result") from None
         now = time.monotonic()
         if now - last_report >= PROGRESS_INTERVAL:
             last_report = now
@@ -507,7 +511,8 @@ def render_report(out: Output, report: dict[str, Any]) -> None:
                  f"over {phase['seconds']:.1f} s, client CPU {phase['client_cpu_us_per_op']} "
                  f"us/op on {phase['client_cpu_cores']} cores"
                  + (" (client-bound)" if phase["client_bound"] else ""))
-        out.table("latency", ["op", "count", "ops/s", *(f"{c} ms" for c in LATENCY_COLUMNS)],
+        unit = " ms" if out.terminal else "_ms"  # piped: one word per column (col=value)
+        out.table("latency", ["op", "count", "ops/s", *(c + unit for c in LATENCY_COLUMNS)],
                   rows, title=title)
         if phase["errors"]:
             out.table("error", ["op:kind", "count"], sorted(phase["errors"].items()),

@@ -25,6 +25,7 @@ import trio
 from click.shell_completion import get_completion_class
 
 from common.errors import Conflict, DynError, NotFound, Unavailable, UsageError
+from common.limits import MAX_N
 from dynctl import bench, devcluster
 from dynctl.client import DEFAULT_ADDR, LIMITS, Client, Object
 from dynctl.output import (
@@ -416,12 +417,14 @@ _BUCKET_COLUMNS = ["name", "n", "r", "w"]
 @command(bucket, "set", "dynctl bucket set carts --n 3 --r 2 --w 2",
          "dynctl bucket set logs --w 1")
 @click.argument("name")
-@click.option("--n", "n", type=click.IntRange(min=1), help="Replicas per key.")
-@click.option("--r", "r", type=click.IntRange(min=1), help="Replies a read waits for.")
-@click.option("--w", "w", type=click.IntRange(min=1), help="Acknowledgements a write waits for.")
+# Plain ints: the node decides the ranges, so that every out-of-range value is exit 5.
+@click.option("--n", "n", type=int, help=f"Replicas per key, 1 to {MAX_N}.")
+@click.option("--r", "r", type=int, help="Replies a read waits for, 1 to N.")
+@click.option("--w", "w", type=int, help="Acknowledgements a write waits for, 1 to N.")
 async def bucket_set(client: Client, name: str, n: int | None, r: int | None,
                      w: int | None) -> Outcome:
-    """Create or update bucket NAME cluster-wide (1 <= R, W <= N; R + W <= N is warned)."""
+    """Create or update bucket NAME cluster-wide (1 <= R, W <= N, else exit 5; R + W <= N
+    is warned)."""
     fields = {field: value for field, value in (("n", n), ("r", r), ("w", w))
               if value is not None}
     result = await client.call("bucket_set", name=name, **fields)
@@ -525,9 +528,14 @@ async def cluster_commit(client: Client) -> Outcome:
 
 @command(cluster, "clear", "dynctl cluster clear")
 async def cluster_clear(client: Client) -> Outcome:
-    """Drop the staged changes."""
+    """Drop the staged changes; a staged join is undone (the node is listed as removed)."""
     result = await client.call("cluster_clear")
-    return Outcome(result, lambda out: out.line("staged changes dropped"))
+
+    def render(out: Output) -> None:
+        out.line("staged changes dropped")
+        for node in result.get("undone_joins", []):
+            out.line(f"join of {node} undone: it is removed until it runs `cluster join` again")
+    return Outcome(result, render)
 
 
 @command(cluster, "status", "dynctl cluster status", "dynctl members",

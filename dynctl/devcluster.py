@@ -8,11 +8,14 @@ SIGTERM sends SIGTERM to every node (each runs in its own session, so it gets ex
 signal), waits ``STOP_GRACE`` seconds, then SIGKILLs what is left.
 
 Limits: at most ``MAX_NODES`` nodes; each must answer ping within ``STARTUP_TIMEOUT``.
+A port that already has a listener fails the command before any node starts, and only
+a ping answered by the node started for that port, with its id, counts as an answer.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -23,7 +26,7 @@ from typing import Any
 import trio
 
 from common.errors import Unavailable, UsageError
-from dynctl.client import DEFAULT_ADDR, Client, single_exception_unwrapped
+from dynctl.client import DEFAULT_ADDR, Client, parse_addr, single_exception_unwrapped
 from dynctl.output import Outcome, Output
 
 MAX_NODES = 32
@@ -64,6 +67,7 @@ def plan_nodes(count: int, directory: Path, base_port: int) -> list[DevNode]:
 
 async def run_dev_cluster(nodes: Sequence[DevNode], output: Output) -> Outcome:
     """Start, form and keep the cluster until a signal; every started process is stopped."""
+    _check_ports_free(nodes)
     processes: list[trio.Process] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
@@ -100,19 +104,49 @@ async def _spawn(node: DevNode) -> trio.Process:
             start_new_session=True)
 
 
+def _check_ports_free(nodes: Sequence[DevNode]) -> None:
+    """Unavailable when a node's port already has a listener: its ping would reach that
+    process (another dynd, or an earlier dev cluster) instead of the node started here.
+
+    The probe binds as dynd does (SO_REUSEADDR), so a port left in TIME_WAIT by a stopped
+    cluster counts as free.
+    """
+    for node in nodes:
+        host, port = parse_addr(node.addr)
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise Unavailable(f"cannot start {node.node_id} on {node.addr}: "
+                                  f"{exc.strerror or exc} (another dynd or dev cluster?); "
+                                  f"stop it or choose another --base-port") from None
+
+
 async def _wait_ready(node: DevNode, process: trio.Process) -> None:
+    """Until the process started for ``node`` answers ping on its address.
+
+    Only an answer from a live process with the node's id counts: a port taken after
+    ``_check_ports_free`` is answered by someone else, or the process exits (port in use).
+    """
     with trio.move_on_after(STARTUP_TIMEOUT):
         while True:
+            try:
+                async with Client.connect(node.addr, timeout=1.0) as client:
+                    answer = await client.call("ping")
+            except Unavailable:
+                answer = None
             if process.poll() is not None:
                 raise Unavailable(f"node {node.node_id} exited with code {process.returncode} "
                                   f"during start-up; last lines of {node.log}:\n"
                                   f"{_tail(node.log)}")
-            try:
-                async with Client.connect(node.addr, timeout=1.0) as client:
-                    await client.call("ping")
+            if answer is not None:
+                if answer.get("node") != node.node_id:
+                    raise Unavailable(f"{node.addr} is answered by node "
+                                      f"{answer.get('node')!r}, not by {node.node_id}: the "
+                                      f"port is in use; choose another --base-port")
                 return
-            except Unavailable:
-                await trio.sleep(_PING_INTERVAL)
+            await trio.sleep(_PING_INTERVAL)
     raise Unavailable(f"node {node.node_id} did not answer on {node.addr} within "
                       f"{STARTUP_TIMEOUT:g}s; see {node.log}")
 

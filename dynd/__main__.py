@@ -22,7 +22,7 @@ from dynd.metrics import register_node_gauges
 from dynd.metrics_http import serve_metrics
 from dynd.node import Node
 from dynd.server import Server
-from dynd.storage import Storage
+from dynd.storage import Storage, StorageError
 from dynd.transport import TcpTransport
 
 log = logging.getLogger("dynd")
@@ -75,15 +75,20 @@ def sd_notify(state: str) -> None:
             log.warning("event=sd_notify_failed error=%r", exc)
 
 
-def tls_contexts(config: Config) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+def tls_contexts(config: Config, source: str
+                 ) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
     """(listener context, peer-dialling context), or (None, None) without [tls].
 
-    Raises security.TLSSetupError when a file is missing or unusable.
+    Raises ConfigError naming ``source`` (the config file) when a TLS file is missing or
+    unusable: the TLS checks know only the setting, and dynd(8) promises both.
     """
     if config.tls is None:
         return None, None
-    security.check_files(config.tls)
-    return security.server_context(config.tls), security.client_context(config.tls)
+    try:
+        security.check_files(config.tls)
+        return security.server_context(config.tls), security.client_context(config.tls)
+    except security.TLSSetupError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
 
 
 async def serve(config: Config, formatter: EventFormatter,
@@ -154,8 +159,8 @@ def main(config_path: str | None, check_config: bool, **flags: object) -> None:
     flags["seeds"] = list(flags["seeds"])  # type: ignore[arg-type]
     try:
         config = load_config(config_path, flags)
-        server_tls, peer_tls = tls_contexts(config)
-    except (ConfigError, security.TLSSetupError) as exc:
+        server_tls, peer_tls = tls_contexts(config, config_path or "configuration")
+    except ConfigError as exc:
         click.echo(f"dynd: {exc}", err=True)
         sys.exit(2)
     if check_config:
@@ -167,6 +172,9 @@ def main(config_path: str | None, check_config: bool, **flags: object) -> None:
     except DynError as exc:
         log.error("event=fatal error=%r", exc.message)
         sys.exit(2)
+    except StorageError as exc:  # the data dir cannot be opened, e.g. another dynd holds it
+        log.error("event=fatal data_dir=%s error=%r", config.data_dir, str(exc))
+        sys.exit(1)
     except OSError as exc:
         log.error("event=fatal error=%r", str(exc))
         sys.exit(1)

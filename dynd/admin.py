@@ -75,21 +75,37 @@ class Admin:
     # ---- membership ----------------------------------------------------------------
 
     async def op_cluster_join(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        """Sent to the NEW node: ask the seed's cluster to stage us, then adopt its state."""
+        """Sent to the NEW node: ask the seed's cluster to stage us, then adopt its state.
+
+        Refused while this node is valid or leaving in a cluster with other members (it
+        owns partitions there). A node that is only joining (a retry, or a join cleared
+        without it hearing yet) or that was removed may join again, a removed one only
+        with nothing stored: copies from before its removal could bring back values
+        deleted (and their tombstones reaped) since. The cluster may give
+        us a higher incarnation than ours (our id had an earlier life there): we take it
+        before adopting the state, so our beats and dots are new from the first gossip.
+        """
         state = self.node.state
+        me = state.members[self.node.id]
         others = [m for m in state.members if m != self.node.id]
-        if others:
+        if others and membership.member_status(state, me.id) in ("valid", "leaving"):
             raise Rejected(f"node {self.node.id} is already in a cluster with {len(others)} "
                            "other member(s); `cluster leave` it first")
-        me = state.members[self.node.id]
+        if membership.member_status(state, me.id) == "removed" \
+                and self.node.storage.holds_objects():
+            raise Rejected(f"node {self.node.id} was removed from its cluster and still holds "
+                           "objects from then, which could bring back values deleted since: "
+                           "start it with an empty data dir to join again")
         member = {"id": me.id, "addr": me.addr, "zone": me.zone, "incarnation": me.incarnation}
         reply = await self.node.transport.call(fields["seed"], "p_join", {"member": member},
                                                self.node.request_timeout)
         try:
             joined = membership.from_wire(reply["state"])
+            record = joined.members[self.node.id]
         except (MembershipError, KeyError) as exc:
             raise Rejected(f"seed answered an invalid cluster state: {exc}") from None
-        self.node.set_state(joined)  # a new cluster id: adopt it whole, no reconcile
+        self.node.set_incarnation(max(self.node.incarnation, record.incarnation))
+        self.node.set_state(joined)  # maybe another cluster id: adopt it whole, no reconcile
         await self.node.persist_identity()
         log.info("event=join_staged node=%s seed=%s", self.node.id, fields["seed"])
         return {"epoch": joined.epoch}
@@ -155,8 +171,12 @@ class Admin:
         return {"epoch": state.epoch, "transfers": len(state.transfers)}
 
     async def op_cluster_clear(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        await self._change(self._apply(membership.clear, self.node.id))
-        return {}
+        """Drop the staged changes; name the joins this undid (see membership.clear)."""
+        before = self.node.state.members
+        state = self._apply(membership.clear, self.node.id)
+        await self._change(state)
+        return {"undone_joins": [node for node, member in state.members.items()
+                                 if member.status != before[node].status]}
 
     def _member_rows(self) -> list[dict[str, Any]]:
         state = self.node.state

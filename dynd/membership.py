@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 import cbor2
 
+from common.limits import MAX_N
 from dynd.claim import Claimant, ClaimError, claim
 from dynd.ring import Ring, check_ring_size
 
@@ -53,7 +54,6 @@ DEFAULT_BUCKET = "default"
 WIRE_FORMAT = 1
 MAX_MEMBERS = 1024
 MAX_BUCKETS = 1024
-MAX_N = 16
 MAX_NAME_CHARS = 128
 MAX_ADDR_CHARS = 255
 MAX_BUCKET_NAME_BYTES = 64
@@ -408,7 +408,11 @@ def stage(state: ClusterState, change: Change, by: str,
 
     A join needs ``member``, the joining node's own record (addr, zone, tokens,
     incarnation): it is listed as ``joining`` at once so gossip reaches it. A
-    removed id may join again. Leave and replace need a valid member, remove a
+    removed id may join again. An id the cluster already knows joins as a new life,
+    under an incarnation above the one recorded (the node adopts it): heartbeats
+    rank by (incarnation, counter) and dots are minted as id.incarnation, so a
+    rejoined node with a wiped data dir would otherwise go unheard behind its old
+    beats and mint its old dots again. Leave and replace need a valid member, remove a
     non-removed one, replace's NEW must have joined first; tokens takes
     1..ring_size. The last valid member can neither leave nor be removed.
     """
@@ -428,7 +432,7 @@ def stage(state: ClusterState, change: Change, by: str,
         elif known.status in ("joining", "removed"):
             joining = replace(
                 member, status="joining", status_version=known.status_version + 1,
-                incarnation=max(known.incarnation, member.incarnation),
+                incarnation=max(known.incarnation + 1, member.incarnation),
                 addr_version=known.addr_version + 1)
         else:
             raise MembershipError(f"cannot join {member.id}: it is already {known.status}")
@@ -443,9 +447,17 @@ def stage(state: ClusterState, change: Change, by: str,
 
 
 def clear(state: ClusterState, by: str) -> ClusterState:
-    """Drop every staged change. Joined nodes stay listed as joining (they own nothing)."""
+    """Drop every staged change and undo the joins, as Riak's ``cluster clear`` does.
+
+    A joining member exists only for its staged join: kept as ``joining`` with
+    nothing staged it could neither be committed nor leave, so it becomes
+    ``removed`` (members are never deleted) and may ``cluster join`` again.
+    """
     _check_name(by, "clearing node")
-    return replace(state, staged=(), staged_version=state.staged_version + 1, staged_by=by)
+    undone = {m.id: _bump_status(m, status="removed") for m in state.members.values()
+              if m.status == "joining"}
+    return replace(state, members=FrozenMap({**state.members, **undone}), staged=(),
+                   staged_version=state.staged_version + 1, staged_by=by)
 
 
 def _sources(current: Ring, partition: int, target: str, n: int, zone_map: Mapping[str, str],
@@ -464,11 +476,14 @@ def plan(state: ClusterState, n: int) -> Plan:
     its replacement. Refused while the current epoch still has pending
     transfers: one reshuffle at a time keeps every transfer's sources valid.
     ``n`` (1..MAX_N, normally the largest bucket n) is capped at the ring size.
+    With nothing staged the plan is empty (no change, no transfer: the owners once
+    the current epoch's transfers are done), so an operator can always look.
     """
     state = settle(state)
     n = min(_check_int(n, "n", 1, MAX_N), state.ring_size)
     if not state.staged:
-        raise MembershipError("nothing staged")
+        valid = _valid_after(state.members, ())
+        return Plan((), state.next_owners, (), _owner_counts(valid, state.next_owners))
     pending = pending_transfers(state)
     if pending:
         raise MembershipError(f"transfers of epoch {state.epoch} still pending "
@@ -496,10 +511,16 @@ def plan(state: ClusterState, n: int) -> Plan:
     transfers = tuple(
         Transfer(p, new, _sources(current_ring, p, new, n, zone_map, gone))
         for p, (old, new) in enumerate(zip(current, next_owners, strict=True)) if old != new)
-    owners_after = {c.id: 0 for c in claimants}
-    for owner in next_owners:
-        owners_after[owner] += 1
-    return Plan(state.staged, next_owners, transfers, FrozenMap(owners_after))
+    return Plan(state.staged, next_owners, transfers,
+                _owner_counts((c.id for c in claimants), next_owners))
+
+
+def _owner_counts(nodes: Iterable[str], owners: Sequence[str]) -> FrozenMap[str, int]:
+    """Partitions per owner, every one of ``nodes`` listed (0 when it owns none)."""
+    counts = dict.fromkeys(nodes, 0)
+    for owner in owners:
+        counts[owner] = counts.get(owner, 0) + 1
+    return FrozenMap(counts)
 
 
 def commit(state: ClusterState, n: int, by: str) -> ClusterState:
@@ -507,9 +528,12 @@ def commit(state: ClusterState, n: int, by: str) -> ClusterState:
 
     Joining members become valid, leaving ones leaving (removed once their
     partitions moved), removed ones removed at once; a replaced node leaves,
-    its replacement becomes valid.
+    its replacement becomes valid. Refused with nothing staged: an epoch that
+    changes nothing would only make every node re-check its ring.
     """
     _check_name(by, "committing node")
+    if not state.staged:
+        raise MembershipError("nothing staged")
     state = settle(state)
     planned = plan(state, n)
     members = dict(state.members)

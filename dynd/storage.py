@@ -423,6 +423,10 @@ class Storage:
         return [(*_decode_hint_key(raw), value)
                 for raw, value in self._range(CF_HINTS, low, high, limit)]
 
+    def holds_objects(self) -> bool:
+        """True when any object or hint is stored (staged ones included)."""
+        return any(self._range(cf, b"", None, 1, values=False) for cf in (CF_DATA, CF_HINTS))
+
     def hint_counts(self) -> dict[str, int]:
         """Pending hints per target, staged ones included; O(targets)."""
         self._check_open()

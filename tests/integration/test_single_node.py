@@ -14,9 +14,10 @@ import cbor2
 import pytest
 import trio
 
+from common.limits import MAX_N
 from dynctl.client import Client, SyncClient
 from dynctl.ycsb import key_name as ycsb_key
-from tests.integration.harness import Cluster, dynctl, dynctl_json
+from tests.integration.harness import Cluster, dynctl, dynctl_json, free_port
 
 
 @pytest.fixture
@@ -101,6 +102,16 @@ def test_bucket_properties(node) -> None:
     assert run(node, "get", "x").returncode == 1  # other bucket
 
 
+@pytest.mark.parametrize("options", [["--r", "0"], ["--w", "-1"], ["--n", "0"],
+                                     ["--n", str(MAX_N + 1)], ["--n", "100"],
+                                     ["--r", "3", "--n", "2"]])
+def test_bucket_set_out_of_range_is_rejected_by_the_node(node, options) -> None:
+    """dynctl(1): R and W between 1 and N, N at most MAX_N, else exit 5, whichever value."""
+    code, doc = dynctl_json("--node", node.addr, "bucket", "set", "bx", *options)
+    assert (code, doc["error"]["code"]) == (5, "rejected"), doc
+    assert run(node, "bucket", "set", "bx", "--n", str(MAX_N)).returncode == 0
+
+
 def test_restart_keeps_data_and_identity(node) -> None:
     for i in range(20):
         assert run(node, "put", f"k{i}", f"v{i}").returncode == 0
@@ -140,6 +151,31 @@ def test_bad_config_is_exit_2(tmp_path) -> None:
     assert result.returncode == 2
     assert b"nonsense_key" in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_second_dynd_on_a_data_dir_in_use_exits_1_with_one_fatal_line(node) -> None:
+    result = _dynd("--node-id", node.node_id, "--listen", f"127.0.0.1:{free_port()}",
+                   "--data-dir", str(node.data_dir))
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert lines and all(line.startswith("ts=") for line in lines), lines  # no traceback
+    [fatal] = [line for line in lines if "event=fatal" in line]
+    assert "level=error" in fatal and f"data_dir={node.data_dir} " in fatal
+    assert "LOCK" in fatal  # the reason: RocksDB's lock is held by the first dynd
+    assert run(node, "ping").returncode == 0  # the first one is untouched
+
+
+def test_cluster_up_on_a_port_in_use_fails_at_once_without_a_banner(node, tmp_path) -> None:
+    """The node on the port is not the dev cluster's n1: nothing is started or formed."""
+    started = time.monotonic()
+    result = dynctl("cluster", "up", "--nodes", "1", "--base-port", str(node.port),
+                    "--dir", str(tmp_path / "dev"), timeout=30)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 4
+    assert result.stdout == b""
+    assert f"cannot start n1 on {node.addr}".encode() in result.stderr
+    assert b"in use" in result.stderr
+    assert not (tmp_path / "dev" / "n1").exists()
 
 
 def _dynd(*args: str):

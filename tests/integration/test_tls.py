@@ -268,13 +268,18 @@ def test_garbage_instead_of_a_handshake_is_refused(world: World) -> None:
     assert_serving(world)
 
 
-def test_missing_tls_file_is_a_clear_start_up_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("check_only", [[], ["--check-config"]], ids=["start", "check-config"])
+def test_missing_tls_file_is_a_clear_start_up_error(tmp_path: Path, check_only: list[str]
+                                                    ) -> None:
+    """dynd(8): a message naming the file and the setting, exit 2, nothing written."""
     identity = Identity(tmp_path / "nope-ca.pem", tmp_path / "n.pem", tmp_path / "n.key")
     config = write_config(identity, tmp_path / "dynd.toml")
     result = subprocess.run([sys.executable, "-m", "dynd", "-c", str(config), "--data-dir",
-                             str(tmp_path / "data")], capture_output=True, timeout=30)
+                             str(tmp_path / "data"), *check_only], capture_output=True,
+                            timeout=30)
     assert result.returncode == 2
-    assert b"[tls] ca" in result.stderr and b"no such file" in result.stderr
+    assert result.stderr.decode() == (f"dynd: {config}: [tls] ca = "
+                                      f"'{identity.ca}': no such file\n")
     assert not (tmp_path / "data").exists()
 
 
@@ -285,6 +290,7 @@ def test_mismatched_key_is_a_clear_start_up_error(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "dynd", "-c", str(config), "--data-dir",
                              str(tmp_path / "data")], capture_output=True, timeout=30)
     assert result.returncode == 2
+    assert result.stderr.startswith(f"dynd: {config}: [tls] cert = ".encode())
     assert b"do they match?" in result.stderr
 
 

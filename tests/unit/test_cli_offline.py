@@ -13,6 +13,7 @@ import json
 import queue
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -27,8 +28,10 @@ from click.testing import CliRunner
 from common.codec import FrameDecoder, encode_frame
 from common.errors import Conflict, DynError, NotFound, ProtocolError, Rejected, Unavailable
 from common.messages import failure, ok
+from dynctl import devcluster
 from dynctl.cli import main
 from dynctl.client import LIMITS, Client, ClientConfigError, Connection, SyncClient, parse_addr
+from dynctl.output import Output
 
 RFC3339_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 
@@ -694,3 +697,28 @@ def test_tls_client_certificate_needs_a_ca(tls_files, closed_addr):
     result = dynctl("--tls-cert", tls_files["client"], "--json", "ping", node=closed_addr)
     assert result.exit_code == 2
     assert "--tls-ca" in only_json(result)["error"]["message"]
+
+
+# -- cluster up: only the nodes it started count ---------------------------------------------
+
+async def test_cluster_up_on_a_port_in_use_fails_before_starting_anything(node, tmp_path, capsys):
+    [dev] = devcluster.plan_nodes(1, tmp_path, int(node.addr.rpartition(":")[2]))
+    with pytest.raises(Unavailable, match=f"cannot start n1 on {dev.addr}: .*in use"):
+        await devcluster.run_dev_cluster([dev], Output(json_mode=False))
+    assert capsys.readouterr().out == ""  # no "cluster ... formed" and no "Try:" banner
+    assert not dev.data_dir.exists()  # no dynd was started
+    assert [r["op"] for r in node.requests] == []
+
+
+async def test_cluster_up_does_not_take_another_nodes_ping_for_its_own(node, tmp_path):
+    """A port taken after the check: the answer names another node id, so it fails at once."""
+    dev = devcluster.DevNode("n1", node.addr, tmp_path / "n1", tmp_path / "n1.log")
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(Unavailable, match=f"{dev.addr} is answered by node 'fake1', "
+                                              f"not by n1"):
+            await devcluster._wait_ready(dev, process)
+    finally:
+        process.kill()
+        await process.wait()

@@ -22,6 +22,8 @@ import pytest
 
 from common.config import describe
 from common.errors import DynError
+from common.limits import MAX_N
+from common.messages import ADMIN_OPS
 from dynctl.cli import main as dynctl_main
 from dynd.__main__ import main as dynd_main
 
@@ -79,6 +81,18 @@ def section_text(page: str, section: str) -> str:
     texts = [part.text for part in parse(page) if part.section == section]
     assert texts, f"{page} has no section {section}"
     return "\n".join(texts)
+
+
+def item_text(page: str, tag: str) -> str:
+    """The tag and body of the ``.TP`` item of ``page`` whose tag starts with ``tag``."""
+    for part in parse(page):
+        for i, line in enumerate(part.lines[:-1]):
+            if line == ".TP" and plain(part.lines[i + 1]).startswith(tag):
+                body = part.lines[i + 1:]
+                end = next((j for j, rest in enumerate(body) if rest in (".TP", ".PP")),
+                           len(body))
+                return "\n".join(plain(rest) for rest in body[:end])
+    raise AssertionError(f"{page} has no item tagged {tag!r}")
 
 
 def mentions(text: str, option: str) -> bool:
@@ -186,6 +200,31 @@ def test_exit_codes_and_error_codes_are_documented() -> None:
     options_text = section_text("dynctl.1", "GLOBAL OPTIONS")
     missing = sorted(cls.code for cls in error_classes() if not mentions(options_text, cls.code))
     assert not missing, f"dynctl.1 --json lists no error code {missing}"
+
+
+def test_bucket_set_documents_the_largest_n() -> None:
+    text = command_sections()["bucket set"].text
+    assert f"between 1 and {MAX_N}" in text and f"1 to {MAX_N}" in text
+    assert f"1 to {MAX_N}" in DYNCTL_COMMANDS["bucket set"].get_help(
+        click.Context(DYNCTL_COMMANDS["bucket set"]))
+
+
+# The dynctl command of every op that dynd/security.py refuses without an admin CN.
+ADMIN_COMMANDS = {"cluster_join": "join", "cluster_leave": "leave", "cluster_remove": "remove",
+                  "cluster_replace": "replace", "cluster_plan": "plan",
+                  "cluster_commit": "commit", "cluster_clear": "clear",
+                  "cluster_status": "status", "cluster_check": "wait", "tokens": "tokens",
+                  "bucket_set": "bucket set", "repair": "repair"}
+
+
+@pytest.mark.parametrize(("page", "tag"), [("dynctl.1", "--tls-cert"),
+                                           ("dynd.8", "admin commands"),
+                                           ("dynd.toml.5", "admins")])
+def test_every_page_lists_the_admin_commands_the_node_enforces(page: str, tag: str) -> None:
+    assert set(ADMIN_COMMANDS) == ADMIN_OPS, "map each admin op to its dynctl command"
+    text = item_text(page, tag)
+    missing = sorted(name for name in ADMIN_COMMANDS.values() if not mentions(text, name))
+    assert not missing, f"{page}, {tag}: admin commands not listed: {missing}"
 
 
 # -- dynd.8 --------------------------------------------------------------------------------

@@ -172,18 +172,6 @@ def test_replace_needs_a_joined_new_node_once():
         ms.stage(state, Change("replace", "n9", "n1"), "n0")
 
 
-def test_clear_drops_changes_and_keeps_joined_nodes_listed():
-    state = join(cluster(2), "n2")
-    cleared = ms.clear(state, "n1")
-    assert cleared.staged == ()
-    assert (cleared.staged_version, cleared.staged_by) == (state.staged_version + 1, "n1")
-    assert cleared.members["n2"].status == "joining"
-    with pytest.raises(MembershipError, match="nothing staged"):
-        ms.commit(cleared, 3, "n0")
-    again = join(cleared, "n2", port=7999)  # a cleared join can be staged again
-    assert again.members["n2"].addr == "127.0.0.1:7999"
-
-
 # ------------------------------------------------------------- plan and commit
 
 

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from dynctl import cli
-from dynctl.output import ago, human_bytes, ownership_bar, ring_panel, status_panel
+from dynctl.bench import render_report
+from dynctl.output import Output, ago, human_bytes, ownership_bar, ring_panel, status_panel
 
 NOW = 1_800_000_000.0
 
@@ -144,6 +145,33 @@ def test_cluster_wait_piped_prints_one_line_per_change(run):
 def test_repair_piped_prints_only_its_result(run):
     result = run(["repair"], {"repair": [{"compared": 100, "repaired": 3}]})
     assert result.stdout.splitlines() == ["compared=100", "repaired=3"]
+
+
+BENCH_REPORT = {"target": "dynd", "config": {"workload": "a"}, "phases": [{
+    "phase": "run", "throughput": 1000.0, "seconds": 10.0, "client_cpu_us_per_op": 250.0,
+    "client_cpu_cores": 0.25, "client_bound": False,
+    "operations": {"read": {"count": 9512, "throughput": 951.2, "p50": 1.234, "p95": 3.1,
+                            "p99": 5.4, "p999": 9.8, "max": 12.1, "mean": 1.5}},
+    "errors": {"read:Unavailable": 3}, "outcomes": {"not_found": 2}}]}
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["piped", "terminal"])
+def test_bench_report_columns(terminal, monkeypatch, capsys):
+    """Piped: `TABLE col=value ...` lines, each column one word; a terminal keeps the
+    readable headers."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1" if terminal else "0")
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    render_report(Output(json_mode=False), BENCH_REPORT)
+    shown = capsys.readouterr().out
+    if terminal:
+        assert all(f"{column} ms" in shown for column in ("p50", "p95", "p99", "p999", "max"))
+        return
+    assert shown.splitlines() == [
+        "latency op=read count=9512 ops/s=951.2 p50_ms=1.234 p95_ms=3.1 p99_ms=5.4 "
+        "p999_ms=9.8 max_ms=12.1",
+        "error op:kind=read:Unavailable count=3",
+        "not_found=2"]
 
 
 # -- on a terminal: panels and bars ------------------------------------------------------------
