@@ -110,8 +110,14 @@ def commands(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.
             yield path, command
 
 
+def context(command: click.Command) -> click.Context:
+    """A context with dynctl's own settings: click caches a command's help option from the
+    first context it sees, and a bare one (only --help) broke -h for later tests."""
+    return click.Context(command, **dynctl_main.context_settings)
+
+
 def options(command: click.Command) -> list[click.Option]:
-    return [param for param in command.get_params(click.Context(command))
+    return [param for param in command.get_params(context(command))
             if isinstance(param, click.Option)]
 
 
@@ -206,7 +212,7 @@ def test_bucket_set_documents_the_largest_n() -> None:
     text = command_sections()["bucket set"].text
     assert f"between 1 and {MAX_N}" in text and f"1 to {MAX_N}" in text
     assert f"1 to {MAX_N}" in DYNCTL_COMMANDS["bucket set"].get_help(
-        click.Context(DYNCTL_COMMANDS["bucket set"]))
+        context(DYNCTL_COMMANDS["bucket set"]))
 
 
 # The dynctl command of every op that dynd/security.py refuses without an admin CN.
