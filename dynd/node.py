@@ -81,16 +81,17 @@ class Node:
         self.fresh = storage.get_meta(META_NODE_ID) is None
         self.id = self._node_id()
         self.stats = Stats(self.id)
-        self.set_incarnation(int(storage.get_meta(META_INCARNATION) or b"0") + 1)
         self.hint_generation = int(storage.get_meta(META_HINT_GENERATION) or b"0")
         self.hints_released = True  # hints may have been released before a crash
         raw_state = storage.get_meta(META_STATE)
-        if raw_state is not None:
-            self.state = membership.from_wire(cbor2.loads(raw_state))
-        else:
-            self.state = membership.new_cluster(
-                f"{self.id}-{self.rng.getrandbits(64):016x}", self._me("valid"), config.ring_size
-            )
+        state = None if raw_state is None else membership.from_wire(cbor2.loads(raw_state))
+        record = None if state is None else state.members.get(self.id)
+        # A join adopts the cluster's (higher) incarnation and its state before recording
+        # its own: after a crash in between, the state's record is the newer one.
+        self.set_incarnation(max(int(storage.get_meta(META_INCARNATION) or b"0"),
+                                 0 if record is None else record.incarnation) + 1)
+        self.state = state if state is not None else membership.new_cluster(
+            f"{self.id}-{self.rng.getrandbits(64):016x}", self._me("valid"), config.ring_size)
         self.state_changed = trio.Event()
         self._routing = _Routing(self.state)
         self._up_set: tuple[ClusterState | None, float, frozenset[str]] = (None, 0.0, frozenset())

@@ -3,13 +3,17 @@ reap that another replica has not done yet."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+import cbor2
 
 from common import context
 from common.config import Config
-from dynd.node import Node
+from dynd import membership
+from dynd.node import META_INCARNATION, META_STATE, Node
 from dynd.replica import Replica
-from dynd.storage import Storage
+from dynd.storage import Batch, Storage
 from tests.unit.test_fuzz_dispatch import LIMITS, Nowhere
 
 
@@ -49,5 +53,27 @@ def test_a_key_reaped_here_but_not_everywhere_gets_fresh_dots(tmp_path: Path) ->
         fresh, _, _ = replica.coordinate(1, "b", b"k", b"v2", {}, "n3.2", 3)
         merged = context.sync(unreaped, fresh)
         assert [s.value for s in context.live_values(merged)] == [b"v2"]
+    finally:
+        storage.close()
+
+
+def test_a_restart_after_a_join_never_takes_an_incarnation_below_the_clusters_record(
+        tmp_path: Path) -> None:
+    """A rejoining node adopts the cluster's higher incarnation and persists the joined
+    state before its own incarnation: a crash in between left the state's record ahead,
+    and the restart reused the old life's actor (n4.1 while the cluster knew n4.4)."""
+    config = Config(node_id="n4", data_dir=str(tmp_path), limits=LIMITS)
+    storage = Storage.open(str(tmp_path), sync="none")
+    node = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
+    assert node.incarnation == 1
+    state = membership.update_member(node.state, replace(
+        node.state.members["n4"], incarnation=4))  # what the join adopted, persisted
+    storage.stage(Batch().put_meta(META_STATE, cbor2.dumps(membership.to_wire(state)))
+                  .put_meta(META_INCARNATION, b"1"))  # the crash came before the rest
+    storage.close()
+    storage = Storage.open(str(tmp_path), sync="none")
+    try:
+        restarted = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
+        assert restarted.actor == "n4.5"
     finally:
         storage.close()
