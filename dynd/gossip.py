@@ -53,12 +53,18 @@ class Gossip:
                 if node in self.node.state.members}
 
     def _absorb_heartbeats(self, wire: Any) -> None:
+        """Record the newer beats of members; a name that is no member (or a removed one)
+        is ignored, so what a peer sends cannot grow this node's memory."""
         if not isinstance(wire, dict):
             return
         now = trio.current_time()
+        members = self.node.state.members
         for node, hb in wire.items():
             if (not isinstance(node, str) or node == self.node.id or not isinstance(hb, list)
                     or len(hb) != 2 or not all(isinstance(x, int) for x in hb)):
+                continue
+            member = members.get(node)
+            if member is None or member.status == "removed":
                 continue
             beat = (hb[0], hb[1])
             if beat > self.heartbeats.get(node, (-1, -1)):
@@ -74,6 +80,16 @@ class Gossip:
         except MembershipError as exc:
             raise Rejected(f"invalid cluster state: {exc}") from None
         self.node.set_state(merged)
+        self._forget_departed()
+
+    def _forget_departed(self) -> None:
+        """Drop the beats and detector history of members that are removed (or gone)."""
+        members = self.node.state.members
+        for node in [n for n in self.heartbeats if n != self.node.id]:
+            member = members.get(node)
+            if member is None or member.status == "removed":
+                del self.heartbeats[node]
+                self.node.detector.forget(node)
 
     def _digest(self) -> bytes:
         """Digest of the current state, computed once per state object."""
@@ -83,10 +99,11 @@ class Gossip:
         return self._last_digest
 
     async def op_p_gossip(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        """Heartbeats always; our state only when the caller's digest says it differs."""
-        self._absorb_heartbeats(fields.get("heartbeats"))
+        """Heartbeats always; our state only when the caller's digest says it differs.
+        A state comes first: its new members' beats count at once."""
         if "state" in fields:
             self._merge(fields["state"])
+        self._absorb_heartbeats(fields.get("heartbeats"))
         reply: dict[str, Any] = {"heartbeats": self._heartbeat_wire(), "digest": self._digest()}
         if "state" not in fields and fields.get("digest") != reply["digest"]:
             reply["state"] = membership.to_wire(self.node.state)
@@ -110,9 +127,9 @@ class Gossip:
         hello = {"digest": self._digest(), "heartbeats": self._heartbeat_wire()}
         reply = await self._send(addr, hello, timeout)
         self.rounds += 1
-        self._absorb_heartbeats(reply.get("heartbeats"))
         if "state" in reply:
             self._merge(reply["state"])
+        self._absorb_heartbeats(reply.get("heartbeats"))
         if reply.get("digest") != self._digest():
             push = {"state": membership.to_wire(self.node.state),
                     "heartbeats": self._heartbeat_wire()}
