@@ -117,8 +117,14 @@ class Handoff:
             for _, partition, bucket, key, raw in rows:
                 recipients = self._hint_recipients(target, partition)
                 try:
-                    for recipient in recipients:  # the stored bytes are the wire form
-                        await self.node.call(recipient, "p_put", {
+                    for recipient in recipients:
+                        if recipient == self.node.id:
+                            ticket = self.node.stage_replica(
+                                partition, bucket, key, context.decode_stored(raw), None)
+                            if ticket is not None:
+                                await ticket.wait()
+                            continue
+                        await self.node.call(recipient, "p_put", {  # stored bytes: wire form
                             "bucket": bucket, "key": key, "partition": partition, "clock": raw})
                 except DynError as exc:
                     log.info("event=hint_delivery_paused node=%s target=%s error=%r",
@@ -134,11 +140,15 @@ class Handoff:
                 await trio.sleep(1 / config.keys_per_second)
 
     def _hint_recipients(self, target: str, partition: int) -> list[str]:
-        """The primary the hint was for; if it left the ring meanwhile, today's primaries."""
+        """The primary the hint was for, while it is one; once it is not (it left, or the
+        ring moved), today's primaries, this node included: handed to a node that no longer
+        owns the partition, the copy would sit where no read or exchange looks, and with
+        this node left out, a hint whose only primary is this node was deleted unmerged."""
+        primaries = self.node.primaries(partition)
         member = self.node.state.members.get(target)
-        if member is not None and member.status != "removed":
+        if member is not None and member.status != "removed" and target in primaries:
             return [target]
-        return [p for p in self.node.primaries(partition) if p != self.node.id]
+        return list(primaries)
 
     async def _transfer_loop(self) -> None:
         """Pull what the current epoch brings; once all its transfers are done, forget the
@@ -202,7 +212,9 @@ class Handoff:
         The new owner pulled the partition from one replica, which may lack a write that
         only this node still holds (its other copy lost with a disk, say): dropping
         without this would lose it (tests/sim seed 10). Riak's old owner hands its vnode
-        off for the same reason. False when a primary could not be reached.
+        off for the same reason. Our copy is outside the reap agreement, so a key only we
+        hold that may have been deleted and reaped meanwhile is not pushed (AntiEntropy.
+        exchange, ``handover``). False when a primary could not be reached.
         """
         if partition not in self.node.replica.trees:
             self.node.replica.rebuild_tree(partition)  # not built at start: not owned then
@@ -210,7 +222,7 @@ class Handoff:
             if peer == self.node.id:
                 continue
             try:
-                await self.node.antientropy.exchange(partition, peer)
+                await self.node.antientropy.exchange(partition, peer, handover=True)
             except DynError as exc:
                 log.info("event=handover_deferred node=%s partition=%d peer=%s error=%r",
                          self.node.id, partition, peer, exc.message)
@@ -313,5 +325,8 @@ class Handoff:
                     await trio.sleep(len(page["items"]) / self.node.config.handoff.keys_per_second)
             except (DynError, KeyError, ValueError, TypeError) as exc:
                 errors.append(f"{source}: {exc}")
+                # The cursor is a place in that source's keys: the next source may hold
+                # keys before it that this one lacked, so it is read from the start.
+                cursor = None
         progress.state = "waiting for a source"
         raise Unavailable(f"no source for partition {partition}: {'; '.join(errors)}")
