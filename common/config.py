@@ -410,6 +410,13 @@ def _check_consistency(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [limits] max_frame_bytes ({limits.max_frame_bytes}) must "
                           f"exceed max_key_bytes + max_value_bytes + max_context_bytes "
                           f"({largest_put}), or the largest put cannot be sent")
+    largest_object = limits.max_value_bytes + limits.max_context_bytes  # its clock: a context
+    if limits.max_object_bytes <= largest_object:
+        raise ConfigError(f"{source}: [limits] max_frame_bytes ({limits.max_frame_bytes}) must "
+                          f"exceed max_key_bytes + max_bucket_name_bytes + 512 + "
+                          f"max_value_bytes + max_context_bytes "
+                          f"({largest_object + limits.max_frame_bytes - limits.max_object_bytes})"
+                          f", or one value of the largest size could not be replicated")
 
 
 def load_config(path: str | None,

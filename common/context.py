@@ -18,8 +18,7 @@ Limits (explicit, checked on every decode):
 - actors are non-empty strings of at most ``MAX_ACTOR_CHARS`` characters;
 - counters and ``written_at`` are integers in ``0..MAX_INT`` (2**63 - 1);
   clock counters are at least 1 (an entry with counter 0 carries no history);
-- an encoded context is at most ``max_bytes`` characters (default 16 KiB);
-- ``from_wire``/``decode`` optionally cap the number of siblings.
+- an encoded context is at most ``max_bytes`` characters (default 16 KiB).
 """
 
 from __future__ import annotations
@@ -344,12 +343,13 @@ def _sibling_from_wire(obj: object) -> Sibling:
     return Sibling(value, _check_int(written_at, "written_at", InvalidClock))
 
 
-def from_wire(obj: object, *, max_siblings: int | None = None) -> DVVSet:
+def from_wire(obj: object) -> DVVSet:
     """Validate and rebuild a clock from ``to_wire`` form (peer messages, storage).
 
-    Checks the shape and types, that actors are strictly sorted (so unique), that
-    counters are 1..2**63-1 and at least the number of values they carry, and,
-    when given, that the clock holds at most ``max_siblings`` siblings.
+    Checks the shape and types, that actors are strictly sorted (so unique), and that
+    counters are 1..2**63-1 and at least the number of values they carry. No sibling
+    count: that is the writer's limit (dynd's Replica.coordinate); a replica's copy may
+    merge past it, and the frame that carried it already bounds its bytes.
     """
     entries_obj, anonymous_obj = _check_list(obj, "clock", InvalidClock, length=2)
     entries = []
@@ -371,11 +371,7 @@ def from_wire(obj: object, *, max_siblings: int | None = None) -> DVVSet:
     anonymous = _canonical_anonymous(
         _sibling_from_wire(s) for s in _check_list(anonymous_obj, "anonymous values",
                                                    InvalidClock))
-    clock = DVVSet(tuple(entries), anonymous)
-    if max_siblings is not None and sibling_count(clock) > max_siblings:
-        raise InvalidClock(f"clock has {sibling_count(clock)} siblings, the limit is "
-                           f"{max_siblings}")
-    return clock
+    return DVVSet(tuple(entries), anonymous)
 
 
 def encode(clock: DVVSet) -> bytes:
@@ -383,12 +379,12 @@ def encode(clock: DVVSet) -> bytes:
     return cbor2.dumps(to_wire(clock), canonical=True)
 
 
-def decode(data: bytes, *, max_siblings: int | None = None) -> DVVSet:
+def decode(data: bytes) -> DVVSet:
     """Parse the storage form (also what peers send), validating it as strictly as
-    ``from_wire``, ``max_siblings`` included."""
+    ``from_wire``."""
     if not isinstance(data, bytes):
         raise InvalidClock(f"clock data must be bytes, got {type(data).__name__}")
-    return from_wire(_decode_cbor(data, InvalidClock, "clock"), max_siblings=max_siblings)
+    return from_wire(_decode_cbor(data, InvalidClock, "clock"))
 
 
 def decode_stored(data: bytes) -> DVVSet:

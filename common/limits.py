@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_N = 16  # replicas per key (a bucket's n), so also the largest r and w
+# What a replica request (p_put) adds to the stored object besides the key and the bucket
+# name: field names, protocol version, request id, partition and hint_for (a node id of at
+# most 64 characters). 146 bytes at most when measured; the rest is room to spare.
+REPLICA_ENVELOPE_BYTES = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,3 +30,13 @@ class Limits:
     request_timeout: float = 5.0  # seconds, default deadline of one client request
     idle_timeout: float = 300.0  # seconds without a frame before a connection is closed
     frame_timeout: float = 10.0  # seconds to deliver the rest of a started frame (slow loris)
+
+    @property
+    def max_object_bytes(self) -> int:
+        """The largest stored object (every sibling, encoded) a coordinated write may leave.
+
+        An object goes to the other replicas whole, in one p_put frame of at most
+        max_frame_bytes: a larger one could never be replicated, nor repaired.
+        """
+        return (self.max_frame_bytes - self.max_key_bytes - self.max_bucket_name_bytes
+                - REPLICA_ENVELOPE_BYTES)

@@ -74,8 +74,17 @@ class _FanOut:
 
     def send(self, node: str, op: str, fields: dict[str, Any],
              on_reply: Callable[[dict[str, Any] | None, DynError | None], None]) -> None:
-        self.abandon.append(self.coordinator.node.submit(node, op, fields,
-                                                         self._counted(on_reply)))
+        """Send one replica request. A request that cannot even be sent (its frame over
+        the limit) fails through ``on_reply`` like any failed reply: raised from here it
+        would answer the client a second time, from the caller, beside the fan-out's own
+        answer (and, from a callback, break the connection that delivered it)."""
+        counted = self._counted(on_reply)
+        try:
+            abandon = self.coordinator.node.submit(node, op, fields, counted)
+        except DynError as exc:
+            counted(None, exc)
+        else:
+            self.abandon.append(abandon)
 
     def track(self, ticket: Ticket, on_done: Callable[[StorageError | None], None]) -> None:
         ticket.on_done(self._counted(on_done))
@@ -303,13 +312,13 @@ class Coordinator:
             hint_for = place.targets[0].primary if place.targets else None
         else:
             hint_for = me.hint_for
-        if hint_for is not None:
-            self.node.stats.count("hint_stored")
         actor = self.node.actor if hint_for is None else self.node.fallback_actor(hint_for)
         clock, encoded, ticket = self.node.replica.coordinate(
             place.partition, bucket, key, value, client_context, actor,
             self.node.wall_ms(), hint_for,
         )
+        if hint_for is not None:  # counted once stored: a refused write stores nothing
+            self.node.stats.count("hint_stored")
         # W counts distinct nodes holding the write: never lowered to the few reachable
         # ones, or one node could acknowledge alone and then lose its disk (tests/sim seed 8).
         core = PutCore(w=w, n=max(len(place.targets), 1))

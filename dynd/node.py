@@ -76,7 +76,8 @@ class Node:
             acceptable_pause_seconds=config.detector.acceptable_pause,
             first_interval_seconds=config.gossip.interval,
         )
-        self.replica = Replica(storage, max_siblings=config.limits.max_siblings)
+        self.replica = Replica(storage, max_siblings=config.limits.max_siblings,
+                               max_object_bytes=config.limits.max_object_bytes)
         self.coordinator = Coordinator(self)
         self.fresh = storage.get_meta(META_NODE_ID) is None
         self.id = self._node_id()
@@ -347,11 +348,24 @@ class Node:
         return self.replica.merge(partition, bucket, key, clock)[1]
 
     def clock_from_peer(self, wire: bytes | None) -> DVVSet | None:
-        """A peer's clock, sent as its stored bytes (``context.encode``), validated."""
+        """A peer's clock, sent as its stored bytes (``context.encode``), validated.
+
+        Without a sibling limit: max_siblings is the writer's limit, enforced where a
+        sibling is minted (Replica.coordinate). A replica's copy holds more when copies
+        that minted apart meet (two primaries written while partitioned, then healed), and
+        refusing it made the key unreadable through other nodes and beyond read repair,
+        anti-entropy and hints. No lower ceiling is safe: every copy that mints stays
+        within the limit, but fallbacks mint on hint copies under actors of their own,
+        one per outage, so no multiple of N bounds a merge (nor do nodes configured with
+        different limits). Bytes bound it: the clock comes in a frame the codec has
+        capped (max_frame_bytes for p_put, the client's reply limit for p_get) and is
+        decoded whole before any count could be checked, so a count never bounded the
+        memory either.
+        """
         if wire is None:
             return None
         try:
-            return context.decode(wire, max_siblings=self.limits.max_siblings)
+            return context.decode(wire)
         except ValueError as exc:
             raise Rejected(f"invalid clock from peer: {exc}") from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from common import context
 from common.context import DVVSet, Sibling
 from common.errors import Rejected
+from common.limits import Limits
 from dynd.merkle import PartitionTree
 from dynd.storage import Batch, Storage, Ticket
 
@@ -29,9 +30,12 @@ def split_key_id(kid: bytes) -> tuple[str, bytes]:
 class Replica:
     """Local copies of objects: coordinated puts, replica merges, hints, trees."""
 
-    def __init__(self, storage: Storage, *, max_siblings: int, segments: int = 1024) -> None:
+    def __init__(self, storage: Storage, *, max_siblings: int,
+                 max_object_bytes: int = Limits().max_object_bytes, segments: int = 1024
+                 ) -> None:
         self.storage = storage
         self.max_siblings = max_siblings
+        self.max_object_bytes = max_object_bytes
         self.segments = segments
         self.trees: dict[int, PartitionTree] = {}
         # The node's actor (set once it is known) and the highest counter it reached in a
@@ -115,16 +119,29 @@ class Replica:
         if actor == self.own_actor:
             actor, floor = self.own_actor_in(partition), self.dot_floor
         result = context.update(client, stored, actor, floor)
-        if context.sibling_count(result) > self.max_siblings:
-            raise Rejected(
-                f"key would have {context.sibling_count(result)} siblings, limit is "
-                f"{self.max_siblings}: resolve them (dynctl resolve) before writing blind"
-            )
         encoded = context.encode(result)
+        self._refuse_unreplicable(result, encoded)
         if hint_for is not None:  # minted on the hint copy as stored: nothing to merge
             batch = Batch().put_hint(hint_for, partition, bucket, key, encoded)
             return result, encoded, self.storage.stage(batch)
         return result, encoded, self._store(partition, bucket, key, stored_raw, encoded)
+
+    def _refuse_unreplicable(self, result: DVVSet, encoded: bytes) -> None:
+        """Refuse a write, before anything is stored, that would leave an object the
+        writer must resolve first: more siblings than the limit, or more bytes than one
+        replica frame carries (every sibling goes in it, so such an object would stay on
+        this node only, beyond replication and repair). Merges are never refused (see
+        Node.clock_from_peer): only the write that would grow the object."""
+        count = context.sibling_count(result)
+        if count > self.max_siblings:
+            problem = f"would have {count} siblings, limit is {self.max_siblings}"
+        elif len(encoded) > self.max_object_bytes:
+            problem = (f"would be {len(encoded)} bytes with its {count} siblings, a replica "
+                       f"takes at most {self.max_object_bytes}")
+        else:
+            return
+        raise Rejected(f"key {problem}: resolve its siblings (dynctl resolve) before "
+                       f"writing more")
 
     def merge(
         self, partition: int, bucket: str, key: bytes, incoming: DVVSet

@@ -1,0 +1,137 @@
+"""What makes a key unreplicable is refused to the writer, never to a peer, and a replica
+request that cannot even be sent is one failed replica: every request is answered once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+import trio
+import trio.testing
+
+from common import context
+from common.config import Config
+from common.errors import DynError, ProtocolError, Rejected, Unavailable
+from common.limits import Limits
+from common.messages import request
+from dynd import membership
+from dynd.node import META_NODE_ID, META_STATE, Node
+from dynd.replica import Replica
+from dynd.storage import Batch, Storage
+from tests.sim.harness import bootstrap_state
+from tests.unit.test_fuzz_dispatch import LIMITS
+from tests.unit.test_node_dispatch import PEER, _request
+
+OVERSIZE = "frame of 5000149 bytes exceeds limit 4194304"
+
+
+def test_the_largest_replica_request_fits_a_frame() -> None:
+    """max_object_bytes leaves room for the rest of the p_put that carries the object."""
+    limits = Limits()
+    fields = {"bucket": "b" * limits.max_bucket_name_bytes, "key": b"k" * limits.max_key_bytes,
+              "partition": 2**63 - 1, "hint_for": "n" * 64,
+              "clock": b"c" * limits.max_object_bytes}
+    body = cbor2.dumps(request("p_put", 2**63 - 1, **fields))
+    assert len(body) <= limits.max_frame_bytes
+
+
+def test_a_write_whose_object_would_outgrow_a_replica_frame_stores_nothing(
+        tmp_path: Path) -> None:
+    storage = Storage.open(str(tmp_path), sync="none")
+    replica = Replica(storage, max_siblings=100, max_object_bytes=2500)
+    try:
+        for i in range(2):  # blind: two siblings of 1000 bytes fit
+            replica.coordinate(1, "b", b"k", bytes([65 + i]) * 1000, {}, "n1.1", i)
+        before = replica.get_encoded(1, "b", b"k")
+        digest = replica.tree(1).root()
+        with pytest.raises(Rejected, match=r"with its 3 siblings, a replica takes at most "
+                                           r"2500: resolve its siblings"):
+            replica.coordinate(1, "b", b"k", b"C" * 1000, {}, "n1.1", 3)
+        assert replica.get_encoded(1, "b", b"k") == before
+        assert replica.tree(1).root() == digest
+        assert before is not None
+        resolved, _, _ = replica.coordinate(1, "b", b"k", b"C" * 1000,
+                                            context.join(context.decode(before)), "n1.1", 4)
+        assert [s.value for s in context.live_values(resolved)] == [b"C" * 1000]
+    finally:
+        storage.close()
+
+
+def test_a_peer_copy_merged_past_the_sibling_limit_is_accepted(tmp_path: Path) -> None:
+    """Two copies within the limit, minted apart, merge past it: still an acknowledged
+    copy, which peers must take (read, repair, hand back)."""
+    storage = Storage.open(str(tmp_path), sync="none")
+    node = Node(Config(node_id="n1", data_dir=str(tmp_path), limits=LIMITS), storage,
+                _Transport(), addr="127.0.0.1:1")
+    try:
+        copies = []
+        for actor in ("n2.1", "n3.1"):
+            clock = None
+            for i in range(LIMITS.max_siblings):
+                clock = context.update(context.new(context.Sibling(b"v%d" % i, i)), clock,
+                                       actor)
+            copies.append(clock)
+        merged = context.merge_all(copies)
+        assert context.sibling_count(merged) == 2 * LIMITS.max_siblings
+        assert node.clock_from_peer(context.encode(merged)) == merged
+    finally:
+        storage.close()
+
+
+class _Transport:
+    """Peers that acknowledge every replica request at once, except that a request to
+    ``unsendable`` cannot be sent at all (Connection.submit raises: the frame is over the
+    limit)."""
+
+    def __init__(self, unsendable: str | None = None) -> None:
+        self.unsendable = unsendable
+
+    async def call(self, addr: str, op: str, fields: dict[str, Any],
+                   timeout: float) -> dict[str, Any]:
+        raise Unavailable(f"{addr} takes no calls in this test")
+
+    def submit(self, addr: str, op: str, fields: dict[str, Any],
+               on_reply: Callable[[dict[str, Any] | None, DynError | None], None]
+               ) -> Callable[[], None]:
+        if addr == self.unsendable:
+            raise ProtocolError(OVERSIZE)
+        on_reply({}, None)
+        return lambda: None
+
+
+@pytest.mark.parametrize("w", [1, 3])
+async def test_a_replica_request_that_cannot_be_sent_is_one_failed_replica(
+        tmp_path: Path, w: int) -> None:
+    """Before: the ProtocolError went up to answer_now, which answered it, and the put's
+    own answer followed (w=1: two answers, in-flight count -1); or (w=3) the failure was
+    never counted and the client got the raw frame error."""
+    ids, addrs = ["n1", "n2", "n3"], ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+    storage = Storage.open(str(tmp_path), sync="none")
+    state = membership.to_wire(bootstrap_state(ids, addrs, 16, 3))
+    storage.stage(Batch().put_meta(META_NODE_ID, b"n1").put_meta(META_STATE, cbor2.dumps(state)))
+    node = Node(Config(node_id="n1", data_dir=str(tmp_path), limits=LIMITS, ring_size=16),
+                storage, _Transport(unsendable="127.0.0.1:2"), addr="127.0.0.1:1")
+    answers: list[tuple[dict[str, Any] | None, Exception | None]] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(storage.run)
+            node.background = nursery
+            for peer in ids[1:]:
+                node.detector.heartbeat(peer, trio.current_time())
+            node.ready.set()
+            taken = node.answer_now(_request("put", bucket="default", key=b"k", value=b"v",
+                                             w=w), PEER, lambda *answer: answers.append(answer))
+            assert taken
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    finally:
+        storage.close()
+    assert (len(answers), node.inflight) == (1, 0), answers  # answered once, counted out
+    result, error = answers[0]
+    if w == 1:
+        assert error is None and result is not None and result["context"]
+    else:
+        assert isinstance(error, Unavailable) and f"n2: {OVERSIZE}" in error.message, error
