@@ -25,7 +25,8 @@ import random
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,7 @@ class Scenario:
     converge_within: float = 200.0  # simulated seconds after healing
     gossip_interval: float = 1.0
     antientropy_period: float = 30.0
+    antientropy: bool = True  # False: no exchanges at all (gossip measurements)
     tombstone_grace: float = 20.0
 
 
@@ -81,7 +83,7 @@ def node_config(scenario: Scenario, node_id: str, seeds: tuple[str, ...]) -> Con
         gossip=dataclasses.replace(base.gossip, interval=scenario.gossip_interval),
         handoff=dataclasses.replace(base.handoff, interval=2.0),
         antientropy=dataclasses.replace(
-            base.antientropy, period=scenario.antientropy_period,
+            base.antientropy, enabled=scenario.antientropy, period=scenario.antientropy_period,
             tombstone_grace=scenario.tombstone_grace),
     )
 
@@ -377,49 +379,38 @@ class SimCluster:
 
 
 async def _run(seed: int, scenario: Scenario, clock: trio.testing.MockClock) -> Report:
-    with tempfile.TemporaryDirectory(prefix=f"dynd-sim-{seed}-") as root:
-        cluster = SimCluster(seed, scenario, root, clock)
-        founders = [cluster.add_node(i) for i in range(scenario.nodes)]
-        state = bootstrap_state([n.id for n in founders], [n.addr for n in founders],
-                                scenario.ring_size, 3)
-        for node in founders:
-            node.seed_state(state)
+    async with settled_cluster(scenario, clock, f"dynd-sim-{seed}-", seed=seed,
+                               settle=0) as (cluster, _):
         history = cluster.history
         history.cart_keys = [f"cart-{i}".encode() for i in range(scenario.cart_keys)]
         history.doomed_keys = [f"doomed-{i}".encode() for i in range(scenario.doomed_keys)]
-        async with trio.open_nursery() as nursery:
-            cluster.nursery = nursery
-            await nursery.start(cluster.network.run)
-            for node in founders:
-                await node.start()
-            stop = trio.Event()
-            async with trio.open_nursery() as work:
-                for i in range(scenario.clients):
-                    work.start_soon(cluster.client, i, stop)
-                if scenario.join_at is not None:
-                    work.start_soon(cluster.join_new_node, scenario.join_at)
-                await cluster.chaos(trio.current_time() + scenario.chaos_seconds)
-                stop.set()
-            await cluster.heal()
-            healed = trio.current_time()
-            keys = history.cart_keys + history.doomed_keys
-            converged_after = None
-            while trio.current_time() - healed < scenario.converge_within:
-                await trio.sleep(2.0)
-                if not checkers.divergence(cluster.nodes, keys):
-                    converged_after = trio.current_time() - healed
-                    break
-            violations = list(cluster.network.internal_errors)
-            if converged_after is None:
-                violations += checkers.divergence(cluster.nodes, keys)[:20]
-            else:
-                violations += checkers.check_history(history, checkers.final_clocks(
-                    cluster.nodes, keys))
-                await trio.sleep(2.0)  # a transfer loop pass (every second) after the last
-                violations += checkers.leftover_cursors(cluster.nodes)
-            report = Report(seed, scenario, violations, converged_after, history,
-                            cluster.events, cluster.network.frames, trio.current_time())
-            nursery.cancel_scope.cancel()
+        stop = trio.Event()
+        async with trio.open_nursery() as work:
+            for i in range(scenario.clients):
+                work.start_soon(cluster.client, i, stop)
+            if scenario.join_at is not None:
+                work.start_soon(cluster.join_new_node, scenario.join_at)
+            await cluster.chaos(trio.current_time() + scenario.chaos_seconds)
+            stop.set()
+        await cluster.heal()
+        healed = trio.current_time()
+        keys = history.cart_keys + history.doomed_keys
+        converged_after = None
+        while trio.current_time() - healed < scenario.converge_within:
+            await trio.sleep(2.0)
+            if not checkers.divergence(cluster.nodes, keys):
+                converged_after = trio.current_time() - healed
+                break
+        violations = list(cluster.network.internal_errors)
+        if converged_after is None:
+            violations += checkers.divergence(cluster.nodes, keys)[:20]
+        else:
+            violations += checkers.check_history(history, checkers.final_clocks(
+                cluster.nodes, keys))
+            await trio.sleep(2.0)  # a transfer loop pass (every second) after the last
+            violations += checkers.leftover_cursors(cluster.nodes)
+        report = Report(seed, scenario, violations, converged_after, history,
+                        cluster.events, cluster.network.frames, trio.current_time())
     return report
 
 
@@ -447,6 +438,40 @@ def check(seed: int, scenario: Scenario = Scenario(),
     return report
 
 
+async def until(what: str, condition: Callable[[], bool], limit: float = 300) -> None:
+    """Wait (simulated time) until ``condition`` holds; fail naming ``what`` after ``limit``."""
+    with trio.move_on_after(limit):
+        while not condition():
+            await trio.sleep(0.5)
+        return
+    raise AssertionError(f"not reached within {limit}s: {what}")
+
+
+@asynccontextmanager
+async def settled_cluster(scenario: Scenario, clock: trio.testing.MockClock, prefix: str, *,
+                          seed: int = 1, settle: float = 5.0
+                          ) -> AsyncIterator[tuple[SimCluster, list[SimNode]]]:
+    """The founders of ``scenario`` (n=3) started on a simulated network and gossiping for
+    ``settle`` seconds (every node has heard every other): the start of the hand-built
+    cases and of the gossip measurements."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as root:
+        cluster = SimCluster(seed, scenario, root, clock)
+        sims = [cluster.add_node(i) for i in range(scenario.nodes)]
+        state = bootstrap_state([s.id for s in sims], [s.addr for s in sims],
+                                scenario.ring_size, 3)
+        for sim in sims:
+            sim.seed_state(state)
+        async with trio.open_nursery() as nursery:
+            cluster.nursery = nursery
+            await nursery.start(cluster.network.run)
+            for sim in sims:
+                await sim.start()
+            if settle:
+                await trio.sleep(settle)
+            yield cluster, sims
+            nursery.cancel_scope.cancel()
+
+
 @dataclass(frozen=True)
 class GossipMeasure:
     nodes: int
@@ -457,41 +482,29 @@ class GossipMeasure:
 
 async def _measure_gossip(size: int, ring_size: int, clock: trio.testing.MockClock
                           ) -> GossipMeasure:
-    scenario = Scenario(nodes=size, ring_size=ring_size, faults=LinkFaults(max_delay=0.01))
-    with tempfile.TemporaryDirectory(prefix=f"dynd-sim-scale-{size}-") as root:
-        cluster = SimCluster(size, scenario, root, clock)
-        nodes = [cluster.add_node(i) for i in range(size)]
-        for node in nodes:
-            node.config = dataclasses.replace(node.config, antientropy=dataclasses.replace(
-                node.config.antientropy, enabled=False))
-        state = bootstrap_state([n.id for n in nodes], [n.addr for n in nodes], ring_size, 3)
-        for node in nodes:
-            node.seed_state(state)
-        async with trio.open_nursery() as nursery:
-            cluster.nursery = nursery
-            await nursery.start(cluster.network.run)
-            for node in nodes:
-                await node.start()
-            await trio.sleep(10 * scenario.gossip_interval)  # every detector has heard of all
-            founder = nodes[0].node
-            assert founder is not None
-            founder.set_state(membership.set_bucket(founder.state, "scale", 3, 2, 2, founder.id))
-            cluster.network.bytes_sent.clear()
-            start = trio.current_time()
-            reached: list[float] = []
-            waiting = list(nodes)
-            while waiting:
-                await trio.sleep(scenario.gossip_interval / 10)
-                now = trio.current_time() - start
-                still = [n for n in waiting if n.node is not None
-                         and "scale" not in n.node.state.buckets]
-                reached += [now] * (len(waiting) - len(still))
-                waiting = still
-            await trio.sleep_until(start + max(reached[-1], 10 * scenario.gossip_interval))
-            elapsed = trio.current_time() - start
-            gossip_bytes = sum(b for (_, op), b in cluster.network.bytes_sent.items()
-                               if op == "p_gossip")
-            nursery.cancel_scope.cancel()
+    scenario = Scenario(nodes=size, ring_size=ring_size, faults=LinkFaults(max_delay=0.01),
+                        antientropy=False)
+    settle = 10 * scenario.gossip_interval  # every detector has heard of all
+    async with settled_cluster(scenario, clock, f"dynd-sim-scale-{size}-", seed=size,
+                               settle=settle) as (cluster, nodes):
+        founder = nodes[0].node
+        assert founder is not None
+        founder.set_state(membership.set_bucket(founder.state, "scale", 3, 2, 2, founder.id))
+        cluster.network.bytes_sent.clear()
+        start = trio.current_time()
+        reached: list[float] = []
+        waiting = list(nodes)
+        while waiting:
+            await trio.sleep(scenario.gossip_interval / 10)
+            now = trio.current_time() - start
+            still = [n for n in waiting if n.node is not None
+                     and "scale" not in n.node.state.buckets]
+            reached += [now] * (len(waiting) - len(still))
+            waiting = still
+        await trio.sleep_until(start + max(reached[-1], 10 * scenario.gossip_interval))
+        elapsed = trio.current_time() - start
+        gossip_bytes = sum(b for (_, op), b in cluster.network.bytes_sent.items()
+                           if op == "p_gossip")
     interval = scenario.gossip_interval
     return GossipMeasure(size, reached[-1] / interval, reached[len(reached) // 2] / interval,
                          gossip_bytes / size / elapsed)

@@ -8,28 +8,15 @@ built directly: a key held only by a node that is not among its partition's prim
 
 from __future__ import annotations
 
-import tempfile
-
 import trio
 import trio.testing
 
 from dynd.node import Node
 from dynd.ring import partition_of
-from tests.sim.harness import BUCKET, Scenario, SimCluster, bootstrap_state
+from tests.sim.harness import BUCKET, Scenario, SimCluster, settled_cluster
 from tests.sim.network import LinkFaults
 
 KEY = b"only-here"
-
-
-async def _cluster(root: str, clock: trio.testing.MockClock) -> SimCluster:
-    scenario = Scenario(nodes=4, faults=LinkFaults())
-    cluster = SimCluster(1, scenario, root, clock)
-    founders = [cluster.add_node(i) for i in range(scenario.nodes)]
-    state = bootstrap_state([n.id for n in founders], [n.addr for n in founders],
-                            scenario.ring_size, 3)
-    for node in founders:
-        node.seed_state(state)
-    return cluster
 
 
 def _holder_and_primaries(cluster: SimCluster) -> tuple[Node, int, list[Node]]:
@@ -44,26 +31,19 @@ def _holder_and_primaries(cluster: SimCluster) -> tuple[Node, int, list[Node]]:
 
 async def _hand_over(block_primary: bool, clock: trio.testing.MockClock) -> tuple[bool, bool]:
     """(holder still has the key, every primary has it) after drop_foreign_partitions."""
-    with tempfile.TemporaryDirectory(prefix="dynd-handover-") as root:
-        cluster = await _cluster(root, clock)
-        async with trio.open_nursery() as nursery:
-            cluster.nursery = nursery
-            await nursery.start(cluster.network.run)
-            for node in cluster.nodes:
-                await node.start()
-            await trio.sleep(5)  # gossip: every node hears every other
-            holder, partition, primaries = _holder_and_primaries(cluster)
-            _, _, ticket = holder.replica.coordinate(
-                partition, BUCKET, KEY, b"v", {}, holder.actor, holder.wall_ms())
-            await ticket.wait()
-            if block_primary:
-                cluster.network.block(holder.addr, primaries[0].addr)
-            with trio.move_on_after(60):
-                await holder.handoff.drop_foreign_partitions(holder.state.epoch)
-            kept = holder.replica.get(partition, BUCKET, KEY) is not None
-            everywhere = all(p.replica.get(partition, BUCKET, KEY) is not None
-                             for p in primaries)
-            nursery.cancel_scope.cancel()
+    scenario = Scenario(nodes=4, faults=LinkFaults())
+    async with settled_cluster(scenario, clock, "dynd-handover-") as (cluster, _):
+        holder, partition, primaries = _holder_and_primaries(cluster)
+        _, _, ticket = holder.replica.coordinate(
+            partition, BUCKET, KEY, b"v", {}, holder.actor, holder.wall_ms())
+        await ticket.wait()
+        if block_primary:
+            cluster.network.block(holder.addr, primaries[0].addr)
+        with trio.move_on_after(60):
+            await holder.handoff.drop_foreign_partitions(holder.state.epoch)
+        kept = holder.replica.get(partition, BUCKET, KEY) is not None
+        everywhere = all(p.replica.get(partition, BUCKET, KEY) is not None
+                         for p in primaries)
     return kept, everywhere
 
 

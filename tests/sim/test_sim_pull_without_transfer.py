@@ -18,8 +18,6 @@ clean-up forgets the pull cursors).
 from __future__ import annotations
 
 import itertools
-import tempfile
-from collections.abc import Callable
 
 import pytest
 import trio
@@ -27,7 +25,7 @@ import trio.testing
 
 from dynd import membership
 from dynd.ring import partition_of
-from tests.sim.harness import BUCKET, Scenario, SimCluster, bootstrap_state
+from tests.sim.harness import BUCKET, Scenario, settled_cluster, until
 from tests.sim.network import LinkFaults
 
 GAINER, LEAVER, ADMIN = "n1", "n3", "n0"
@@ -48,85 +46,64 @@ def _keys(ring_size: int) -> dict[int, list[bytes]]:
     raise AssertionError("unreachable")
 
 
-async def _until(what: str, condition: Callable[[], bool], limit: float = 300) -> None:
-    """Wait (simulated time) until ``condition`` holds; fail naming ``what`` after ``limit``."""
-    with trio.move_on_after(limit):
-        while not condition():
-            await trio.sleep(0.5)
-        return
-    raise AssertionError(f"not reached within {limit}s: {what}")
-
-
 @pytest.mark.parametrize("down_during_transfers", [False, True])
 async def test_a_primary_without_a_transfer_pulls_what_it_gained(
         down_during_transfers: bool, autojump_clock: trio.testing.MockClock) -> None:
     # Anti-entropy's period is far beyond the test: it fills no copy here.
     scenario = Scenario(nodes=4, ring_size=8, faults=LinkFaults(), antientropy_period=1e9)
-    with tempfile.TemporaryDirectory(prefix="dynd-pull-") as root:
-        cluster = SimCluster(1, scenario, root, autojump_clock)
-        sims = {s.id: s for s in (cluster.add_node(i) for i in range(scenario.nodes))}
-        state = bootstrap_state(list(sims), [s.addr for s in sims.values()],
-                                scenario.ring_size, 3)
-        for sim in sims.values():
-            sim.seed_state(state)
-        keys = _keys(scenario.ring_size)
-        async with trio.open_nursery() as nursery:
-            cluster.nursery = nursery
-            await nursery.start(cluster.network.run)
-            for sim in sims.values():
-                await sim.start()
-            await trio.sleep(5)  # gossip: every node hears every other
-            admin, gainer, leaver = sims[ADMIN], sims[GAINER], sims[LEAVER]
-            assert admin.node is not None and leaver.node is not None
-            nodes = {s.id: s.node for s in sims.values() if s.node is not None}
-            for partition_keys in keys.values():
-                for key in partition_keys:
-                    await cluster.client_call("c", admin.addr, "put", bucket=BUCKET, key=key,
-                                              value=key)
-            await _until("every primary holds every key", lambda: all(
-                nodes[p].replica.get(partition, BUCKET, key) is not None
-                for partition, partition_keys in keys.items() for key in partition_keys
-                for p in admin.node.primaries(partition)))
+    keys = _keys(scenario.ring_size)
+    async with settled_cluster(scenario, autojump_clock, "dynd-pull-") as (cluster, founders):
+        sims = {s.id: s for s in founders}
+        admin, gainer, leaver = sims[ADMIN], sims[GAINER], sims[LEAVER]
+        assert admin.node is not None and leaver.node is not None
+        nodes = {s.id: s.node for s in sims.values() if s.node is not None}
+        for partition_keys in keys.values():
+            for key in partition_keys:
+                await cluster.client_call("c", admin.addr, "put", bucket=BUCKET, key=key,
+                                          value=key)
+        await until("every primary holds every key", lambda: all(
+            nodes[p].replica.get(partition, BUCKET, key) is not None
+            for partition, partition_keys in keys.items() for key in partition_keys
+            for p in admin.node.primaries(partition)))
 
-            # n3's hand-over cannot reach n1 (frames from n3 to n1 are lost).
-            cluster.network.block(leaver.addr, gainer.addr)
-            if down_during_transfers:
-                await gainer.crash()
-            await cluster.client_call("admin", admin.addr, "cluster_leave", node=LEAVER)
-            reply = await cluster.client_call("admin", admin.addr, "cluster_commit")
-            epoch = int(reply["epoch"])
-
-            # The case: n1 gains the key partitions without a transfer of its own.
-            committed = admin.node.state
-            assert GAINER not in {t.target for t in committed.transfers}
-            assert [p for p in range(scenario.ring_size)
-                    if GAINER in admin.node.primaries(p, owners=committed.next_owners)
-                    and GAINER not in admin.node.primaries(p, owners=committed.owners)
-                    ] == GAINED
-
-            if down_during_transfers:
-                await _until("the other nodes' transfers are all done",
-                             lambda: not membership.pending_transfers(admin.node.state))
-                await gainer.start()
-            x = gainer.node
-            assert x is not None
-            await _until("n1 saw every transfer of the epoch done and cleaned up", lambda: (
-                x.state.epoch == epoch and not membership.pending_transfers(x.state)
-                and x.handoff.cleaned_epoch == epoch))
-            primary_of_gained = all(GAINER in x.primaries(p) for p in GAINED)
-            missing = {p: [k for k in partition_keys if x.replica.get(p, BUCKET, k) is None]
-                       for p, partition_keys in keys.items()}
-            leaver_kept_its_copy = all(
-                leaver.node.replica.get(p, BUCKET, k) is not None
-                for p, partition_keys in keys.items() for k in partition_keys)
-            cursors = x.storage.meta_names("xfer:")
-            # A restart does not pull the epoch's gained partitions again.
+        # n3's hand-over cannot reach n1 (frames from n3 to n1 are lost).
+        cluster.network.block(leaver.addr, gainer.addr)
+        if down_during_transfers:
             await gainer.crash()
+        await cluster.client_call("admin", admin.addr, "cluster_leave", node=LEAVER)
+        reply = await cluster.client_call("admin", admin.addr, "cluster_commit")
+        epoch = int(reply["epoch"])
+
+        # The case: n1 gains the key partitions without a transfer of its own.
+        committed = admin.node.state
+        assert GAINER not in {t.target for t in committed.transfers}
+        assert [p for p in range(scenario.ring_size)
+                if GAINER in admin.node.primaries(p, owners=committed.next_owners)
+                and GAINER not in admin.node.primaries(p, owners=committed.owners)
+                ] == GAINED
+
+        if down_during_transfers:
+            await until("the other nodes' transfers are all done",
+                         lambda: not membership.pending_transfers(admin.node.state))
             await gainer.start()
-            await trio.sleep(10)
-            assert gainer.node is not None
-            pulled_after_restart = sorted(gainer.node.handoff.progress)
-            nursery.cancel_scope.cancel()
+        x = gainer.node
+        assert x is not None
+        await until("n1 saw every transfer of the epoch done and cleaned up", lambda: (
+            x.state.epoch == epoch and not membership.pending_transfers(x.state)
+            and x.handoff.cleaned_epoch == epoch))
+        primary_of_gained = all(GAINER in x.primaries(p) for p in GAINED)
+        missing = {p: [k for k in partition_keys if x.replica.get(p, BUCKET, k) is None]
+                   for p, partition_keys in keys.items()}
+        leaver_kept_its_copy = all(
+            leaver.node.replica.get(p, BUCKET, k) is not None
+            for p, partition_keys in keys.items() for k in partition_keys)
+        cursors = x.storage.meta_names("xfer:")
+        # A restart does not pull the epoch's gained partitions again.
+        await gainer.crash()
+        await gainer.start()
+        await trio.sleep(10)
+        assert gainer.node is not None
+        pulled_after_restart = sorted(gainer.node.handoff.progress)
     assert primary_of_gained  # n1 serves these partitions now
     assert leaver_kept_its_copy  # so no hand-over from n3 filled n1's copy
     assert missing == {p: [] for p in GAINED}, f"n1's copy lacks {missing}"

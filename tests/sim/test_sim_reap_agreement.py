@@ -15,9 +15,7 @@ design audit's sequences, built directly:
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -27,40 +25,12 @@ import trio.testing
 from dynd import membership
 from dynd.node import Node
 from dynd.ring import partition_of
-from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, bootstrap_state
+from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
 from tests.sim.network import LinkFaults
 
 SCENARIO = Scenario(nodes=5, ring_size=16, faults=LinkFaults(), tombstone_grace=20.0,
                     antientropy_period=30.0)
 LEAVER = "n4"
-
-
-async def _until(what: str, condition: Callable[[], bool], limit: float = 300) -> None:
-    """Wait (simulated time) until ``condition`` holds; fail naming ``what`` after ``limit``."""
-    with trio.move_on_after(limit):
-        while not condition():
-            await trio.sleep(0.5)
-        return
-    raise AssertionError(f"not reached within {limit}s: {what}")
-
-
-@asynccontextmanager
-async def _cluster(root: str, clock: trio.testing.MockClock
-                   ) -> AsyncIterator[tuple[SimCluster, list[SimNode]]]:
-    cluster = SimCluster(1, SCENARIO, root, clock)
-    sims = [cluster.add_node(i) for i in range(SCENARIO.nodes)]
-    state = bootstrap_state([s.id for s in sims], [s.addr for s in sims],
-                            SCENARIO.ring_size, 3)
-    for sim in sims:
-        sim.seed_state(state)
-    async with trio.open_nursery() as nursery:
-        cluster.nursery = nursery
-        await nursery.start(cluster.network.run)
-        for sim in sims:
-            await sim.start()
-        await trio.sleep(5)  # gossip: every node hears every other
-        yield cluster, sims
-        nursery.cancel_scope.cancel()
 
 
 def _nodes(sims: list[SimNode]) -> dict[str, Node]:
@@ -75,7 +45,7 @@ async def _leave(cluster: SimCluster, admin: SimNode, nodes: dict[str, Node],
     if before_commit is not None:
         await before_commit()
     epoch = int((await cluster.client_call("admin", admin.addr, "cluster_commit"))["epoch"])
-    await _until("every node in the new epoch",
+    await until("every node in the new epoch",
                  lambda: all(n.state.epoch == epoch for n in nodes.values()))
 
 
@@ -96,40 +66,40 @@ async def _read(cluster: SimCluster, addr: str, key: bytes) -> list[bytes]:
 
 async def test_no_reap_while_a_future_primary_may_miss_the_tombstone(
         autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    with tempfile.TemporaryDirectory(prefix="dynd-reap-pending-") as root:
-        async with _cluster(root, autojump_clock) as (cluster, sims):
-            nodes = _nodes(sims)
-            released = trio.Event()
-            for node in nodes.values():  # every pull held back: a slow transfer
-                pull_all = node.handoff._pull_all
+    async with settled_cluster(SCENARIO, autojump_clock, "dynd-reap-pending-") as (
+            cluster, sims):
+        nodes = _nodes(sims)
+        released = trio.Event()
+        for node in nodes.values():  # every pull held back: a slow transfer
+            pull_all = node.handoff._pull_all
 
-                async def gated(*args: Any, pull_all: Any = pull_all) -> None:
-                    await released.wait()
-                    await pull_all(*args)
+            async def gated(*args: Any, pull_all: Any = pull_all) -> None:
+                await released.wait()
+                await pull_all(*args)
 
-                monkeypatch.setattr(node.handoff, "_pull_all", gated)
-            some = nodes["n0"]
-            await _leave(cluster, sims[0], nodes)
-            key, partition, now, gainer = next(
-                (key, p, now, gain[0]) for i in range(10_000)
-                if (p := partition_of(BUCKET, key := f"k{i}".encode(), SCENARIO.ring_size),
-                    now := some.primaries(p))
-                and (gain := [y for y in some.primaries(p, owners=some.state.next_owners)
-                              if y not in now and y != LEAVER]))
-            coordinator, y = nodes[now[1]], nodes[gainer]
-            await _put(cluster, coordinator.addr, key)
-            await trio.sleep(1)
-            assert y.replica.get(partition, BUCKET, key) is not None  # the future owner's copy
-            cluster.network.block(coordinator.addr, y.addr)  # the delete's write to Y is lost
-            await _delete(cluster, coordinator.addr, key)
-            await trio.sleep(2)
-            cluster.network.heal()
-            await trio.sleep(SCENARIO.tombstone_grace + 5)
-            await nodes[now[0]].antientropy.reap_tombstones(partition)
-            released.set()
-            await _until("transfers done", lambda: not membership.pending_transfers(some.state))
-            await trio.sleep(3 * SCENARIO.antientropy_period)
-            values = await _read(cluster, sims[0].addr, key)
+            monkeypatch.setattr(node.handoff, "_pull_all", gated)
+        some = nodes["n0"]
+        await _leave(cluster, sims[0], nodes)
+        key, partition, now, gainer = next(
+            (key, p, now, gain[0]) for i in range(10_000)
+            if (p := partition_of(BUCKET, key := f"k{i}".encode(), SCENARIO.ring_size),
+                now := some.primaries(p))
+            and (gain := [y for y in some.primaries(p, owners=some.state.next_owners)
+                          if y not in now and y != LEAVER]))
+        coordinator, y = nodes[now[1]], nodes[gainer]
+        await _put(cluster, coordinator.addr, key)
+        await trio.sleep(1)
+        assert y.replica.get(partition, BUCKET, key) is not None  # the future owner's copy
+        cluster.network.block(coordinator.addr, y.addr)  # the delete's write to Y is lost
+        await _delete(cluster, coordinator.addr, key)
+        await trio.sleep(2)
+        cluster.network.heal()
+        await trio.sleep(SCENARIO.tombstone_grace + 5)
+        await nodes[now[0]].antientropy.reap_tombstones(partition)
+        released.set()
+        await until("transfers done", lambda: not membership.pending_transfers(some.state))
+        await trio.sleep(3 * SCENARIO.antientropy_period)
+        values = await _read(cluster, sims[0].addr, key)
     assert values == [], values
 
 
@@ -139,38 +109,37 @@ async def _handed_over_after_reap(
         back: Callable[[SimCluster, SimNode], Awaitable[None]]) -> tuple[list[bytes], bool]:
     """Put, LEAVER leaves while ``away`` keeps it from handing over, delete, reap after the
     grace, ``back``: (values read after the hand-over, LEAVER dropped its copy)."""
-    with tempfile.TemporaryDirectory(prefix="dynd-reap-handover-") as root:
-        async with _cluster(root, clock) as (cluster, sims):
-            nodes = _nodes(sims)
-            admin, leaver = sims[0], next(s for s in sims if s.id == LEAVER)
-            some = nodes["n0"]
-            key = next(key for i in range(10_000) if LEAVER in some.primaries(
-                partition_of(BUCKET, key := f"k{i}".encode(), SCENARIO.ring_size)))
-            partition = partition_of(BUCKET, key, SCENARIO.ring_size)
-            await _put(cluster, admin.addr, key)
-            await trio.sleep(1)
-            assert nodes[LEAVER].replica.get(partition, BUCKET, key) is not None
+    async with settled_cluster(SCENARIO, clock, "dynd-reap-handover-") as (cluster, sims):
+        nodes = _nodes(sims)
+        admin, leaver = sims[0], next(s for s in sims if s.id == LEAVER)
+        some = nodes["n0"]
+        key = next(key for i in range(10_000) if LEAVER in some.primaries(
+            partition_of(BUCKET, key := f"k{i}".encode(), SCENARIO.ring_size)))
+        partition = partition_of(BUCKET, key, SCENARIO.ring_size)
+        await _put(cluster, admin.addr, key)
+        await trio.sleep(1)
+        assert nodes[LEAVER].replica.get(partition, BUCKET, key) is not None
 
-            async def keep_away() -> None:
-                planned = membership.plan(some.state, 3).next_owners
-                await away(cluster, leaver, [nodes[p] for p in some.primaries(
-                    partition, owners=planned)])
+        async def keep_away() -> None:
+            planned = membership.plan(some.state, 3).next_owners
+            await away(cluster, leaver, [nodes[p] for p in some.primaries(
+                partition, owners=planned)])
 
-            await _leave(cluster, admin, {k: v for k, v in nodes.items() if k != LEAVER},
-                         keep_away)
-            await _until("transfers done", lambda: not membership.pending_transfers(some.state))
-            assert membership.member_status(some.state, LEAVER) == "removed"
-            await _delete(cluster, admin.addr, key)
-            await trio.sleep(SCENARIO.tombstone_grace + 5)
-            primaries = [nodes[p] for p in some.primaries(partition)]
-            assert await primaries[0].antientropy.reap_tombstones(partition) == 1
-            await back(cluster, leaver)
-            await _until("the leaver dropped its copy", lambda: leaver.node is not None and (
-                leaver.node.replica.get(partition, BUCKET, key) is None))
-            await trio.sleep(5)
-            values = await _read(cluster, admin.addr, key)
-            return values, all(p.replica.get(partition, BUCKET, key) is None
-                               for p in primaries)
+        await _leave(cluster, admin, {k: v for k, v in nodes.items() if k != LEAVER},
+                     keep_away)
+        await until("transfers done", lambda: not membership.pending_transfers(some.state))
+        assert membership.member_status(some.state, LEAVER) == "removed"
+        await _delete(cluster, admin.addr, key)
+        await trio.sleep(SCENARIO.tombstone_grace + 5)
+        primaries = [nodes[p] for p in some.primaries(partition)]
+        assert await primaries[0].antientropy.reap_tombstones(partition) == 1
+        await back(cluster, leaver)
+        await until("the leaver dropped its copy", lambda: leaver.node is not None and (
+            leaver.node.replica.get(partition, BUCKET, key) is None))
+        await trio.sleep(5)
+        values = await _read(cluster, admin.addr, key)
+        return values, all(p.replica.get(partition, BUCKET, key) is None
+                           for p in primaries)
 
 
 async def test_a_blocked_hand_over_pushes_no_reaped_value_back(

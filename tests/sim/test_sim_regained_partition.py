@@ -19,8 +19,6 @@ one of the two values vanished wherever the copies met.
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,7 +29,7 @@ from common import context
 from dynd import membership
 from dynd.node import Node
 from dynd.ring import partition_of
-from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, bootstrap_state
+from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
 from tests.sim.network import LinkFaults
 
 PARTITION = 0
@@ -42,15 +40,6 @@ def _key(ring_size: int) -> bytes:
     """The first key of PARTITION (deterministic)."""
     return next(key for i in range(10_000)
                 if partition_of(BUCKET, key := f"k{i}".encode(), ring_size) == PARTITION)
-
-
-async def _until(what: str, condition: Callable[[], bool], limit: float = 300) -> None:
-    """Wait (simulated time) until ``condition`` holds; fail naming ``what`` after ``limit``."""
-    with trio.move_on_after(limit):
-        while not condition():
-            await trio.sleep(0.5)
-        return
-    raise AssertionError(f"not reached within {limit}s: {what}")
 
 
 def _live(node: Node, key: bytes) -> set[bytes]:
@@ -83,65 +72,52 @@ async def _commit_leave(cluster: SimCluster, admin: SimNode, leaver: str) -> int
 async def test_a_regained_partition_mints_no_dot_twice(
         autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
     scenario = Scenario(nodes=5, ring_size=16, faults=LinkFaults())
-    with tempfile.TemporaryDirectory(prefix="dynd-regain-") as root:
-        cluster = SimCluster(1, scenario, root, autojump_clock)
-        sims = [cluster.add_node(i) for i in range(scenario.nodes)]
-        state = bootstrap_state([s.id for s in sims], [s.addr for s in sims],
-                                scenario.ring_size, 3)
-        for sim in sims:
-            sim.seed_state(state)
-        key = _key(scenario.ring_size)
-        async with trio.open_nursery() as nursery:
-            cluster.nursery = nursery
-            await nursery.start(cluster.network.run)
-            for sim in sims:
-                await sim.start()
-            await trio.sleep(5)  # gossip: every node hears every other
-            nodes = {s.id: s.node for s in sims if s.node is not None}
-            admin, x = sims[0], nodes[REGAINER]
-            actor = x.actor
+    key = _key(scenario.ring_size)
+    async with settled_cluster(scenario, autojump_clock, "dynd-regain-") as (cluster, sims):
+        nodes = {s.id: s.node for s in sims if s.node is not None}
+        admin, x = sims[0], nodes[REGAINER]
+        actor = x.actor
 
-            # Epoch 1: x coordinates a write of the key under its own actor.
-            assert REGAINER in x.primaries(PARTITION)
-            await cluster.client_call("c", x.addr, "put", bucket=BUCKET, key=key, value=b"v1")
-            assert _live(x, key) == {b"v1"}
+        # Epoch 1: x coordinates a write of the key under its own actor.
+        assert REGAINER in x.primaries(PARTITION)
+        await cluster.client_call("c", x.addr, "put", bucket=BUCKET, key=key, value=b"v1")
+        assert _live(x, key) == {b"v1"}
 
-            # Epoch 2: x hands its copy over and drops it.
-            epoch2 = await _commit_leave(cluster, admin, "n1")
-            await _until("x dropped its copy of the key", lambda: (
-                x.handoff.cleaned_epoch == epoch2 and x.replica.get(PARTITION, BUCKET, key)
-                is None))
-            assert REGAINER not in x.primaries(PARTITION)
+        # Epoch 2: x hands its copy over and drops it.
+        epoch2 = await _commit_leave(cluster, admin, "n1")
+        await until("x dropped its copy of the key", lambda: (
+            x.handoff.cleaned_epoch == epoch2 and x.replica.get(PARTITION, BUCKET, key)
+            is None))
+        assert REGAINER not in x.primaries(PARTITION)
 
-            # Epoch 3: x is a primary again while its own pull is held back.
-            gate = _Gate(x, monkeypatch)
-            await _commit_leave(cluster, admin, "n2")
-            await _until("x is a primary of the partition again, only its pull pending",
-                         lambda: REGAINER in x.primaries(PARTITION) and {
-                             t.target for t in membership.pending_transfers(x.state)} == {
-                             REGAINER})
-            # The dangerous precondition: same actor, no local copy, and another primary
-            # holding this actor's dot for the key.
-            assert x.actor == actor
-            assert x.replica.get(PARTITION, BUCKET, key) is None
-            others = [nodes[p] for p in x.primaries(PARTITION) if p != REGAINER]
-            held = [context.join(c).get(actor, 0) for o in others
-                    if (c := o.replica.get(PARTITION, BUCKET, key)) is not None]
-            assert held and max(held) >= 1, held
+        # Epoch 3: x is a primary again while its own pull is held back.
+        gate = _Gate(x, monkeypatch)
+        await _commit_leave(cluster, admin, "n2")
+        await until("x is a primary of the partition again, only its pull pending",
+                     lambda: REGAINER in x.primaries(PARTITION) and {
+                         t.target for t in membership.pending_transfers(x.state)} == {
+                         REGAINER})
+        # The dangerous precondition: same actor, no local copy, and another primary
+        # holding this actor's dot for the key.
+        assert x.actor == actor
+        assert x.replica.get(PARTITION, BUCKET, key) is None
+        others = [nodes[p] for p in x.primaries(PARTITION) if p != REGAINER]
+        held = [context.join(c).get(actor, 0) for o in others
+                if (c := o.replica.get(PARTITION, BUCKET, key)) is not None]
+        assert held and max(held) >= 1, held
 
-            # A blind write coordinated by x, minted on its (empty) data copy.
-            await cluster.client_call("c", x.addr, "put", bucket=BUCKET, key=key, value=b"v2")
-            assert _live(x, key) == {b"v2"}
+        # A blind write coordinated by x, minted on its (empty) data copy.
+        await cluster.client_call("c", x.addr, "put", bucket=BUCKET, key=key, value=b"v2")
+        assert _live(x, key) == {b"v2"}
 
-            # Let x pull, then let repair do its work.
-            gate.released.set()
-            primaries = [nodes[p] for p in x.primaries(PARTITION)]
-            with trio.move_on_after(200):
-                while not all(_live(p, key) == _live(x, key) for p in primaries):
-                    await trio.sleep(1)
-            read = await cluster.client_call("c", admin.addr, "get", bucket=BUCKET, key=key)
-            copies = {p.id: sorted(_live(p, key)) for p in primaries}
-            nursery.cancel_scope.cancel()
+        # Let x pull, then let repair do its work.
+        gate.released.set()
+        primaries = [nodes[p] for p in x.primaries(PARTITION)]
+        with trio.move_on_after(200):
+            while not all(_live(p, key) == _live(x, key) for p in primaries):
+                await trio.sleep(1)
+        read = await cluster.client_call("c", admin.addr, "get", bucket=BUCKET, key=key)
+        copies = {p.id: sorted(_live(p, key)) for p in primaries}
     acknowledged = [b"v1", b"v2"]
     assert sorted(v["value"] for v in read["values"]) == acknowledged, read
     assert all(values == acknowledged for values in copies.values()), copies

@@ -13,7 +13,6 @@ would make it otherwise.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,7 +24,7 @@ from common import context
 from common.errors import Rejected
 from dynd.node import Node
 from dynd.ring import partition_of
-from tests.sim.harness import BUCKET, Scenario, SimCluster, bootstrap_state
+from tests.sim.harness import BUCKET, Scenario, SimCluster, settled_cluster
 from tests.sim.network import LinkFaults
 
 RING_SIZE = 16
@@ -36,20 +35,8 @@ async def _cluster(size: int, clock: trio.testing.MockClock
                    ) -> AsyncIterator[tuple[SimCluster, dict[str, Node]]]:
     """A settled cluster of ``size`` nodes (n=3) without link faults, every node up."""
     scenario = Scenario(nodes=size, ring_size=RING_SIZE, faults=LinkFaults())
-    with tempfile.TemporaryDirectory(prefix="dynd-limits-") as root:
-        cluster = SimCluster(1, scenario, root, clock)
-        sims = [cluster.add_node(i) for i in range(size)]
-        state = bootstrap_state([s.id for s in sims], [s.addr for s in sims], RING_SIZE, 3)
-        for sim in sims:
-            sim.seed_state(state)
-        async with trio.open_nursery() as nursery:
-            cluster.nursery = nursery
-            await nursery.start(cluster.network.run)
-            for sim in sims:
-                await sim.start()
-            await trio.sleep(5)  # gossip: every node hears every other
-            yield cluster, {s.id: s.node for s in sims if s.node is not None}
-            nursery.cancel_scope.cancel()
+    async with settled_cluster(scenario, clock, "dynd-limits-") as (cluster, sims):
+        yield cluster, {s.id: s.node for s in sims if s.node is not None}
 
 
 def _siblings(node: Node, key: bytes) -> int:
