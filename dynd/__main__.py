@@ -99,6 +99,15 @@ async def serve(config: Config, formatter: EventFormatter,
         log.warning("event=plaintext_listener listen=%s msg=%r", config.listen,
                     "serving without TLS on a non-loopback address: anyone who can reach it "
                     "can read, write and change the cluster; configure [tls]")
+    aae = config.antientropy
+    if aae.enabled and aae.tombstone_grace < 2 * aae.period:
+        # A node handing over a partition skips keys only it holds that are older than the
+        # grace (they may be deleted and reaped elsewhere): that is safe only when
+        # anti-entropy had time to give every write to the other primaries within it.
+        log.warning("event=short_tombstone_grace tombstone_grace=%g period=%g msg=%r",
+                    aae.tombstone_grace, aae.period,
+                    "tombstone_grace below twice the anti-entropy period: a node handing "
+                    "over a partition may drop a write anti-entropy has not spread yet")
     os.makedirs(config.data_dir, exist_ok=True)
     storage = Storage.open(config.data_dir, sync=config.sync)
     try:

@@ -50,6 +50,8 @@ def test_deletes_while_a_replica_is_down_stay_deleted_after_repair(
     config = tmp_path / "fast-reap.toml"
     config.write_text("[antientropy]\ntombstone_grace = 1.0\nperiod = 3600.0\n")
     nodes = [dyn_cluster.add(None, "-c", str(config)) for _ in range(3)]
+    # A grace this short is for the test only; the node says so at start-up.
+    assert "event=short_tombstone_grace tombstone_grace=1 period=3600" in nodes[0].log()
     for node in nodes[1:]:
         ctl(node, "cluster", "join", nodes[0].addr)
     ctl(nodes[0], "cluster", "commit")
