@@ -289,14 +289,21 @@ class Coordinator:
         if (me is None or me.role != "primary") and forward is not None:
             # Only a primary's copy holds every dot its actor minted for the key; a dot
             # minted on a fallback's hint copy can repeat one already handed back and be
-            # silently dropped at the primary (tests/sim seed 5). Prefer a primary.
-            for target in place.targets:
-                if target.role != "primary" or target.node == self.node.id:
-                    continue
+            # silently dropped at the primary (tests/sim seed 5). Prefer a primary. A node
+            # outside the preference list then tries its fallbacks: puts are minted only
+            # on a node of the list (DESIGN.md), which a forwarded request (no second
+            # forward) cannot always honour.
+            candidates = sorted((t for t in place.targets if t.node != self.node.id
+                                 and (t.role == "primary" or me is None)),
+                                key=lambda t: t.role != "primary")
+            for target in candidates:
                 try:
                     return await forward(target.node)
-                except Unreachable as exc:  # never sent: the next primary may take it
+                except Unreachable as exc:  # never sent: the next one may take it
                     self.node.suspect(target.node, exc.message)
+            if me is None:
+                raise Unavailable(f"no node of the key's preference list took the write "
+                                  f"({', '.join(t.node for t in place.targets) or 'none up'})")
         result = await answered(partial(self._write_here, place, me, bucket, key, value,
                                         client_context, w_needed))
         assert result is not None

@@ -1,0 +1,43 @@
+"""A put that reaches a node outside the key's preference list is minted on a node of the
+list, a fallback when every primary is down: DESIGN.md's rule, so that the dot's actor is
+one of the nodes that hold the key (as a primary, or as a hint for one)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from common import context
+from dynd.ring import partition_of
+from tests.sim.harness import BUCKET, Scenario, settled_cluster, until
+from tests.sim.network import LinkFaults
+
+KEY = b"cart"
+
+
+async def test_a_put_outside_the_preference_list_is_minted_on_a_fallback(
+        autojump_clock: trio.testing.MockClock) -> None:
+    scenario = Scenario(nodes=7, ring_size=16, faults=LinkFaults())
+    async with settled_cluster(scenario, autojump_clock, "dynd-outside-") as (cluster, sims):
+        by_id = {s.id: s for s in sims}
+        some = sims[0].node
+        assert some is not None
+        partition = partition_of(BUCKET, KEY, some.state.ring_size)
+        primaries = list(some.primaries(partition))
+        for primary in primaries:
+            await by_id[primary].crash()
+        up = [s.node for s in sims if s.id not in primaries and s.node is not None]
+        await until("every live node sees every primary down", lambda: all(
+            not node.is_up(p) for node in up for p in primaries))
+        fallbacks = [t.node for t in up[0].placement(BUCKET, KEY, 3).targets]
+        assert len(fallbacks) == 3 and not set(fallbacks) & set(primaries)
+        outsider = next(node for node in up if node.id not in fallbacks)
+
+        await cluster.client_call("c", outsider.addr, "put", bucket=BUCKET, key=KEY, value=b"v")
+
+        minted_by = {node.id: actors for node in up if (actors := {
+            actor for _, _, bucket, key, raw in node.storage.scan_hints()
+            if (bucket, key) == (BUCKET, KEY) for actor in context.join(context.decode(raw))})}
+    assert outsider.id not in minted_by  # the outsider kept no copy of its own
+    minters = {actor.split(".")[0] for actors in minted_by.values() for actor in actors}
+    assert minters and minters <= set(fallbacks), minted_by
