@@ -17,6 +17,7 @@ import trio
 
 from common.config import Config, ConfigError, load_config, parse_hostport
 from common.errors import DynError
+from dynctl.client import single_exception_unwrapped
 from dynd import security
 from dynd.metrics import register_node_gauges
 from dynd.metrics_http import serve_metrics
@@ -177,11 +178,13 @@ def main(config_path: str | None, check_config: bool, **flags: object) -> None:
         return
     formatter = setup_logging(config)
     try:
-        trio.run(serve, config, formatter, server_tls, peer_tls)
+        with single_exception_unwrapped():  # what ended the node's nursery, as itself
+            trio.run(serve, config, formatter, server_tls, peer_tls)
     except DynError as exc:
         log.error("event=fatal error=%r", exc.message)
         sys.exit(2)
-    except StorageError as exc:  # the data dir cannot be opened, e.g. another dynd holds it
+    except StorageError as exc:  # cannot open the data dir (another dynd holds it), or the
+        # disk failed under a write: stop, so that the cluster routes around this node
         log.error("event=fatal data_dir=%s error=%r", config.data_dir, str(exc))
         sys.exit(1)
     except OSError as exc:

@@ -566,8 +566,9 @@ class Node:
                                     clock, fields.get("hint_for"))
         if ticket is None:
             reply({}, None)
-        else:
-            ticket.on_done(lambda error: reply(None if error else {}, error))
+        else:  # a failed disk is this replica's failure for the coordinator, not a crash
+            ticket.on_done(lambda error: reply({}, None) if error is None else reply(
+                None, Unavailable(f"{self.id} could not store it: {error}")))
         return True
 
     async def op_replicas(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:

@@ -25,9 +25,10 @@ A read-modify-write without an ``await`` between read and ``stage()`` is thus
 atomic. The overlay holds only the writes of the current drain and the ones
 staged while it was written, so scans merge it cheaply.
 
-If a RocksDB write fails, every waiter of that drain gets StorageError and the
-failed writes leave the overlay (readers may have seen them meanwhile; the node
-treats a storage error as fatal).
+If a RocksDB write fails, every waiter of that drain gets StorageError, the
+failed writes leave the overlay (readers may have seen them meanwhile), and
+``run()`` raises it: a node whose disk fails stops (dynd exits 1 with
+``event=fatal``) and the cluster routes around it, as for a crash.
 """
 
 from __future__ import annotations
@@ -501,7 +502,9 @@ class Storage:
                 await trio.lowlevel.checkpoint()  # let ready tasks join this group
                 if self._db is None:
                     return
-                self._commit_group()
+                failure = self._commit_group()
+                if failure is not None:
+                    raise failure  # every waiter has it; the node stops (module docstring)
                 if not self._queue:
                     self._has_work = trio.Event()
         finally:
@@ -533,7 +536,8 @@ class Storage:
                     write_batch.put(raw_key, value, self._handles[cf])
         return write_batch
 
-    def _commit_group(self) -> None:
+    def _commit_group(self) -> StorageError | None:
+        """Write one group; the StorageError its waiters got, if the write failed."""
         group = self._take_group()
         error: BaseException | None = None
         try:
@@ -541,6 +545,7 @@ class Storage:
         except Exception as exc:  # rocksdict raises plain Exception
             error = exc
         self._finish_group(group, error)
+        return None if error is None else group[0].ticket._failure()
 
     def _finish_group(self, group: list[_Staged], error: BaseException | None) -> None:
         for staged in group:

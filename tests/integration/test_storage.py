@@ -243,15 +243,23 @@ async def test_sync_none_writes_and_reads(tmp_path: Path) -> None:
     store.close()
 
 
-async def test_a_write_error_reaches_every_waiter(storage: Storage,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    await storage.write(Batch().put(1, "b", b"kept", b"old").put_hint("n1", 1, "b", b"k", b"h"))
+async def test_a_write_error_reaches_every_waiter_and_stops_the_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed disk: every waiter of the group gets StorageError, the failed writes leave
+    the overlay, and the writer service raises it, which stops the node (dynd exits 1)."""
+    storage = Storage.open(str(tmp_path), sync="none")
+    stopped: list[StorageError] = []
+    failures: list[str] = []
+
+    async def writer_service(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
+        try:
+            await storage.run(task_status=task_status)
+        except StorageError as exc:
+            stopped.append(exc)
 
     def broken(write_batch: object) -> None:
         raise RuntimeError("IO error: No space left on device")
-
-    monkeypatch.setattr(storage, "_write_batch", broken)
-    failures: list[str] = []
 
     async def writer(i: int) -> None:
         try:
@@ -260,16 +268,28 @@ async def test_a_write_error_reaches_every_waiter(storage: Storage,
         except StorageError as exc:
             failures.append(str(exc))
 
-    async with trio.open_nursery() as nursery:
-        for i in range(20):
-            nursery.start_soon(writer, i)
-    assert len(failures) == 20
-    assert all("No space left on device" in message for message in failures)
-    assert storage.get(1, "b", b"kept") == b"old"  # the failed writes left the overlay
-    assert storage.hint_counts() == {"n1": 1}
-    monkeypatch.undo()
-    await storage.write(Batch().put(1, "b", b"kept", b"recovered"))
-    assert storage.get(1, "b", b"kept") == b"recovered"
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer_service)
+            await storage.write(Batch().put(1, "b", b"kept", b"old")
+                                .put_hint("n1", 1, "b", b"k", b"h"))
+            monkeypatch.setattr(storage, "_write_batch", broken)
+            async with trio.open_nursery() as writers:
+                for i in range(20):
+                    writers.start_soon(writer, i)
+        assert len(failures) == 20
+        assert all("No space left on device" in message for message in failures)
+        assert len(stopped) == 1 and "No space left on device" in str(stopped[0])
+        assert storage.get(1, "b", b"kept") == b"old"  # the failed writes left the overlay
+        assert storage.hint_counts() == {"n1": 1}
+        monkeypatch.undo()
+    finally:
+        storage.close()
+    reopened = Storage.open(str(tmp_path), sync="none")
+    try:
+        assert reopened.get(1, "b", b"kept") == b"old"
+    finally:
+        reopened.close()
 
 
 @pytest.mark.parametrize(("call", "message"), [

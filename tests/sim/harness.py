@@ -39,7 +39,7 @@ from common.errors import DynError
 from dynd import membership
 from dynd.membership import Change, Member
 from dynd.node import META_NODE_ID, META_STATE, Node
-from dynd.storage import Batch, Storage
+from dynd.storage import Batch, Storage, StorageError
 from tests.sim import checkers
 from tests.sim.checkers import decode_value, encode_value
 from tests.sim.network import LinkFaults, SimNetwork
@@ -149,6 +149,8 @@ class SimNode:
                     await server.start(node.run)
                     self.cluster.network.attach(self.addr, node.handle, server, node.answer_now)
                     task_status.started()
+        except* StorageError:  # its disk failed under a write: it stopped, as dynd exits 1
+            self.node = None
         finally:
             self.cluster.network.detach(self.addr)
             storage.close()
