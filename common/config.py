@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from common.limits import Limits
+from common.limits import REPLICA_ENVELOPE_BYTES, Limits
 
 DEFAULT_PORT = 7070
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -413,7 +413,8 @@ def _check_consistency(config: Config, source: str) -> None:
     largest_object = limits.max_value_bytes + limits.max_context_bytes  # its clock: a context
     if limits.max_object_bytes <= largest_object:
         raise ConfigError(f"{source}: [limits] max_frame_bytes ({limits.max_frame_bytes}) must "
-                          f"exceed max_key_bytes + max_bucket_name_bytes + 512 + "
+                          f"exceed max_key_bytes + max_bucket_name_bytes + "
+                          f"{REPLICA_ENVELOPE_BYTES} + "
                           f"max_value_bytes + max_context_bytes "
                           f"({largest_object + limits.max_frame_bytes - limits.max_object_bytes})"
                           f", or one value of the largest size could not be replicated")

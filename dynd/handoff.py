@@ -119,13 +119,12 @@ class Handoff:
                 try:
                     for recipient in recipients:
                         if recipient == self.node.id:
-                            ticket = self.node.stage_replica(
+                            await self.node.store_replica(
                                 partition, bucket, key, context.decode_stored(raw), None)
-                            if ticket is not None:
-                                await ticket.wait()
-                            continue
-                        await self.node.call(recipient, "p_put", {  # stored bytes: wire form
-                            "bucket": bucket, "key": key, "partition": partition, "clock": raw})
+                        else:
+                            await self.node.call(recipient, "p_put", {  # stored: wire form
+                                "bucket": bucket, "key": key, "partition": partition,
+                                "clock": raw})
                 except DynError as exc:
                     log.info("event=hint_delivery_paused node=%s target=%s error=%r",
                              self.node.id, target, exc.message)

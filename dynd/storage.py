@@ -537,7 +537,7 @@ class Storage:
         return write_batch
 
     def _commit_group(self) -> StorageError | None:
-        """Write one group; the StorageError its waiters got, if the write failed."""
+        """Write one group; if the write failed, a StorageError as its waiters got."""
         group = self._take_group()
         error: BaseException | None = None
         try:
