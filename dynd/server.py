@@ -192,9 +192,8 @@ class Server:
                 if reason in _NOT_TLS:  # tell a plaintext client why, in its own protocol
                     refusal = Unauthorized("this node accepts only TLS connections: use "
                                            "--tls-ca, --tls-cert and --tls-key")
-                    with trio.move_on_after(1):
-                        await stream.transport_stream.send_all(
-                            encode_frame(messages.failure(0, refusal)))
+                    await _say_and_hang_up(stream.transport_stream,
+                                           encode_frame(messages.failure(0, refusal)))
                 return
             identity = _common_name(stream.getpeercert())
         peer = Peer(address, identity)
@@ -216,8 +215,7 @@ class Server:
             nursery.cancel_scope.cancel()
         if fatal is not None:
             log.info("event=protocol_error peer=%s error=%r", address, fatal.message)
-            with trio.move_on_after(1):  # tell the peer why, then hang up
-                await stream.send_all(encode_frame(messages.failure(0, fatal)))
+            await _say_and_hang_up(stream, encode_frame(messages.failure(0, fatal)))
 
     async def _read_loop(
         self, stream: trio.abc.Stream, decoder: FrameDecoder, writer: FrameWriter,
@@ -306,6 +304,21 @@ def _address_of(stream: trio.SocketStream) -> str:
 
 
 # OpenSSL's reasons for a first record that is not TLS at all (a plaintext client).
+async def _say_and_hang_up(stream: trio.abc.Stream, frame: bytes) -> None:
+    """Send a last frame (why the connection ends), then drain the peer for up to 1 s.
+
+    Closing a socket with unread bytes makes the kernel send a reset, and a reset can
+    discard the frame before the peer reads it: read what the peer still sends until it
+    hangs up too (or the second is over).
+    """
+    with trio.move_on_after(1):
+        await stream.send_all(frame)
+        if isinstance(stream, trio.SocketStream):
+            await stream.send_eof()
+        while await stream.receive_some(65536):
+            pass
+
+
 _NOT_TLS = frozenset({"wrong version number", "http request", "unknown protocol"})
 
 
