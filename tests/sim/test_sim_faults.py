@@ -1,7 +1,8 @@
 """The simulated cluster under faults: fixed seeds in `make test`, many with `make sim`.
 
 A failure names the seed; rerun it alone with
-`PYTHONHASHSEED=0 SEEDS=<seed> .venv/bin/pytest -m sim tests/sim -k many`.
+`PYTHONHASHSEED=0 SEED_START=<seed> SEEDS=1 .venv/bin/pytest -s -m slow \
+tests/sim/test_sim_faults.py -k many` (the way `make sim` runs it).
 """
 
 from __future__ import annotations
