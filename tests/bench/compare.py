@@ -2,7 +2,8 @@
 
 Every store is started here on 127.0.0.1 on free ports, loaded and driven by the same
 client machinery (dynctl.bench: the same processes, concurrency and value size), and
-stopped again. Prints Markdown tables (README-ready) and, with --json FILE, the reports.
+stopped again. Prints Markdown tables (as in docs/benchmarks.md) and, with --json FILE,
+the reports.
 
     python -m tests.bench.compare                       # dynd 3 nodes vs etcd vs redis
     python -m tests.bench.compare --nodes 1 --workload a   # N=1 against redis

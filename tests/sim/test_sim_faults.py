@@ -14,7 +14,7 @@ import pytest
 
 from tests.sim.harness import Scenario, check
 
-# Seeds that found product bugs, kept as regressions (see the report in the README):
+# Seeds that found product bugs, kept as regressions (the table in docs/testing.md):
 # 5: a fallback coordinator minted a dot that repeated one already handed back (lost write);
 # 8: W was lowered to the nodes the coordinator found reachable (acked by one node, lost
 #    with its disk).

@@ -18,7 +18,7 @@ def test_small_cluster_change_spreads_in_few_rounds() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(0)  # 200 simulated nodes take minutes
 def test_scale_table() -> None:
-    """Prints the table of tests/sim (README); SIZES overrides the cluster sizes."""
+    """Prints the gossip table of docs/benchmarks.md; SIZES overrides the cluster sizes."""
     sizes = [int(s) for s in os.environ.get("SIZES", "10,25,50,100,200").split(",")]
     rows = ["| nodes | rounds to all | rounds to half | log2(S) | gossip bytes/node/s |",
             "|---:|---:|---:|---:|---:|"]
