@@ -17,7 +17,7 @@ import trio
 
 from common.config import Config, ConfigError, load_config, parse_hostport
 from common.errors import DynError
-from dynctl.client import single_exception_unwrapped
+from common.wire.trio_helpers import single_exception_unwrapped
 from dynd import security
 from dynd.metrics import register_node_gauges
 from dynd.metrics_http import serve_metrics

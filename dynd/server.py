@@ -16,8 +16,6 @@ its connection.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +29,8 @@ from common.codec import FrameDecoder, encode_frame
 from common.errors import DynError, ProtocolError, Unauthorized
 from common.limits import Limits
 from common.messages import Request
+from common.wire.framing import FrameWriter
+from common.wire.tls import failure_reason
 
 log = logging.getLogger("dynd.server")
 
@@ -69,69 +69,6 @@ async def answered(start: Callable[[Reply], bool]) -> dict[str, Any] | None:
     if error is not None:
         raise error
     return result
-
-
-class FrameWriter:
-    """Queue encoded frames; one task sends everything queued in one send_all.
-
-    With ``send_timeout`` a send that the other side does not take within that many seconds
-    raises trio.TooSlowError (a client that stopped reading). ``eager`` (plain sockets only)
-    hands a frame to the kernel at once when nothing is waiting; without it every frame
-    waits for the task, which coalesces more when the other side answers in microseconds.
-    """
-
-    def __init__(self, stream: trio.abc.Stream, send_timeout: float = math.inf, *,
-                 eager: bool = True) -> None:
-        self.stream = stream
-        self.eager = eager and isinstance(stream, trio.SocketStream)
-        self.send_timeout = send_timeout
-        self._queue: list[bytes] = []
-        self._wakeup = trio.Event()
-        self._sending = False
-        self._unsent_bytes = 0
-        self._progress = trio.Event()
-
-    def send(self, frame: bytes) -> None:
-        if self.eager and not self._queue and not self._sending:
-            # Nothing queued or being sent: hand the frame to the kernel now, as far as it
-            # takes it without blocking, instead of waking the writer task for it (a
-            # scheduler pass per frame when requests come one at a time). fileno() is -1
-            # once the socket is closed, so a late reply never reaches a reused descriptor.
-            fd = self.stream.socket.fileno()
-            if fd >= 0:
-                try:
-                    sent = os.write(fd, frame)
-                except OSError:  # would block, or broken: the writer task finds out which
-                    sent = 0
-                if sent == len(frame):
-                    return
-                frame = frame[sent:]
-        self._queue.append(frame)
-        self._unsent_bytes += len(frame)
-        self._wakeup.set()
-
-    async def wait_room(self, max_unsent_bytes: int) -> None:
-        """Back-pressure: wait while more than ``max_unsent_bytes`` are queued or sending."""
-        while self._unsent_bytes > max_unsent_bytes:
-            await self._progress.wait()
-
-    async def drained(self) -> None:
-        """Wait until everything queued so far has been handed to the stream."""
-        while self._queue or self._sending:
-            await self._progress.wait()
-
-    async def run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            data, self._queue = b"".join(self._queue), []
-            self._sending = True
-            with trio.fail_after(self.send_timeout):
-                await self.stream.send_all(data)
-            self._sending = False
-            self._unsent_bytes -= len(data)
-            self._progress.set()
-            self._progress = trio.Event()
 
 
 class Server:
@@ -303,7 +240,6 @@ def _address_of(stream: trio.SocketStream) -> str:
     return f"{host}:{port}"
 
 
-# OpenSSL's reasons for a first record that is not TLS at all (a plaintext client).
 async def _say_and_hang_up(stream: trio.abc.Stream, frame: bytes) -> None:
     """Send a last frame (why the connection ends), then drain the peer for up to 1 s.
 
@@ -319,18 +255,15 @@ async def _say_and_hang_up(stream: trio.abc.Stream, frame: bytes) -> None:
             pass
 
 
+# OpenSSL's reasons for a first record that is not TLS at all (a plaintext client).
 _NOT_TLS = frozenset({"wrong version number", "http request", "unknown protocol"})
 
 
 def _tls_failure(exc: BaseException) -> str:
-    """The reason OpenSSL gave for a failed handshake (trio wraps it), else the exception."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"certificate verify failed: {cause.verify_message}"
-        if isinstance(cause, ssl.SSLError):
-            return (cause.reason or str(cause)).lower().replace("_", " ")
-        cause = cause.__cause__ or cause.__context__
+    """Why a handshake failed: OpenSSL's reason, else the exception."""
+    reason = failure_reason(exc)
+    if reason is not None:
+        return reason
     if isinstance(exc, trio.TooSlowError):
         return "handshake not completed in time"
     return repr(exc)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import trio
 
 from common.errors import Unavailable, Unreachable
-from dynctl.client import Connection, ReplyCallback
+from common.wire.connection import Connection, ReplyCallback
 
 
 class Transport(Protocol):

@@ -23,9 +23,9 @@ from typing import Any
 
 import trio
 
+from common.wire.framing import FrameWriter
 from dynctl.bench import Target
 from dynctl.client import parse_addr
-from dynd.server import FrameWriter
 
 MAX_REPLY_BYTES = 8 * 1024 * 1024
 _CHUNK = 64 * 1024

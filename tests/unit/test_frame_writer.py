@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import trio
 
-from dynd.server import FrameWriter
+from common.wire.framing import FrameWriter
 
 
 async def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
