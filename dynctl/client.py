@@ -370,34 +370,44 @@ class Client:
     # -- the key-value API ---------------------------------------------------------------
 
     async def get(self, key: bytes | str, *, bucket: str = "default",
-                  r: int | None = None) -> Object:
-        """Read a key; a missing key is ``Object(found=False)``, not an exception."""
-        fields = _present(bucket=bucket, key=as_bytes(key, "key", LIMITS.max_key_bytes), r=r)
+                  r: int | None = None, pr: int | None = None) -> Object:
+        """Read a key; a missing key is ``Object(found=False)``, not an exception.
+
+        ``pr``: how many of the replies must come from the key's primaries (default the
+        bucket's PR); Unavailable when fewer can.
+        """
+        fields = _present(bucket=bucket, key=as_bytes(key, "key", LIMITS.max_key_bytes), r=r,
+                          pr=pr)
         return _parse_object(await self.call("get", **fields))
 
     async def put(self, key: bytes | str, value: bytes | str, *, bucket: str = "default",
-                  context: str | None = None, w: int | None = None) -> str:
+                  context: str | None = None, w: int | None = None,
+                  pw: int | None = None) -> str:
         """Write a value and return the new context.
 
         ``context`` is what a get returned: the write supersedes exactly the siblings that
         context covers. ``None`` is a blind write, a new sibling beside any existing ones.
+        ``pw``: how many acknowledgements must come from the key's primaries (default the
+        bucket's PW); Unavailable when fewer can.
         """
         fields = _present(bucket=bucket, key=as_bytes(key, "key", LIMITS.max_key_bytes),
                           value=as_bytes(value, "value", LIMITS.max_value_bytes),
-                          context=context, w=w)
+                          context=context, w=w, pw=pw)
         return _context_of(await self.call("put", **fields))
 
     async def delete(self, key: bytes | str, *, bucket: str = "default",
-                     context: str | None = None, w: int | None = None) -> str:
+                     context: str | None = None, w: int | None = None,
+                     pr: int | None = None, pw: int | None = None) -> str:
         """Write a tombstone and return the new context.
 
-        With ``context=None`` the key is read first and the tombstone supersedes what was
-        read (a blind tombstone would leave every value visible beside it).
+        With ``context=None`` the key is read first (with ``pr``) and the tombstone
+        supersedes what was read (a blind tombstone would leave every value visible beside
+        it).
         """
         key = as_bytes(key, "key", LIMITS.max_key_bytes)
         if context is None:
-            context = (await self.get(key, bucket=bucket)).context or None
-        fields = _present(bucket=bucket, key=key, context=context, w=w)
+            context = (await self.get(key, bucket=bucket, pr=pr)).context or None
+        fields = _present(bucket=bucket, key=key, context=context, w=w, pw=pw)
         return _context_of(await self.call("delete", **fields))
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
@@ -459,16 +469,19 @@ class SyncClient:
         if "error" in state:
             raise state["error"]
 
-    def get(self, key: bytes | str, *, bucket: str = "default", r: int | None = None) -> Object:
-        return self._run(self._client.get, key, bucket=bucket, r=r)
+    def get(self, key: bytes | str, *, bucket: str = "default", r: int | None = None,
+            pr: int | None = None) -> Object:
+        return self._run(self._client.get, key, bucket=bucket, r=r, pr=pr)
 
     def put(self, key: bytes | str, value: bytes | str, *, bucket: str = "default",
-            context: str | None = None, w: int | None = None) -> str:
-        return self._run(self._client.put, key, value, bucket=bucket, context=context, w=w)
+            context: str | None = None, w: int | None = None, pw: int | None = None) -> str:
+        return self._run(self._client.put, key, value, bucket=bucket, context=context, w=w,
+                         pw=pw)
 
     def delete(self, key: bytes | str, *, bucket: str = "default", context: str | None = None,
-               w: int | None = None) -> str:
-        return self._run(self._client.delete, key, bucket=bucket, context=context, w=w)
+               w: int | None = None, pr: int | None = None, pw: int | None = None) -> str:
+        return self._run(self._client.delete, key, bucket=bucket, context=context, w=w,
+                         pr=pr, pw=pw)
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         return self._run(self._client.call, op, **fields)
