@@ -38,11 +38,13 @@ _PARTITION = (int, True)
 SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     # Client ops.
     "ping": {},
-    "get": {"bucket": _BUCKET, "key": _KEY, "r": (int, False)},
+    "get": {"bucket": _BUCKET, "key": _KEY, "r": (int, False), "pr": (int, False)},
     "put": {"bucket": _BUCKET, "key": _KEY, "value": (bytes, True), "context": (str, False),
-            "w": (int, False)},
-    "delete": {"bucket": _BUCKET, "key": _KEY, "context": (str, False), "w": (int, False)},
-    "bucket_set": {"name": (str, True), "n": (int, False), "r": (int, False), "w": (int, False)},
+            "w": (int, False), "pw": (int, False)},
+    "delete": {"bucket": _BUCKET, "key": _KEY, "context": (str, False), "w": (int, False),
+               "pw": (int, False)},
+    "bucket_set": {"name": (str, True), "n": (int, False), "r": (int, False), "w": (int, False),
+                   "pr": (int, False), "pw": (int, False)},
     "bucket_get": {"name": (str, True)},
     "bucket_list": {},
     "replicas": {"bucket": _BUCKET, "key": _KEY},
@@ -246,6 +248,7 @@ def _check_after(name: str, after: list[Any], limits: Limits) -> None:
 
 
 _check_replication = _in_range(1, MAX_N)
+_check_primary_quorum = _in_range(0, MAX_N)
 _check_non_negative = _in_range(0, None)
 
 # Limit and naming checks by field name; a field means the same thing in every op.
@@ -263,6 +266,8 @@ _VALUE_CHECKS: dict[str, Callable[[str, Any, Limits], None]] = {
     "n": _check_replication,
     "r": _check_replication,
     "w": _check_replication,
+    "pr": _check_primary_quorum,
+    "pw": _check_primary_quorum,
     "partition": _check_non_negative,
     "limit": _in_range(1, MAX_FETCH_LIMIT),
     "count": _in_range(0, MAX_TOKENS),

@@ -214,6 +214,12 @@ bucket_option = click.option("--bucket", "-b", default="default", show_default=T
                              metavar="NAME", help="Bucket of the key.")
 w_option = click.option("--w", "w", type=click.IntRange(min=1), metavar="W",
                         help="Write quorum for this request (default: the bucket's W).")
+pr_option = click.option("--pr", "pr", type=click.IntRange(min=0), metavar="PR",
+                         help="Replies of the read that must come from the key's primaries, "
+                              "not fallbacks, else exit 4 (default: the bucket's PR).")
+pw_option = click.option("--pw", "pw", type=click.IntRange(min=0), metavar="PW",
+                         help="Acknowledgements that must come from the key's primaries, "
+                              "not fallbacks, else exit 4 (default: the bucket's PW).")
 
 
 # -- the root group ----------------------------------------------------------------------
@@ -279,15 +285,17 @@ def _object_document(obj: Object) -> dict[str, Any]:
 @bucket_option
 @click.option("--r", "r", type=click.IntRange(min=1), metavar="R",
               help="Read quorum for this request (default: the bucket's R).")
+@pr_option
 @click.option("--all", "show_all", is_flag=True,
               help="Print every sibling, each followed by a newline.")
-async def get(client: Client, key: bytes, bucket: str, r: int | None, show_all: bool) -> Outcome:
+async def get(client: Client, key: bytes, bucket: str, r: int | None, pr: int | None,
+              show_all: bool) -> Outcome:
     """Print the value of KEY ('-': read the key from stdin) as raw bytes.
 
     Exit 1 when the key is missing or deleted, 3 when it has several siblings (with --all
     they are printed, one per line, and the exit code is still 3).
     """
-    obj = await client.get(key, bucket=bucket, r=r)
+    obj = await client.get(key, bucket=bucket, r=r, pr=pr)
     error: DynError | None = None
     if not obj.values:
         error = NotFound(f"key {_shown(key)} not found in bucket {bucket!r}")
@@ -316,16 +324,18 @@ def _check_put(context: str | None, blind: bool, **_: Any) -> None:
 @click.option("--context", metavar="CTX", help="Supersede exactly what CTX saw.")
 @click.option("--blind", is_flag=True, help="Write with an empty context (adds a sibling).")
 @w_option
+@pr_option
+@pw_option
 async def put(client: Client, key: bytes, value: bytes, bucket: str, context: str | None,
-              blind: bool, w: int | None) -> Outcome:
+              blind: bool, w: int | None, pr: int | None, pw: int | None) -> Outcome:
     """Write VALUE ('-': raw bytes from stdin) under KEY; prints the new context.
 
-    Without --context the key is read first (with the bucket's R) and the write supersedes
-    every sibling that read saw.
+    Without --context the key is read first (with the bucket's R, and PR) and the write
+    supersedes every sibling that read saw.
     """
     if context is None and not blind:
-        context = (await client.get(key, bucket=bucket)).context or None
-    new_context = await client.put(key, value, bucket=bucket, context=context, w=w)
+        context = (await client.get(key, bucket=bucket, pr=pr)).context or None
+    new_context = await client.put(key, value, bucket=bucket, context=context, w=w, pw=pw)
     document = {"context": new_context}
     return Outcome(document, lambda out: out.fields(document))
 
@@ -336,13 +346,15 @@ async def put(client: Client, key: bytes, value: bytes, bucket: str, context: st
 @bucket_option
 @click.option("--context", metavar="CTX", help="Supersede what CTX saw (default: read first).")
 @w_option
+@pr_option
+@pw_option
 async def delete(client: Client, key: bytes, bucket: str, context: str | None,
-                 w: int | None) -> Outcome:
+                 w: int | None, pr: int | None, pw: int | None) -> Outcome:
     """Delete KEY: write a tombstone that supersedes what was read (or CTX saw).
 
     Deleting a missing key succeeds.
     """
-    new_context = await client.delete(key, bucket=bucket, context=context, w=w)
+    new_context = await client.delete(key, bucket=bucket, context=context, w=w, pr=pr, pw=pw)
     document = {"context": new_context}
     return Outcome(document, lambda out: out.fields(document))
 
@@ -363,8 +375,11 @@ def _check_resolve(pick_index: int | None, value: bytes | None, merge: str | Non
 @click.option("--value", type=VALUE, metavar="VALUE", help="Write VALUE ('-': stdin) instead.")
 @click.option("--merge", type=click.Choice(sorted(STRATEGIES)), help="Merge the siblings.")
 @w_option
+@pr_option
+@pw_option
 async def resolve(client: Client, key: bytes, bucket: str, pick_index: int | None,
-                  value: bytes | None, merge: str | None, w: int | None) -> Outcome:
+                  value: bytes | None, merge: str | None, w: int | None, pr: int | None,
+                  pw: int | None) -> Outcome:
     """Settle the siblings of KEY into one value that supersedes all of them.
 
     union-lines: sorted set union of the lines; json-union: recursive union of JSON objects
@@ -372,7 +387,7 @@ async def resolve(client: Client, key: bytes, bucket: str, pick_index: int | Non
     written_at wins. A key without a conflict is left as it is (exit 0). --pick with an
     INDEX beyond the siblings is exit 5.
     """
-    obj = await client.get(key, bucket=bucket)
+    obj = await client.get(key, bucket=bucket, pr=pr)
     siblings = len(obj.values)
     if siblings < 2:
         document = {"resolved": False, "siblings": siblings, "context": obj.context}
@@ -385,7 +400,8 @@ async def resolve(client: Client, key: bytes, bucket: str, pick_index: int | Non
     else:
         assert merge is not None
         resolved = STRATEGIES[merge](obj.values)
-    new_context = await client.put(key, resolved, bucket=bucket, context=obj.context, w=w)
+    new_context = await client.put(key, resolved, bucket=bucket, context=obj.context, w=w,
+                                   pw=pw)
     document = {"resolved": True, "siblings": siblings, "context": new_context}
     return Outcome(document, lambda out: out.line(
         f"resolved {siblings} siblings of {_shown(key)}; context={new_context}"))
@@ -408,25 +424,31 @@ async def replicas(client: Client, key: bytes, bucket: str) -> Outcome:
 @main.group(epilog=_examples(["dynctl bucket set sessions --n 3 --r 1 --w 1",
                               "dynctl bucket list"]))
 def bucket() -> None:
-    """Bucket properties: replication N, read quorum R, write quorum W."""
+    """Bucket properties: replication N, read quorum R, write quorum W, primary quorums
+    PR and PW."""
 
 
-_BUCKET_COLUMNS = ["name", "n", "r", "w"]
+_BUCKET_COLUMNS = ["name", "n", "r", "w", "pr", "pw"]
 
 
 @command(bucket, "set", "dynctl bucket set carts --n 3 --r 2 --w 2",
-         "dynctl bucket set logs --w 1")
+         "dynctl bucket set logs --w 1", "dynctl bucket set ledger --pr 2 --pw 2")
 @click.argument("name")
 # Plain ints: the node decides the ranges, so that every out-of-range value is exit 5.
 @click.option("--n", "n", type=int, help=f"Replicas per key, 1 to {MAX_N}.")
 @click.option("--r", "r", type=int, help="Replies a read waits for, 1 to N.")
 @click.option("--w", "w", type=int, help="Acknowledgements a write waits for, 1 to N.")
+@click.option("--pr", "pr", type=int,
+              help="Of the R replies, how many must come from primaries, 0 (default) to R.")
+@click.option("--pw", "pw", type=int,
+              help="Of the W acknowledgements, how many must come from primaries, 0 to W.")
 async def bucket_set(client: Client, name: str, n: int | None, r: int | None,
-                     w: int | None) -> Outcome:
-    """Create or update bucket NAME cluster-wide (1 <= R, W <= N, else exit 5; R + W <= N
-    is warned)."""
-    fields = {field: value for field, value in (("n", n), ("r", r), ("w", w))
-              if value is not None}
+                     w: int | None, pr: int | None, pw: int | None) -> Outcome:
+    """Create or update bucket NAME cluster-wide (1 <= R, W <= N and 0 <= PR <= R,
+    0 <= PW <= W, else exit 5; R + W <= N is warned). With PR + PW > N a read that
+    succeeds sees every write acknowledged before it, or fails with exit 4."""
+    fields = {field: value for field, value in (("n", n), ("r", r), ("w", w), ("pr", pr),
+                                                ("pw", pw)) if value is not None}
     result = await client.call("bucket_set", name=name, **fields)
     props = result.get("bucket", {})
     warning = result.get("warning")
@@ -447,7 +469,7 @@ async def bucket_get(client: Client, name: str) -> Outcome:
 
 @command(bucket, "list", "dynctl bucket list", "dynctl --json bucket list")
 async def bucket_list(client: Client) -> Outcome:
-    """List every bucket with its N, R, W."""
+    """List every bucket with its N, R, W, PR and PW."""
     result = await client.call("bucket_list")
     rows = _rows(result.get("buckets", []), _BUCKET_COLUMNS)
     return Outcome(result, lambda out: out.table("bucket", _BUCKET_COLUMNS, rows,

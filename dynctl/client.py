@@ -23,6 +23,15 @@ as the client certificate when given.
 
 Limits: keys and values larger than the default ``Limits`` (1 KiB, 1 MiB) are refused
 before they reach the network (``Rejected``); a reply may be up to ``MAX_REPLY_BYTES``.
+
+Read your own writes: a client remembers the context each of its puts and deletes
+answered, for the ``remembered_writes`` keys it wrote last (default
+``DEFAULT_REMEMBERED_WRITES``; 0 turns this off). A get whose answer does not descend
+the remembered context (the sloppy quorum's read set missed the replicas holding the
+write) asks again with R = N, every replica of the key's preference list, within the
+same deadline, and answers that. Best effort: where the write's replicas are not
+reachable from the node, or the read with R = N fails, the first answer stands. For a
+guarantee that holds across clients and processes, use primary quorums (PR + PW > N).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -39,8 +49,10 @@ from typing import Any
 
 import trio
 
+from common.context import InvalidContext, VersionVector, decode_context
 from common.errors import (
     Conflict,
+    DynError,
     NotFound,
     ProtocolError,
     Rejected,
@@ -57,8 +69,7 @@ from common.wire.trio_helpers import single_exception_unwrapped
 log = logging.getLogger("dynctl.client")
 
 DEFAULT_ADDR = "127.0.0.1:7070"
-
-
+DEFAULT_REMEMBERED_WRITES = 10_000  # keys whose last written context a client keeps
 @dataclass(frozen=True, slots=True)
 class Value:
     """One live sibling: its bytes and when its coordinator wrote it."""
@@ -101,26 +112,71 @@ def as_bytes(data: bytes | str, what: str, limit: int) -> bytes:
     return data
 
 
+class WrittenContexts:
+    """The context this client's last put or delete of a key answered, for the ``limit``
+    keys written most recently (least recently written forgotten first)."""
+
+    def __init__(self, limit: int) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ClientConfigError(f"remembered_writes must be an integer >= 0, not {limit!r}")
+        self.limit = limit
+        self._contexts: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._contexts)
+
+    def remember(self, bucket: str, key: bytes, context: str) -> None:
+        if not self.limit:
+            return
+        self._contexts[(bucket, key)] = context
+        self._contexts.move_to_end((bucket, key))
+        if len(self._contexts) > self.limit:
+            self._contexts.popitem(last=False)
+
+    def covered_by(self, bucket: str, key: bytes, context: str) -> bool:
+        """Whether a read answering ``context`` saw this client's last write of the key
+        (True when none is remembered)."""
+        written = self._contexts.get((bucket, key))
+        if written is None or written == context:
+            return True
+        try:
+            return descends(decode_context(context), decode_context(written))
+        except InvalidContext:  # not ours to judge: the node's context is opaque
+            return True
+
+
+def descends(read: VersionVector, written: VersionVector) -> bool:
+    """Whether version vector ``read`` covers every event of ``written``."""
+    return all(read.get(actor, 0) >= counter for actor, counter in written.items())
+
+
 class Client:
     """The key-value API over one Connection. Obtain one with ``Client.connect``."""
 
-    def __init__(self, connection: Connection, timeout: float) -> None:
+    def __init__(self, connection: Connection, timeout: float, *,
+                 remembered_writes: int = DEFAULT_REMEMBERED_WRITES) -> None:
         self.addr = connection.addr
         self.timeout = timeout
         self._connection = connection
+        self.written = WrittenContexts(remembered_writes)
 
     @classmethod
     @asynccontextmanager
     async def connect(cls, addr: str = DEFAULT_ADDR, *, timeout: float = LIMITS.request_timeout,
                       tls_ca: str | None = None, tls_cert: str | None = None,
-                      tls_key: str | None = None) -> AsyncIterator[Client]:
+                      tls_key: str | None = None,
+                      remembered_writes: int = DEFAULT_REMEMBERED_WRITES
+                      ) -> AsyncIterator[Client]:
         """Connect (within ``timeout`` seconds) and yield a client; closes it on exit.
 
         ``timeout`` is also the deadline of every request made through the client.
+        ``remembered_writes``: keys whose last written context the client keeps to read
+        its own writes (module docstring); 0 turns that off.
         """
         if not timeout > 0:
             raise ClientConfigError(f"timeout must be positive, not {timeout}")
         parse_addr(addr)
+        WrittenContexts(remembered_writes)  # a bad limit fails before connecting
         tls = _tls_context(tls_ca, tls_cert, tls_key)
         with single_exception_unwrapped():
             async with trio.open_nursery() as nursery:
@@ -131,42 +187,74 @@ class Client:
                     raise Unavailable(f"cannot reach {addr}: timed out after {timeout:g}s"
                                       ) from None
                 try:
-                    yield cls(connection, timeout)
+                    yield cls(connection, timeout, remembered_writes=remembered_writes)
                 finally:
                     connection.close()
 
     # -- the key-value API ---------------------------------------------------------------
 
     async def get(self, key: bytes | str, *, bucket: str = "default",
-                  r: int | None = None) -> Object:
-        """Read a key; a missing key is ``Object(found=False)``, not an exception."""
-        fields = _present(bucket=bucket, key=as_bytes(key, "key", LIMITS.max_key_bytes), r=r)
-        return _parse_object(await self.call("get", **fields))
+                  r: int | None = None, pr: int | None = None) -> Object:
+        """Read a key; a missing key is ``Object(found=False)``, not an exception.
+
+        ``pr``: how many of the replies must come from the key's primaries (default the
+        bucket's PR); Unavailable when fewer can. An answer that misses this client's own
+        last write of the key is read again from every replica (module docstring).
+        """
+        deadline = trio.current_time() + self.timeout
+        key = as_bytes(key, "key", LIMITS.max_key_bytes)
+        fields = _present(bucket=bucket, key=key, r=r, pr=pr)
+        first = _parse_object(await self._call_before(deadline, "get", fields))
+        if self.written.covered_by(bucket, key, first.context):
+            return first
+        return await self._read_own_write(deadline, fields, first)
+
+    async def _read_own_write(self, deadline: float, fields: dict[str, Any],
+                              first: Object) -> Object:
+        """Ask again with R = N (every replica of the key's preference list, not just the
+        first R to answer); the first answer when that fails or runs out of time."""
+        try:
+            props = await self._call_before(deadline, "bucket_get", {"name": fields["bucket"]})
+            n = props["bucket"]["n"]
+            return _parse_object(await self._call_before(deadline, "get", {**fields, "r": n}))
+        except (DynError, KeyError, TypeError) as exc:
+            log.debug("event=read_own_write_failed addr=%s reason=%s", self.addr, exc)
+            return first
 
     async def put(self, key: bytes | str, value: bytes | str, *, bucket: str = "default",
-                  context: str | None = None, w: int | None = None) -> str:
+                  context: str | None = None, w: int | None = None,
+                  pw: int | None = None) -> str:
         """Write a value and return the new context.
 
         ``context`` is what a get returned: the write supersedes exactly the siblings that
         context covers. ``None`` is a blind write, a new sibling beside any existing ones.
+        ``pw``: how many acknowledgements must come from the key's primaries (default the
+        bucket's PW); Unavailable when fewer can.
         """
-        fields = _present(bucket=bucket, key=as_bytes(key, "key", LIMITS.max_key_bytes),
+        key = as_bytes(key, "key", LIMITS.max_key_bytes)
+        fields = _present(bucket=bucket, key=key,
                           value=as_bytes(value, "value", LIMITS.max_value_bytes),
-                          context=context, w=w)
-        return _context_of(await self.call("put", **fields))
+                          context=context, w=w, pw=pw)
+        written = _context_of(await self.call("put", **fields))
+        self.written.remember(bucket, key, written)
+        return written
 
     async def delete(self, key: bytes | str, *, bucket: str = "default",
-                     context: str | None = None, w: int | None = None) -> str:
+                     context: str | None = None, w: int | None = None,
+                     pr: int | None = None, pw: int | None = None) -> str:
         """Write a tombstone and return the new context.
 
-        With ``context=None`` the key is read first and the tombstone supersedes what was
-        read (a blind tombstone would leave every value visible beside it).
+        With ``context=None`` the key is read first (with ``pr``) and the tombstone
+        supersedes what was read (a blind tombstone would leave every value visible beside
+        it).
         """
         key = as_bytes(key, "key", LIMITS.max_key_bytes)
         if context is None:
-            context = (await self.get(key, bucket=bucket)).context or None
-        fields = _present(bucket=bucket, key=key, context=context, w=w)
-        return _context_of(await self.call("delete", **fields))
+            context = (await self.get(key, bucket=bucket, pr=pr)).context or None
+        fields = _present(bucket=bucket, key=key, context=context, w=w, pw=pw)
+        written = _context_of(await self.call("delete", **fields))
+        self.written.remember(bucket, key, written)
+        return written
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send one request and return the node's result fields (without ``id`` and ``ok``).
@@ -174,7 +262,11 @@ class Client:
         Raises the DynError class of an error reply, or Unavailable when no reply arrives
         within the client's timeout.
         """
-        with trio.move_on_after(self.timeout):
+        return await self._call_before(trio.current_time() + self.timeout, op, fields)
+
+    async def _call_before(self, deadline: float, op: str, fields: dict[str, Any]
+                           ) -> dict[str, Any]:
+        with trio.move_on_at(deadline):
             return await self._connection.call(op, fields)
         raise Unavailable(f"{op} on {self.addr} timed out after {self.timeout:g}s")
 
@@ -193,7 +285,8 @@ class SyncClient:
     @contextmanager
     def connect(cls, addr: str = DEFAULT_ADDR, *, timeout: float = LIMITS.request_timeout,
                 tls_ca: str | None = None, tls_cert: str | None = None,
-                tls_key: str | None = None) -> Iterator[SyncClient]:
+                tls_key: str | None = None,
+                remembered_writes: int = DEFAULT_REMEMBERED_WRITES) -> Iterator[SyncClient]:
         """Connect as ``Client.connect`` does; the thread and connection end with the block."""
         started = threading.Event()
         state: dict[str, Any] = {}
@@ -201,7 +294,8 @@ class SyncClient:
         async def serve() -> None:
             try:
                 async with Client.connect(addr, timeout=timeout, tls_ca=tls_ca,
-                                          tls_cert=tls_cert, tls_key=tls_key) as client:
+                                          tls_cert=tls_cert, tls_key=tls_key,
+                                          remembered_writes=remembered_writes) as client:
                     state["stop"] = trio.Event()
                     state["client"] = cls(client, trio.lowlevel.current_trio_token())
                     started.set()
@@ -227,16 +321,19 @@ class SyncClient:
         if "error" in state:
             raise state["error"]
 
-    def get(self, key: bytes | str, *, bucket: str = "default", r: int | None = None) -> Object:
-        return self._run(self._client.get, key, bucket=bucket, r=r)
+    def get(self, key: bytes | str, *, bucket: str = "default", r: int | None = None,
+            pr: int | None = None) -> Object:
+        return self._run(self._client.get, key, bucket=bucket, r=r, pr=pr)
 
     def put(self, key: bytes | str, value: bytes | str, *, bucket: str = "default",
-            context: str | None = None, w: int | None = None) -> str:
-        return self._run(self._client.put, key, value, bucket=bucket, context=context, w=w)
+            context: str | None = None, w: int | None = None, pw: int | None = None) -> str:
+        return self._run(self._client.put, key, value, bucket=bucket, context=context, w=w,
+                         pw=pw)
 
     def delete(self, key: bytes | str, *, bucket: str = "default", context: str | None = None,
-               w: int | None = None) -> str:
-        return self._run(self._client.delete, key, bucket=bucket, context=context, w=w)
+               w: int | None = None, pr: int | None = None, pw: int | None = None) -> str:
+        return self._run(self._client.delete, key, bucket=bucket, context=context, w=w,
+                         pr=pr, pw=pw)
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         return self._run(self._client.call, op, **fields)

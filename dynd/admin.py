@@ -8,6 +8,7 @@ other members at once instead of waiting for the next gossip round.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -24,7 +25,8 @@ log = logging.getLogger("dynd.admin")
 
 
 def _bucket_wire(props: membership.BucketProps) -> dict[str, Any]:
-    return {"name": props.name, "n": props.n, "r": props.r, "w": props.w}
+    return {"name": props.name, "n": props.n, "r": props.r, "w": props.w,
+            "pr": props.pr, "pw": props.pw}
 
 
 class Admin:
@@ -57,7 +59,10 @@ class Admin:
         n = fields.get("n", current.n)
         r = fields.get("r", min(current.r, n))
         w = fields.get("w", min(current.w, n))
-        await self._change(self._apply(membership.set_bucket, name, n, r, w, self.node.id))
+        pr = fields.get("pr", min(current.pr, r))
+        pw = fields.get("pw", min(current.pw, w))
+        await self._change(self._apply(partial(membership.set_bucket, pr=pr, pw=pw),
+                                       name, n, r, w, self.node.id))
         result: dict[str, Any] = {"bucket": _bucket_wire(membership.bucket(self.node.state, name))}
         if r + w <= n:
             result["warning"] = (f"r + w <= n ({r} + {w} <= {n}): a read may miss the latest "

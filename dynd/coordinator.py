@@ -55,6 +55,12 @@ def result_fields(clock: DVVSet | None) -> dict[str, Any]:
     }
 
 
+def _primaries(targets: list[Target]) -> int:
+    """How many of a placement's replicas are the key's primaries: only they count toward
+    PR and PW."""
+    return sum(1 for target in targets if target.role == "primary")
+
+
 class _FanOut:
     """Requests of one get or put, in flight without tasks: local writes (tickets) and
     replica requests (Node.submit). ``then`` runs once, when the last has come back or
@@ -173,16 +179,19 @@ class Coordinator:
                 del self._open[fan]
                 fan.expire()
 
-    def start_get(self, bucket: str, key: bytes, r: int | None, reply: Reply) -> bool:
-        """Begin a get: ``reply`` comes once R replies (or the failures that make R
-        impossible) are in, from whichever callback completes them. Raises what makes the
-        request impossible to start (a bad r). True: it always takes the request."""
+    def start_get(self, bucket: str, key: bytes, r: int | None, reply: Reply, *,
+                  pr: int | None = None) -> bool:
+        """Begin a get: ``reply`` comes once R replies, PR of them from primaries (or the
+        failures that make that impossible) are in, from whichever callback completes
+        them. Raises what makes the request impossible to start (a bad r). True: it
+        always takes the request."""
+        pr, _ = self.node.primary_quorums(bucket, r=r, pr=pr)
         n, r, _ = self.node.quorum_sizes(bucket, r=r)
         place = self.node.placement(bucket, key, n)
         if not place.targets:
             raise Unavailable("no replica of this key is reachable")
         # R counts distinct replicas: never lowered to the few this node finds reachable.
-        core = GetCore(r=r, n=len(place.targets))
+        core = GetCore(r=r, n=len(place.targets), pr=pr, primaries=_primaries(place.targets))
         answer = _FirstReply(reply)
 
         def decide() -> None:
@@ -213,7 +222,7 @@ class Coordinator:
                 wire = result.get("clock")
                 clock = local if wire == local_raw else self.node.clock_from_peer(wire)
             except DynError as exc:
-                core.add_failure(target.node, exc.message)
+                core.add_failure(target.node, exc.message, fallback=target.role == "fallback")
             else:
                 core.add_reply(target.node, clock, fallback=target.role == "fallback")
             if core.settled():
@@ -257,7 +266,8 @@ class Coordinator:
 
     def start_put(
         self, bucket: str, key: bytes, value: bytes | None,
-        client_context: Callable[[], dict[str, int]], w: int | None, reply: Reply,
+        client_context: Callable[[], dict[str, int]], w: int | None, reply: Reply, *,
+        pw: int | None = None,
     ) -> bool:
         """Coordinate a put (value) or delete (value None) here if this node is a primary
         of the key: ``reply`` comes once W replicas hold it. False, with nothing done (not
@@ -266,7 +276,9 @@ class Coordinator:
         place, me, w_needed = self._write_placement(bucket, key, w)
         if me is None or me.role != "primary":
             return False
-        self._write_here(place, me, bucket, key, value, client_context(), w_needed, reply)
+        _, pw = self.node.primary_quorums(bucket, w=w, pw=pw)
+        self._write_here(place, me, bucket, key, value, client_context(), w_needed, reply,
+                         pw=pw)
         return True
 
     def _write_placement(self, bucket: str, key: bytes, w: int | None
@@ -280,12 +292,14 @@ class Coordinator:
 
     async def put(
         self, bucket: str, key: bytes, value: bytes | None, client_context: dict[str, int],
-        w: int | None, forward: Callable[[str], Awaitable[dict[str, Any]]] | None,
+        w: int | None, forward: Callable[[str], Awaitable[dict[str, Any]]] | None, *,
+        pw: int | None = None,
     ) -> dict[str, Any]:
         """Coordinate a put or delete wherever it arrived: forwarded to a primary when
         this node is none (unless ``forward`` is None: the request was forwarded already,
         no loops), else as ``start_put``."""
         place, me, w_needed = self._write_placement(bucket, key, w)
+        _, pw = self.node.primary_quorums(bucket, w=w, pw=pw)
         if (me is None or me.role != "primary") and forward is not None:
             # Only a primary's copy holds every dot its actor minted for the key; a dot
             # minted on a fallback's hint copy can repeat one already handed back and be
@@ -305,16 +319,23 @@ class Coordinator:
                 raise Unavailable(f"no node of the key's preference list took the write "
                                   f"({', '.join(t.node for t in place.targets) or 'none up'})")
         result = await answered(partial(self._write_here, place, me, bucket, key, value,
-                                        client_context, w_needed))
+                                        client_context, w_needed, pw=pw))
         assert result is not None
         return result
 
     def _write_here(
         self, place: Placement, me: Target | None, bucket: str, key: bytes,
-        value: bytes | None, client_context: dict[str, int], w: int, reply: Reply,
+        value: bytes | None, client_context: dict[str, int], w: int, reply: Reply, *,
+        pw: int = 0,
     ) -> bool:
         """Mint the write's dot on this node's copy (a hint when this node is no primary
-        of the key), store it, replicate it; ``reply`` once W acknowledged."""
+        of the key), store it, replicate it; ``reply`` once W acknowledged, PW of them
+        primaries. With fewer than PW primaries reachable it writes nothing."""
+        primaries = _primaries(place.targets)
+        if primaries < pw:
+            reply(None, Unavailable(f"primary write quorum not met: {primaries} of the key's "
+                                    f"primaries reachable, pw={pw}"))
+            return True
         if me is None:  # no preference-list node took the forward: keep it as a hint
             hint_for = place.targets[0].primary if place.targets else None
         else:
@@ -328,7 +349,7 @@ class Coordinator:
             self.node.stats.count("hint_stored")
         # W counts distinct nodes holding the write: never lowered to the few reachable
         # ones, or one node could acknowledge alone and then lose its disk (tests/sim seed 8).
-        core = PutCore(w=w, n=max(len(place.targets), 1))
+        core = PutCore(w=w, n=max(len(place.targets), 1), pw=pw, primaries=primaries)
         tried = {t.node for t in place.targets} | {self.node.id}
         answer = _FirstReply(reply)
 
@@ -345,11 +366,13 @@ class Coordinator:
                 decide()
 
         def landed(error: StorageError | None) -> None:
-            # A failed local write is one missing ack, not a crash.
+            # A failed local write is one missing ack, not a crash. A hint held here is no
+            # primary's copy.
             if error is None:
-                core.add_ack(self.node.id)
+                core.add_ack(self.node.id, fallback=hint_for is not None)
             else:
-                core.add_failure(self.node.id, f"local write failed: {error}")
+                core.add_failure(self.node.id, f"local write failed: {error}",
+                                 fallback=hint_for is not None)
             check()
 
         def replicate(target: Target, counted: bool) -> None:
@@ -361,10 +384,11 @@ class Coordinator:
                   error: DynError | None) -> None:
             if not counted:
                 return
+            fallback = target.role == "fallback"
             if error is None:
-                core.add_ack(target.node)
+                core.add_ack(target.node, fallback=fallback)
             else:
-                core.add_failure(target.node, error.message)
+                core.add_failure(target.node, error.message, fallback=fallback)
                 replacement = self.node.replacement(place, target, tried)
                 if replacement is not None:
                     tried.add(replacement.node)

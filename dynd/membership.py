@@ -131,6 +131,8 @@ class BucketProps:
     w: int = 2
     version: int = 0
     writer: str = ""
+    pr: int = 0  # primary quorums (Riak's): replies / acks that must come from primaries
+    pw: int = 0
 
 
 @dataclass(frozen=True)
@@ -239,10 +241,12 @@ def _check_bucket_name(name: Any) -> str:
     return name
 
 
-def _check_nrw(n: Any, r: Any, w: Any) -> None:
+def _check_nrw(n: Any, r: Any, w: Any, pr: Any = 0, pw: Any = 0) -> None:
     _check_int(n, "n", 1, MAX_N)
     _check_int(r, "r", 1, n)
     _check_int(w, "w", 1, n)
+    _check_int(pr, "pr", 0, r)
+    _check_int(pw, "pw", 0, w)
 
 
 def _check_change(change: Any, ring_size: int) -> Change:
@@ -580,16 +584,17 @@ def complete_transfer(state: ClusterState, partition: int,
 
 
 def set_bucket(state: ClusterState, name: str, n: int, r: int, w: int,
-               by: str) -> ClusterState:
-    """Create or update a bucket's properties (1 <= r, w <= n <= MAX_N), made on ``by``."""
+               by: str, *, pr: int = 0, pw: int = 0) -> ClusterState:
+    """Create or update a bucket's properties (1 <= r, w <= n <= MAX_N, 0 <= pr <= r,
+    0 <= pw <= w), made on ``by``."""
     _check_bucket_name(name)
-    _check_nrw(n, r, w)
+    _check_nrw(n, r, w, pr, pw)
     _check_name(by, "writer")
     known = state.buckets.get(name)
     if known is None and len(state.buckets) >= MAX_BUCKETS:
         raise MembershipError(f"too many buckets (limit {MAX_BUCKETS})")
     version = known.version + 1 if known is not None else 1
-    props = BucketProps(name, n, r, w, version, by)
+    props = BucketProps(name, n, r, w, version, by, pr, pw)
     return replace(state, buckets=FrozenMap({**state.buckets, name: props}))
 
 
@@ -631,7 +636,7 @@ def _staged_key(state: ClusterState) -> tuple:
 
 
 def _bucket_key(props: BucketProps) -> tuple:
-    return (props.version, props.writer, props.n, props.r, props.w)
+    return (props.version, props.writer, props.n, props.r, props.w, props.pr, props.pw)
 
 
 def _merge_member(a: Member, b: Member) -> Member:
@@ -693,6 +698,9 @@ def reconcile(a: ClusterState, b: ClusterState) -> ClusterState:
 _MEMBER_KEYS = ("id", "addr", "zone", "status", "tokens", "incarnation", "status_version",
                 "addr_version")
 _BUCKET_KEYS = ("name", "n", "r", "w", "version", "writer")
+# Written only when set (non-zero): a state without them is the same bytes, the same
+# digest, and readable by a node that predates them.
+_BUCKET_OPTIONAL_KEYS = ("pr", "pw")
 _STATE_KEYS = ("format", "cluster_id", "ring_size", "epoch", "members", "owners",
                "next_owners", "transfers", "done", "staged", "staged_version", "staged_by",
                "buckets")
@@ -716,15 +724,23 @@ def to_wire(state: ClusterState) -> dict[str, Any]:
         "staged": [[c.kind, c.node, c.arg] for c in state.staged],
         "staged_version": state.staged_version,
         "staged_by": state.staged_by,
-        "buckets": [{key: getattr(b, key) for key in _BUCKET_KEYS}
-                    for b in state.buckets.values()],
+        "buckets": [_bucket_to_wire(b) for b in state.buckets.values()],
     }
 
 
-def _check_map(obj: Any, keys: tuple[str, ...], what: str) -> dict:
-    if not isinstance(obj, dict) or set(obj) != set(keys):
+def _bucket_to_wire(props: BucketProps) -> dict[str, Any]:
+    wire = {key: getattr(props, key) for key in _BUCKET_KEYS}
+    wire.update((key, getattr(props, key)) for key in _BUCKET_OPTIONAL_KEYS
+                if getattr(props, key))
+    return wire
+
+
+def _check_map(obj: Any, keys: tuple[str, ...], what: str,
+               optional: tuple[str, ...] = ()) -> dict:
+    if not isinstance(obj, dict) or not set(keys) <= set(obj) <= set(keys + optional):
         found = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise MembershipError(f"{what} must be a map with keys {sorted(keys)}, "
+        also = f" (optionally {sorted(optional)})" if optional else ""
+        raise MembershipError(f"{what} must be a map with keys {sorted(keys)}{also}, "
                               f"got {found!s:.200}")
     return obj
 
@@ -796,9 +812,9 @@ def _staged_from_wire(obj: Any, members: Mapping[str, Member],
 def _buckets_from_wire(obj: Any) -> dict[str, BucketProps]:
     buckets: dict[str, BucketProps] = {}
     for item in _check_list(obj, "buckets", MAX_BUCKETS):
-        props = BucketProps(**_check_map(item, _BUCKET_KEYS, "bucket"))
+        props = BucketProps(**_check_map(item, _BUCKET_KEYS, "bucket", _BUCKET_OPTIONAL_KEYS))
         _check_bucket_name(props.name)
-        _check_nrw(props.n, props.r, props.w)
+        _check_nrw(props.n, props.r, props.w, props.pr, props.pw)
         _check_int(props.version, "bucket version")
         _check_name(props.writer, "bucket writer", empty_ok=True)
         if props.name in buckets:

@@ -202,6 +202,23 @@ class Node:
             raise Rejected(f"r={r} w={w} exceed the bucket's n={props.n}")
         return n, min(r, n), min(w, n)
 
+    def primary_quorums(
+        self, bucket: str, *, r: int | None = None, w: int | None = None,
+        pr: int | None = None, pw: int | None = None,
+    ) -> tuple[int, int]:
+        """PR, PW for a request: bucket props or per-request overrides, at most the
+        request's R (W) (else Rejected), capped by members as R and W are."""
+        props = self.routing().bucket(bucket)
+        asked_r = r if r is not None else props.r
+        asked_w = w if w is not None else props.w
+        pr = pr if pr is not None else props.pr
+        pw = pw if pw is not None else props.pw
+        if pr > asked_r or pw > asked_w:
+            raise Rejected(f"pr={pr} pw={pw} exceed r={asked_r} w={asked_w}: at most R "
+                           f"replies (W acknowledgements) are counted")
+        _, r_capped, w_capped = self.quorum_sizes(bucket, r=r, w=w)
+        return min(pr, r_capped), min(pw, w_capped)
+
     # ---- liveness -------------------------------------------------------------
 
     def is_up(self, node: str) -> bool:
@@ -507,7 +524,7 @@ class Node:
             reply(result, error)
 
         return self.coordinator.start_get(fields["bucket"], fields["key"], fields.get("r"),
-                                          counted)
+                                          counted, pr=fields.get("pr"))
 
     def put_here(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
         """A put or delete this node is a primary for, coordinated without a task; False
@@ -515,7 +532,7 @@ class Node:
         value = fields["value"] if op == "put" else None
         return self.coordinator.start_put(fields["bucket"], fields["key"], value,
                                           partial(self._client_context, fields),
-                                          fields.get("w"), reply)
+                                          fields.get("w"), reply, pw=fields.get("pw"))
 
     async def op_put(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return await self._write(fields, fields["value"], forwarded=False)
@@ -535,7 +552,7 @@ class Node:
 
         return await self.coordinator.put(
             fields["bucket"], fields["key"], value, client_context, fields.get("w"),
-            None if forwarded else forward,
+            None if forwarded else forward, pw=fields.get("pw"),
         )
 
     def _client_context(self, fields: dict[str, Any]) -> dict[str, int]:

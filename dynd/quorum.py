@@ -3,6 +3,12 @@
 Pure (riak_kv's get_core / put_core): the coordinator feeds replies in and
 asks whether R or W is met, whether it can still be met, and after a get
 which replicas are stale and need read repair.
+
+PR and PW are Riak's primary quorums: of the R replies (W acknowledgements), at
+least PR (PW) must come from the key's primaries, not from fallbacks. A write
+acknowledged by PW primaries and a read answered by PR primaries share a primary
+whenever PR + PW > N, so the read sees the write even where the sloppy quorum's
+fallbacks took part; short of them the operation fails instead of answering.
 """
 
 from __future__ import annotations
@@ -19,14 +25,20 @@ class GetCore:
 
     r: int
     n: int
+    pr: int = 0
+    primaries: int | None = None  # how many of the n replicas asked are primaries (None: all)
     replies: dict[str, DVVSet | None] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     fallbacks: set[str] = field(default_factory=set)
+    failed_fallbacks: set[str] = field(default_factory=set)
 
     def add_reply(self, node: str, clock: DVVSet | None, *, fallback: bool = False) -> None:
         self.replies[node] = clock
         if fallback:
             self.fallbacks.add(node)
+
+    def primary_replies(self) -> int:
+        return sum(1 for node in self.replies if node not in self.fallbacks)
 
     def settled(self) -> bool:
         """Time to answer: R replies, and if none of them holds the key, either R of
@@ -42,18 +54,23 @@ class GetCore:
             return False
         if any(clock is not None for clock in self.replies.values()):
             return True
-        primary_misses = sum(1 for node in self.replies if node not in self.fallbacks)
+        primary_misses = self.primary_replies()
         return primary_misses >= self.r or len(self.replies) + len(self.failures) >= self.n
 
-    def add_failure(self, node: str, reason: str) -> None:
+    def add_failure(self, node: str, reason: str, *, fallback: bool = False) -> None:
         self.failures[node] = reason
+        if fallback:
+            self.failed_fallbacks.add(node)
 
     def enough(self) -> bool:
-        return len(self.replies) >= self.r
+        return len(self.replies) >= self.r and self.primary_replies() >= self.pr
 
     def hopeless(self) -> bool:
-        """R can no longer be met: too many replicas failed."""
-        return self.n - len(self.failures) < self.r
+        """R or PR can no longer be met: too many replicas (primaries) failed, or too few
+        primaries were reachable to ask."""
+        primaries = self.n if self.primaries is None else self.primaries
+        primary_failures = len(self.failures) - len(self.failed_fallbacks)
+        return self.n - len(self.failures) < self.r or primaries - primary_failures < self.pr
 
     def merged(self) -> DVVSet | None:
         """The sync of every reply, or None when no replica held the key."""
@@ -66,7 +83,9 @@ class GetCore:
     def describe(self) -> str:
         """What is known when R was not met, for the error message."""
         reasons = "".join(f"; {node}: {why}" for node, why in sorted(self.failures.items()))
-        return f"{len(self.replies)} of {self.r} replies{reasons}"
+        primaries = (f", {self.primary_replies()} of {self.pr} required from primaries"
+                     if self.pr else "")
+        return f"{len(self.replies)} of {self.r} replies{primaries}{reasons}"
 
     def stale(self, merged: DVVSet) -> list[str]:
         """Replicas whose copy does not descend the merged answer: read repair targets."""
@@ -79,24 +98,38 @@ class GetCore:
 
 @dataclass
 class PutCore:
-    """Counts replica acknowledgements against W."""
+    """Counts replica acknowledgements against W, and those of primaries against PW."""
 
     w: int
     n: int
+    pw: int = 0
+    primaries: int | None = None  # how many of the n replicas written are primaries (None: all)
     acks: set[str] = field(default_factory=set)
     failures: dict[str, str] = field(default_factory=dict)
+    fallbacks: set[str] = field(default_factory=set)  # replicas holding the write as a hint
 
-    def add_ack(self, node: str) -> None:
+    def add_ack(self, node: str, *, fallback: bool = False) -> None:
         self.acks.add(node)
+        if fallback:
+            self.fallbacks.add(node)
 
-    def add_failure(self, node: str, reason: str) -> None:
+    def add_failure(self, node: str, reason: str, *, fallback: bool = False) -> None:
         self.failures[node] = reason
+        if fallback:
+            self.fallbacks.add(node)
+
+    def primary_acks(self) -> int:
+        return len(self.acks - self.fallbacks)
 
     def enough(self) -> bool:
-        return len(self.acks) >= self.w
+        return len(self.acks) >= self.w and self.primary_acks() >= self.pw
 
     def hopeless(self) -> bool:
-        return self.n - len(self.failures) < self.w
+        """W or PW can no longer be met: too many replicas (primaries) failed, or too few
+        primaries were reachable to write to."""
+        primaries = self.n if self.primaries is None else self.primaries
+        primary_failures = len(set(self.failures) - self.fallbacks)
+        return self.n - len(self.failures) < self.w or primaries - primary_failures < self.pw
 
     def describe(self) -> str:
         """What is known when W was not met, for the error message. The count is of the
@@ -104,5 +137,7 @@ class PutCore:
         is indeterminate (exit 4), not undone."""
         reasons = "; ".join(f"{node}: {why}" for node, why in sorted(self.failures.items()))
         text = f"{len(self.acks)} of {self.w} required acknowledgements"
+        if self.pw:
+            text = f"{text}, {self.primary_acks()} of {self.pw} required from primaries"
         text = f"{text} ({reasons})" if reasons else text
         return f"{text}; the value may still reach other replicas"

@@ -92,7 +92,7 @@ def test_bad_context_is_rejected(node) -> None:
 def test_bucket_properties(node) -> None:
     assert run(node, "bucket", "set", "carts", "--n", "3", "--r", "1", "--w", "1").returncode == 0
     code, doc = dynctl_json("--node", node.addr, "bucket", "get", "carts")
-    assert doc["bucket"] == {"name": "carts", "n": 3, "r": 1, "w": 1}
+    assert doc["bucket"] == {"name": "carts", "n": 3, "r": 1, "w": 1, "pr": 0, "pw": 0}
     code, doc = dynctl_json("--node", node.addr, "bucket", "list")
     assert {b["name"] for b in doc["buckets"]} >= {"default", "carts"}
     assert run(node, "bucket", "set", "carts", "--n", "2", "--r", "3").returncode == 5
@@ -101,11 +101,25 @@ def test_bucket_properties(node) -> None:
     assert run(node, "get", "x").returncode == 1  # other bucket
 
 
+def test_primary_quorums(node) -> None:
+    """A single node is the only primary of every key: PR=PW=1 reads and writes it."""
+    assert run(node, "bucket", "set", "ledger", "--r", "1", "--w", "1", "--pr", "1",
+               "--pw", "1").returncode == 0
+    code, doc = dynctl_json("--node", node.addr, "bucket", "list")
+    assert {"name": "ledger", "n": 3, "r": 1, "w": 1, "pr": 1, "pw": 1} in doc["buckets"]
+    assert run(node, "put", "-b", "ledger", "--pw", "1", "k", "v").returncode == 0
+    assert run(node, "get", "-b", "ledger", "--pr", "1", "k").stdout == b"v"
+    assert run(node, "delete", "-b", "ledger", "--pr", "0", "--pw", "0", "k").returncode == 0
+    assert run(node, "get", "-b", "ledger", "--pr", "2", "k").returncode == 5  # pr > r
+
+
 @pytest.mark.parametrize("options", [["--r", "0"], ["--w", "-1"], ["--n", "0"],
                                      ["--n", str(MAX_N + 1)], ["--n", "100"],
-                                     ["--r", "3", "--n", "2"]])
+                                     ["--r", "3", "--n", "2"], ["--pr", "3"],
+                                     ["--pw", "-1"], ["--r", "1", "--pr", "2"]])
 def test_bucket_set_out_of_range_is_rejected_by_the_node(node, options) -> None:
-    """dynctl(1): R and W between 1 and N, N at most MAX_N, else exit 5, whichever value."""
+    """dynctl(1): R and W between 1 and N, N at most MAX_N, PR and PW between 0 and R
+    (W), else exit 5, whichever value."""
     code, doc = dynctl_json("--node", node.addr, "bucket", "set", "bx", *options)
     assert (code, doc["error"]["code"]) == (5, "rejected"), doc
     assert run(node, "bucket", "set", "bx", "--n", str(MAX_N)).returncode == 0

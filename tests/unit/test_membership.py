@@ -378,6 +378,28 @@ def test_set_bucket_refuses(name, n, r, w):
         ms.set_bucket(cluster(1), name, n, r, w, "n0")
 
 
+def test_buckets_carry_primary_quorums_checked_against_r_and_w():
+    state = ms.set_bucket(cluster(1), "strict", 3, 2, 2, "n0", pr=2, pw=1)
+    assert (ms.bucket(state, "strict").pr, ms.bucket(state, "strict").pw) == (2, 1)
+    assert ms.bucket(state, "other").pr == 0
+    for pr, pw in ((3, 0), (0, 3), (-1, 0), (0, -1), (True, 0), (0, "1")):
+        with pytest.raises(MembershipError, match="pr|pw"):
+            ms.set_bucket(cluster(1), "strict", 3, 2, 2, "n0", pr=pr, pw=pw)
+
+
+def test_a_state_without_primary_quorums_reads_back_unchanged():
+    """States written before pr/pw existed (persisted, or gossiped by an older node) have
+    no such keys; a state that sets none writes none, so its digest is the old one."""
+    plain = busy_state()
+    wire = ms.to_wire(plain)
+    assert all(set(b) == {"name", "n", "r", "w", "version", "writer"} for b in wire["buckets"])
+    strict = ms.set_bucket(plain, "photos", 2, 1, 2, "n1", pr=1, pw=2)
+    strict_wire = ms.to_wire(strict)
+    assert {"pr": 1, "pw": 2}.items() <= strict_wire["buckets"][1].items()
+    assert ms.from_wire(copy.deepcopy(strict_wire)) == strict
+    assert ms.digest(strict) != ms.digest(plain)
+
+
 def test_update_member_keeps_status_and_never_lowers_incarnation():
     state = cluster(2)
     moved = ms.update_member(state, replace(member("n1", port=9000, incarnation=3),
@@ -587,6 +609,10 @@ HOSTILE = {
     "no default bucket": lambda w: w["buckets"].pop(0),
     "bucket r over n": _set(["buckets", 0, "r"], 4),
     "bucket n": _set(["buckets", 0, "n"], 17),
+    "bucket pr over r": _set(["buckets", 0, "pr"], 3),
+    "bucket pw over w": _set(["buckets", 1, "pw"], 3),
+    "bucket pr negative": _set(["buckets", 0, "pr"], -1),
+    "bucket unknown key": _set(["buckets", 0, "px"], 1),
     "bucket name": _set(["buckets", 1, "name"], "x" * 65),
     "duplicate bucket": lambda w: w["buckets"].append(dict(w["buckets"][0])),
     "not a map": lambda w: w.clear(),

@@ -102,3 +102,52 @@ def test_get_describes_why_r_was_not_met() -> None:
     core.add_failure("n3", "timed out")
     core.add_failure("n2", "refused")
     assert core.describe() == "1 of 2 replies; n2: refused; n3: timed out"
+
+
+def test_get_with_pr_waits_for_primaries_beyond_r() -> None:
+    core = GetCore(r=2, n=3, pr=2, primaries=2)
+    core.add_reply("f1", clock_with(b"x"), fallback=True)
+    core.add_reply("p1", None)
+    assert not core.enough() and not core.settled()  # R met, but only one primary
+    core.add_reply("p2", None)
+    assert core.enough() and core.settled()
+    assert core.describe() == "3 of 2 replies, 2 of 2 required from primaries"
+
+
+def test_get_with_pr_fails_rather_than_answer_from_fallbacks() -> None:
+    core = GetCore(r=2, n=3, pr=2, primaries=2)
+    core.add_reply("f1", clock_with(b"x"), fallback=True)
+    core.add_reply("p1", clock_with(b"y"))
+    core.add_failure("f2", "refused", fallback=True)
+    assert not core.hopeless()  # a fallback failing does not cost a primary
+    core.add_failure("p2", "timed out")
+    assert core.hopeless() and core.settled() and not core.enough()
+    assert core.describe().startswith("2 of 2 replies, 1 of 2 required from primaries")
+
+
+def test_get_with_pr_above_the_primaries_asked_is_hopeless_at_once() -> None:
+    core = GetCore(r=2, n=3, pr=2, primaries=1)  # two primaries known down: fallbacks asked
+    assert core.hopeless() and core.settled()
+    assert not GetCore(r=2, n=3, pr=0, primaries=1).hopeless()
+
+
+def test_put_with_pw_counts_only_primary_acknowledgements() -> None:
+    core = PutCore(w=2, n=3, pw=2, primaries=3)
+    core.add_ack("p1")
+    core.add_ack("f1", fallback=True)  # a fallback holding a hint
+    assert not core.enough() and not core.hopeless()
+    core.add_failure("p2", "refused")
+    assert not core.hopeless()
+    core.add_ack("p3")
+    assert core.enough()
+
+
+def test_put_with_pw_is_hopeless_once_too_few_primaries_can_acknowledge() -> None:
+    core = PutCore(w=2, n=3, pw=2, primaries=2)
+    core.add_ack("f1", fallback=True)
+    core.add_ack("p1")
+    core.add_failure("p2", "refused")
+    assert core.hopeless() and not core.enough()
+    assert core.describe().startswith(
+        "2 of 2 required acknowledgements, 1 of 2 required from primaries")
+    assert PutCore(w=1, n=3, pw=1, primaries=0).hopeless()
