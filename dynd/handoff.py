@@ -216,7 +216,7 @@ class Handoff:
         exchange, ``handover``). False when a primary could not be reached.
         """
         if partition not in self.node.replica.trees:
-            self.node.replica.rebuild_tree(partition)  # not built at start: not owned then
+            await self.node.replica.rebuild_tree(partition)  # not built at start: not owned then
         for peer in self.node.primaries(partition):
             if peer == self.node.id:
                 continue
