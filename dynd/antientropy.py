@@ -263,14 +263,15 @@ class AntiEntropy:
         return reaped
 
     async def _no_hints_anywhere(self) -> bool:
-        """No member holds hints. A leaver no transfer needs counts as removed even before
-        `membership.settle` records it (a stopped leaver would block every reap)."""
+        """No member holds hints. A leaver counts as removed once its transfers are done
+        and it said it holds no hints (a stopped leaver without hints would block every
+        reap); one that holds some is asked, and so is a removed node still saying it
+        does (membership.may_hold_hints)."""
         if self.node.storage.hint_counts():
             return False
         state = self.node.state
         for member_id in state.members:
-            if member_id == self.node.id or membership.member_status(
-                    state, member_id) == "removed":
+            if member_id == self.node.id or not membership.may_hold_hints(state, member_id):
                 continue
             try:
                 reply = await self.node.call(member_id, "hints", {}, 2.0)
