@@ -422,14 +422,16 @@ class Storage:
             after = (rows[-1][0], rows[-1][1])
             await trio.sleep(0)
 
-    def scan_hints(self, target: str | None = None,
-                   limit: int | None = None) -> list[tuple[str, int, str, bytes, bytes]]:
-        """(target, partition, bucket, key, value) of hints, for one target or all."""
+    def scan_hints(self, target: str | None = None, limit: int | None = None,
+                   after: tuple[int, str, bytes] | None = None
+                   ) -> list[tuple[str, int, str, bytes, bytes]]:
+        """(target, partition, bucket, key, value) of hints, for one target or all; with
+        ``target``, resuming after the (partition, bucket, key) ``after``."""
         if target is None:
             low, high = b"", None
         else:
-            low = _hint_prefix(target)
-            high = _prefix_end(low)
+            high = _prefix_end(_hint_prefix(target))
+            low = _hint_prefix(target) if after is None else hint_key(target, *after) + b"\x00"
         return [(*_decode_hint_key(raw), value)
                 for raw, value in self._range(CF_HINTS, low, high, limit)]
 
