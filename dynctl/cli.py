@@ -581,7 +581,9 @@ def _describe_check(check: Mapping[str, Any]) -> str:
     epochs = " ".join(f"{node}:{epoch}" for node, epoch in sorted(check.get("epochs", {}).items()))
     text = f"epochs {epochs}, {check.get('pending_transfers')} transfers pending"
     unreachable = check.get("unreachable") or []
-    return text + (f", unreachable: {' '.join(unreachable)}" if unreachable else "")
+    holding = check.get("leavers_holding_hints") or []
+    return (text + (f", unreachable: {' '.join(unreachable)}" if unreachable else "")
+            + (f", leavers holding hints: {' '.join(holding)}" if holding else ""))
 
 
 def _convergence_steps(check: Mapping[str, Any], peak_transfers: int) -> tuple[int, int]:
@@ -605,7 +607,8 @@ def _converged(description: str) -> Callable[[Output], None]:
               default=WAIT_TIMEOUT, show_default=True, metavar="S",
               help="Give up (exit 4) after S seconds.")
 async def cluster_wait(session: Session, wait_timeout: float) -> Outcome:
-    """Block until every reachable member has the same ring epoch and no transfer is pending.
+    """Block until every reachable member has the same ring epoch, no transfer is pending
+    and no leaver still holds hints (it has not left until it delivered them).
 
     Polls the node every 0.5 s; exit 0 once converged, 4 at the timeout.
     """

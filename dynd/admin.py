@@ -207,7 +207,8 @@ class Admin:
                 "pending_transfers": len(membership.pending_transfers(self.node.state))}
 
     async def op_cluster_check(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        """Has every reachable member the same epoch, with no transfer pending?"""
+        """Has every reachable member the same epoch, with no transfer pending and no
+        leaver holding hints?"""
         epochs: dict[str, int] = {self.node.id: self.node.state.epoch}
         pending = {self.node.id: len(membership.pending_transfers(self.node.state))}
         unreachable: list[str] = []
@@ -225,9 +226,15 @@ class Admin:
             for member_id, member in self.node.state.members.items():
                 if member_id != self.node.id and member.status != "removed":
                     nursery.start_soon(ask, member_id)
-        converged = len(set(epochs.values())) == 1 and not any(pending.values())
+        # A leaver whose transfers are done has not left while it holds hints.
+        state = self.node.state
+        holding = sorted(m for m, member in state.members.items()
+                         if member.hints and not membership.takes_replicas(state, m))
+        converged = (len(set(epochs.values())) == 1 and not any(pending.values())
+                     and not holding)
         return {"converged": converged, "epochs": epochs,
-                "pending_transfers": max(pending.values()), "unreachable": sorted(unreachable)}
+                "pending_transfers": max(pending.values()), "unreachable": sorted(unreachable),
+                "leavers_holding_hints": holding}
 
     async def op_ring(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         ring = self.node.ring()

@@ -16,14 +16,13 @@ replica can resurrect a deleted value. A node that holds a copy outside the
 agreement (no primary any more, its copy not yet handed over) pushes back no
 key that may have been reaped meanwhile (see `exchange`'s `handover`).
 
-Scans of a partition take a checkpoint every _CHECKPOINT_EVERY keys, so a big
-partition never holds the event loop for long.
+Scans of a partition take a checkpoint every page (Storage.iter_partition), so a
+big partition never holds the event loop for long.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +41,6 @@ if TYPE_CHECKING:
     from dynd.server import Peer
 
 log = logging.getLogger("dynd.antientropy")
-
-_CHECKPOINT_EVERY = 256  # keys scanned between two checkpoints (about 0.4 ms of hashing)
 
 
 @dataclass
@@ -89,21 +86,12 @@ class AntiEntropy:
             await ticket.wait()
         return {"reaped": ticket is not None}
 
-    async def _scan(self, partition: int) -> AsyncIterator[tuple[str, bytes, bytes]]:
-        """Every local (bucket, key, stored bytes) of a partition, with a checkpoint every
-        _CHECKPOINT_EVERY keys: a 50k-key partition stalled every other task for ~80 ms.
-        Storage is read page by page (Storage.iter_partition), so yielding is safe."""
-        for i, row in enumerate(self.node.storage.iter_partition(partition), 1):
-            yield row
-            if i % _CHECKPOINT_EVERY == 0:
-                await trio.sleep(0)
-
     async def _segment_digests(self, partition: int, segments: list[int]) -> dict[bytes, bytes]:
         """key id -> version digest for every local key in the given segments."""
         wanted = set(segments)
         size = self.node.replica.tree(partition).segments
         found: dict[bytes, bytes] = {}
-        async for bucket, key, raw in self._scan(partition):
+        async for bucket, key, raw in self.node.storage.iter_partition(partition):
             kid = key_id(bucket, key)
             if merkle.key_segment(kid, size) in wanted:
                 found[kid] = context.digest_encoded(raw)
@@ -260,7 +248,7 @@ class AntiEntropy:
             return 0
         now_ms = self.node.wall_ms()
         candidates: list[tuple[str, bytes, DVVSet]] = []
-        async for bucket, key, raw in self._scan(partition):
+        async for bucket, key, raw in self.node.storage.iter_partition(partition):
             clock = context.decode_stored(raw)
             if context.is_tombstone(clock) and self._past_grace(clock, now_ms):
                 candidates.append((bucket, key, clock))
@@ -275,14 +263,15 @@ class AntiEntropy:
         return reaped
 
     async def _no_hints_anywhere(self) -> bool:
-        """No member holds hints. A leaver no transfer needs counts as removed even before
-        `membership.settle` records it (a stopped leaver would block every reap)."""
+        """No member holds hints. A leaver counts as removed once its transfers are done
+        and it said it holds no hints (a stopped leaver without hints would block every
+        reap); one that holds some is asked, and so is a removed node still saying it
+        does (membership.may_hold_hints)."""
         if self.node.storage.hint_counts():
             return False
         state = self.node.state
         for member_id in state.members:
-            if member_id == self.node.id or membership.member_status(
-                    state, member_id) == "removed":
+            if member_id == self.node.id or not membership.may_hold_hints(state, member_id):
                 continue
             try:
                 reply = await self.node.call(member_id, "hints", {}, 2.0)

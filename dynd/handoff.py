@@ -29,7 +29,7 @@ from common import context
 from common.errors import DynError, Rejected, Unavailable
 from dynd import membership
 from dynd.membership import Transfer
-from dynd.storage import Batch
+from dynd.storage import SCAN_PAGE, Batch
 
 if TYPE_CHECKING:
     from dynd.node import Node
@@ -64,6 +64,9 @@ class Handoff:
     # ---- ops -------------------------------------------------------------------
 
     async def op_hints(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Hints held per target; only members that take replicas are targets (see
+        redirect_departed)."""
+        await self.redirect_departed()
         return {"hints": self.node.storage.hint_counts()}
 
     async def op_transfers(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
@@ -99,12 +102,69 @@ class Handoff:
         config = self.node.config.handoff
         while True:
             await trio.sleep(config.interval)
+            await self.redirect_departed()
             counts = self.node.storage.hint_counts()
             self.node.stats.hint_ages.check(self.node.id, counts, trio.current_time(),
                                             config.hint_warn_age)
             for target in sorted(counts):
-                if self.node.is_up(target) or target not in self.node.state.members:
+                if self.node.is_up(target):
                     await self.deliver_hints(target)
+            self.announce_hints()
+
+    def announce_hints(self) -> None:
+        """Tell the cluster whether this node holds hints: a leaver is not removed, and a
+        removed node is still asked before a reap, while it does (membership._left)."""
+        holding = bool(self.node.storage.hint_counts())
+        me = self.node.state.members.get(self.node.id)
+        if me is None or me.hints == holding:
+            return
+        self.node.set_state(membership.announce_hints(self.node.state, self.node.id, holding))
+        self.node.background.start_soon(self.node.gossip.push_now)
+
+    async def redirect_departed(self) -> int:
+        """Re-key the hints held for a node that takes no replicas any more (removed, or
+        replaced or left with its transfers done) to the key's current primaries, this
+        node's own copy merged at once; returns how many hints were re-keyed.
+
+        Such a target never comes back to take them, and every member holding hints
+        stops every reap in the cluster (tests/sim: one `cluster replace` of a dead node
+        did). Re-keyed, they are ordinary hints: delivered when their new target
+        answers, counted and shown under it, and deleted only once it acknowledged.
+        Every current primary but the target (a node removed by force stays an owner
+        until its transfers are done) gets a copy, a replacement among them, so none is
+        ranked first. The old hint is deleted only if it did not change meanwhile.
+        """
+        state = self.node.state
+        departed = [t for t in self.node.storage.hint_counts()
+                    if t != self.node.id and not membership.takes_replicas(state, t)]
+        moved = 0
+        for target in departed:
+            after: tuple[int, str, bytes] | None = None
+            while rows := self.node.storage.scan_hints(target, SCAN_PAGE, after):
+                copied, tickets = [], []
+                for _, partition, bucket, key, raw in rows:
+                    recipients = [p for p in self.node.primaries(partition) if p != target]
+                    clock = context.decode_stored(raw)
+                    tickets += [self.node.stage_replica(partition, bucket, key, clock, p)
+                                for p in recipients]
+                    if recipients:  # else it waits until the ring has moved on
+                        copied.append((partition, bucket, key, raw))
+                for ticket in tickets:
+                    if ticket is not None:
+                        await ticket.wait()
+                batch = Batch()
+                for partition, bucket, key, raw in copied:
+                    if self.node.storage.get_hint(target, partition, bucket, key) == raw:
+                        batch.delete_hint(target, partition, bucket, key)
+                if len(batch):
+                    self.node.storage.stage(batch)
+                    self.node.hints_released = True  # see Node.fallback_actor
+                moved += len(batch)
+                after = rows[-1][1:4]
+        if moved:
+            log.info("event=hints_redirected node=%s targets=%s hints=%d", self.node.id,
+                     ",".join(departed), moved)
+        return moved
 
     async def deliver_hints(self, target: str) -> int:
         """Hand back every hint held for `target`; returns how many were delivered."""
@@ -216,7 +276,7 @@ class Handoff:
         exchange, ``handover``). False when a primary could not be reached.
         """
         if partition not in self.node.replica.trees:
-            self.node.replica.rebuild_tree(partition)  # not built at start: not owned then
+            await self.node.replica.rebuild_tree(partition)  # not built at start: not owned then
         for peer in self.node.primaries(partition):
             if peer == self.node.id:
                 continue

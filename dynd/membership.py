@@ -22,8 +22,9 @@ own version:
 - buckets: per bucket the higher (version, writer) wins.
 - members: per id two registers. What the cluster decides (status, tokens)
   carries ``status_version``, bumped by every stage/commit/settle that
-  changes it. What the node itself announces (addr, zone) is ordered by
-  (incarnation, addr_version): the higher incarnation always wins.
+  changes it. What the node itself announces (addr, zone, whether it holds
+  hints) is ordered by (incarnation, addr_version): the higher incarnation
+  always wins.
 
 Members are never deleted (a deleted entry would come back with the next
 gossip); a removed member stays listed as ``removed``.
@@ -108,9 +109,10 @@ class Member:
 
     ``tokens`` is the number of partitions the operator wants it to own (None:
     an even share). ``incarnation`` changes when the node lost its data and
-    came back (it is part of its identity as a writer). The two versions order
-    concurrent updates (see the module docstring); callers leave them at 0,
-    the functions here maintain them.
+    came back (it is part of its identity as a writer). ``hints``: the node said it
+    holds undelivered hints (announce_hints); a leaver is not removed while it does.
+    The two versions order concurrent updates (see the module docstring); callers
+    leave them at 0, the functions here maintain them.
     """
 
     id: str
@@ -121,6 +123,7 @@ class Member:
     incarnation: int
     status_version: int = 0
     addr_version: int = 0
+    hints: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,8 @@ def _check_member(member: Any, ring_size: int) -> Member:
     _check_int(member.incarnation, f"incarnation of {member.id}")
     _check_int(member.status_version, f"status_version of {member.id}")
     _check_int(member.addr_version, f"addr_version of {member.id}")
+    if not isinstance(member.hints, bool):
+        raise MembershipError(f"hints of {member.id} must be a boolean, got {member.hints!r:.80}")
     return member
 
 
@@ -293,7 +298,9 @@ def _check_applicable(members: Mapping[str, Member], staged: Sequence[Change]) -
         if change.kind in ("leave", "replace") and status != "valid":
             raise MembershipError(f"cannot {change.kind} {change.node}: it is {status}, "
                                   "not valid")
-        if change.kind == "remove" and status == "removed":
+        if change.kind == "remove" and status == "removed" and not member.hints:
+            # A removed node that still says it holds hints may be removed again: that
+            # gives them up (see commit), as for a node removed while down.
             raise MembershipError(f"cannot remove {change.node}: it is already removed")
         if change.kind == "tokens" and status not in ("joining", "valid"):
             raise MembershipError(f"cannot set tokens of {change.node}: it is {status}")
@@ -373,21 +380,55 @@ def _needed(state: ClusterState, node: str) -> bool:
     return any(node == t.target or node in t.sources for t in pending_transfers(state))
 
 
+def _left(state: ClusterState, member: Member) -> bool:
+    """A leaver is gone once no pending transfer needs it and it holds no hints: hints
+    it delivered after a reap could bring a deleted value back."""
+    return member.status == "leaving" and not _needed(state, member.id) and not member.hints
+
+
 def member_status(state: ClusterState, node: str) -> str:
-    """A member's status, with a leaving member counted as removed once no pending
-    transfer needs it any more (even before `settle` recorded it)."""
+    """A member's status, with a leaver counted as removed once it has left (see _left),
+    even before `settle` recorded it."""
     member = state.members.get(node)
     if member is None:
         raise MembershipError(f"unknown node {node!r}")
-    if member.status == "leaving" and not _needed(state, node):
+    if _left(state, member):
         return "removed"
     return member.status
 
 
+def takes_replicas(state: ClusterState, node: str) -> bool:
+    """The node is a member that owns, or will own, partitions: not removed, and not a
+    leaver whose transfers are all done (it may still hold hints of its own to deliver).
+    Hints held for a node that does not go to the key's primaries instead."""
+    member = state.members.get(node)
+    if member is None or member.status == "removed":
+        return False
+    return member.status != "leaving" or _needed(state, node)
+
+
+def may_hold_hints(state: ClusterState, node: str) -> bool:
+    """The node has to be asked before a tombstone is reaped: a member that is not
+    removed, or a removed one whose last word was that it holds hints (it said so after
+    its removal was recorded, or was removed by force while down)."""
+    return member_status(state, node) != "removed" or state.members[node].hints
+
+
+def announce_hints(state: ClusterState, node: str, holding: bool) -> ClusterState:
+    """The node itself says whether it holds undelivered hints (announced register)."""
+    member = state.members.get(node)
+    if member is None:
+        raise MembershipError(f"unknown node {node!r}")
+    if member.hints == holding:
+        return state
+    updated = replace(member, hints=holding, addr_version=member.addr_version + 1)
+    return replace(state, members=FrozenMap({**state.members, node: updated}))
+
+
 def settle(state: ClusterState) -> ClusterState:
-    """Record leaving members that no pending transfer needs any more as removed."""
+    """Record leaving members that have left (see _left) as removed."""
     settled = {m.id: _bump_status(m, status="removed") for m in state.members.values()
-               if m.status == "leaving" and not _needed(state, m.id)}
+               if _left(state, m)}
     if not settled:
         return state
     return replace(state, members=FrozenMap({**state.members, **settled}))
@@ -531,7 +572,8 @@ def commit(state: ClusterState, n: int, by: str) -> ClusterState:
     """Apply the plan as epoch + 1 (made on node ``by``).
 
     Joining members become valid, leaving ones leaving (removed once their
-    partitions moved), removed ones removed at once; a replaced node leaves,
+    partitions moved and they hold no hints), removed ones removed at once (the
+    hints they may hold given up); a replaced node leaves,
     its replacement becomes valid. Refused with nothing staged: an epoch that
     changes nothing would only make every node re-check its ring.
     """
@@ -548,7 +590,11 @@ def commit(state: ClusterState, n: int, by: str) -> ClusterState:
         elif change.kind == "leave":
             members[node.id] = _bump_status(node, status="leaving")
         elif change.kind == "remove":
-            members[node.id] = _bump_status(node, status="removed")
+            # Its hints are given up with it: were they still said to be held, a node
+            # removed while down would be asked before every reap, forever. Should it
+            # answer again, it says so anew (a higher addr_version) and is asked.
+            members[node.id] = replace(_bump_status(node, status="removed"), hints=False,
+                                       addr_version=node.addr_version + 1)
         elif change.kind == "replace":
             members[node.id] = _bump_status(node, status="leaving")
             new = members[str(change.arg)]
@@ -644,12 +690,12 @@ def _merge_member(a: Member, b: Member) -> Member:
         return (m.status_version, STATUSES.index(m.status), -1 if m.tokens is None else m.tokens)
 
     def announced(m: Member) -> tuple:
-        return (m.incarnation, m.addr_version, m.addr, m.zone)
+        return (m.incarnation, m.addr_version, m.addr, m.zone, m.hints)
 
     d = max(a, b, key=decided)
     s = max(a, b, key=announced)
     return Member(a.id, s.addr, s.zone, d.status, d.tokens, s.incarnation,
-                  d.status_version, s.addr_version)
+                  d.status_version, s.addr_version, s.hints)
 
 
 def _ring_digest(state: ClusterState) -> bytes:
@@ -696,7 +742,7 @@ def reconcile(a: ClusterState, b: ClusterState) -> ClusterState:
 # -------------------------------------------------------------------- wire
 
 _MEMBER_KEYS = ("id", "addr", "zone", "status", "tokens", "incarnation", "status_version",
-                "addr_version")
+                "addr_version", "hints")
 _BUCKET_KEYS = ("name", "n", "r", "w", "version", "writer")
 # Written only when set (non-zero): a state without them is the same bytes, the same
 # digest, and readable by a node that predates them.
@@ -761,6 +807,8 @@ def _owners_from_wire(obj: Any, ids: list[str], ring_size: int, what: str) -> tu
 def _members_from_wire(obj: Any, ring_size: int) -> dict[str, Member]:
     members: dict[str, Member] = {}
     for item in _check_list(obj, "members", MAX_MEMBERS):
+        if isinstance(item, dict) and "hints" not in item:
+            item = {**item, "hints": False}  # a state written before members announced it
         fields = _check_map(item, _MEMBER_KEYS, "member")
         member = _check_member(Member(**fields), ring_size)
         if member.id in members:

@@ -491,7 +491,7 @@ class Node:
                 await self.gossip.recover_identity()
             await self.persist_identity()
             for partition in sorted(self.owned_partitions()):
-                self.replica.rebuild_tree(partition)
+                await self.replica.rebuild_tree(partition)
                 await trio.sleep(0)
             nursery.start_soon(self.coordinator.run)
             nursery.start_soon(self.gossip.run)

@@ -8,12 +8,14 @@ same old value. The caller awaits the returned ticket for durability.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from common import context
 from common.context import DVVSet, Sibling
 from common.errors import Rejected
 from common.limits import Limits
 from dynd.merkle import PartitionTree
-from dynd.storage import Batch, Storage, Ticket
+from dynd.storage import Batch, Storage, Ticket, data_key
 
 
 def key_id(bucket: str, key: bytes) -> bytes:
@@ -25,6 +27,14 @@ def key_id(bucket: str, key: bytes) -> bytes:
 def split_key_id(kid: bytes) -> tuple[str, bytes]:
     size = kid[0]
     return kid[1 : 1 + size].decode(), kid[1 + size :]
+
+
+@dataclass
+class _TreeRebuild:
+    """A tree being rebuilt from storage, and the data key of the last row it read."""
+
+    tree: PartitionTree
+    read_up_to: bytes = b""
 
 
 class Replica:
@@ -49,6 +59,7 @@ class Replica:
         # own dots there are minted under since (see forget_partition). In memory only, as
         # dot_floor: the next incarnation is a new actor anyway.
         self._renewals: dict[int, int] = {}
+        self._rebuilds: dict[int, list[_TreeRebuild]] = {}  # partition -> running rebuilds
 
     def tree(self, partition: int) -> PartitionTree:
         tree = self.trees.get(partition)
@@ -56,13 +67,38 @@ class Replica:
             tree = self.trees[partition] = PartitionTree(self.segments)
         return tree
 
-    def rebuild_tree(self, partition: int) -> PartitionTree:
-        """Recompute one partition's tree from storage (startup, or after a wipe)."""
-        tree = PartitionTree(self.segments)
-        for bucket, key, raw in self.storage.iter_partition(partition):
-            tree.update(key_id(bucket, key), None, context.digest_encoded(raw))
-        self.trees[partition] = tree
-        return tree
+    async def rebuild_tree(self, partition: int) -> PartitionTree:
+        """Recompute one partition's tree from storage (startup, or a hand-over of a
+        partition this node did not own at start), with a checkpoint every page.
+
+        Writes go on during the checkpoints. A write to a key the scan has already read
+        is folded into the new tree as a delta; a write to a key it has not read yet is
+        left out, the scan reads its new version later. The delta of a key read in the
+        current page starts from the version that page holds (writes come only at the
+        checkpoints, after the whole page is handed out), so XOR makes both exact.
+        """
+        rebuild = _TreeRebuild(PartitionTree(self.segments))
+        self._rebuilds.setdefault(partition, []).append(rebuild)
+        try:
+            async for bucket, key, raw in self.storage.iter_partition(partition):
+                rebuild.tree.update(key_id(bucket, key), None, context.digest_encoded(raw))
+                rebuild.read_up_to = data_key(partition, bucket, key)
+        finally:
+            self._rebuilds[partition].remove(rebuild)
+            if not self._rebuilds[partition]:
+                del self._rebuilds[partition]
+        self.trees[partition] = rebuild.tree
+        return rebuild.tree
+
+    def _update_trees(self, partition: int, bucket: str, key: bytes,
+                      old_digest: bytes | None, new_digest: bytes | None) -> None:
+        """Fold one write into the partition's tree and into every rebuild of it that has
+        read the key already (see rebuild_tree)."""
+        kid = key_id(bucket, key)
+        self.tree(partition).update(kid, old_digest, new_digest)
+        for rebuild in self._rebuilds.get(partition, ()):
+            if data_key(partition, bucket, key) <= rebuild.read_up_to:
+                rebuild.tree.update(kid, old_digest, new_digest)
 
     def own_actor_in(self, partition: int) -> str:
         """The actor this node's own dots in ``partition`` are minted under: its
@@ -162,11 +198,9 @@ class Replica:
         batch = Batch()
         batch.put(partition, bucket, key, encoded)
         ticket = self.storage.stage(batch)
-        self.tree(partition).update(
-            key_id(bucket, key),
-            None if old_raw is None else context.digest_encoded(old_raw),
-            context.digest_encoded(encoded),
-        )
+        self._update_trees(partition, bucket, key,
+                           None if old_raw is None else context.digest_encoded(old_raw),
+                           context.digest_encoded(encoded))
         return ticket
 
     def reap(self, partition: int, bucket: str, key: bytes, expected: DVVSet) -> Ticket | None:
@@ -179,7 +213,7 @@ class Replica:
         batch = Batch()
         batch.delete(partition, bucket, key)
         ticket = self.storage.stage(batch)
-        self.tree(partition).update(key_id(bucket, key), context.digest(stored), None)
+        self._update_trees(partition, bucket, key, context.digest(stored), None)
         return ticket
 
     def store_hint(

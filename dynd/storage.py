@@ -37,7 +37,7 @@ import logging
 import os
 import struct
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import rocksdict
@@ -55,6 +55,7 @@ _MAX_KEY_BYTES = 65535
 _BLOCK_CACHE_BYTES = 64 * 1024 * 1024
 _MAX_OPEN_FILES = 512
 _BLOOM_BITS_PER_KEY = 10
+SCAN_PAGE = 256  # rows iter_partition reads between two checkpoints (about 0.4 ms of hashing)
 
 _Op = tuple[str, bytes, bytes | None]  # (column family, raw key, value or None = delete)
 
@@ -402,25 +403,35 @@ class Storage:
         rows = self._range(CF_DATA, low, _prefix_end(prefix), limit)
         return [(*_decode_data_key(raw)[1:], value) for raw, value in rows]
 
-    def iter_partition(self, partition: int, page: int = 1000
-                       ) -> Iterator[tuple[str, bytes, bytes]]:
-        """Every (bucket, key, value) of one partition, read ``page`` rows at a time so a
-        big partition never sits in memory at once (tree builds, repair, reaping)."""
+    async def iter_partition(self, partition: int
+                             ) -> AsyncIterator[tuple[str, bytes, bytes]]:
+        """Every (bucket, key, value) of one partition in key order, read SCAN_PAGE rows
+        at a time with a checkpoint between two pages (tree builds, repair, reaping).
+
+        A 50k-key partition read in one go held the event loop for about 80 ms. The
+        checkpoint comes only once the consumer has taken every row of the page, so
+        while other tasks run, every row read so far has been handed out: a write
+        meanwhile is either to a key already handed out, or visible when its page is
+        read (see Replica.rebuild_tree)."""
         after = None
-        while rows := self.scan_partition(partition, after=after, limit=page):
-            yield from rows
-            if len(rows) < page:
+        while rows := self.scan_partition(partition, after=after, limit=SCAN_PAGE):
+            for row in rows:
+                yield row
+            if len(rows) < SCAN_PAGE:
                 return
             after = (rows[-1][0], rows[-1][1])
+            await trio.sleep(0)
 
-    def scan_hints(self, target: str | None = None,
-                   limit: int | None = None) -> list[tuple[str, int, str, bytes, bytes]]:
-        """(target, partition, bucket, key, value) of hints, for one target or all."""
+    def scan_hints(self, target: str | None = None, limit: int | None = None,
+                   after: tuple[int, str, bytes] | None = None
+                   ) -> list[tuple[str, int, str, bytes, bytes]]:
+        """(target, partition, bucket, key, value) of hints, for one target or all; with
+        ``target``, resuming after the (partition, bucket, key) ``after``."""
         if target is None:
             low, high = b"", None
         else:
-            low = _hint_prefix(target)
-            high = _prefix_end(low)
+            high = _prefix_end(_hint_prefix(target))
+            low = _hint_prefix(target) if after is None else hint_key(target, *after) + b"\x00"
         return [(*_decode_hint_key(raw), value)
                 for raw, value in self._range(CF_HINTS, low, high, limit)]
 

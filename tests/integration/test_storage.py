@@ -17,7 +17,7 @@ from dynd.storage import Batch, Storage, StorageClosed, StorageError
 
 def _count(storage: Storage, partition: int) -> int:
     """Objects in one partition, tombstones included."""
-    return sum(1 for _ in storage.iter_partition(partition))
+    return len(storage.scan_partition(partition))
 
 
 def _staged(storage: Storage) -> int:

@@ -267,6 +267,49 @@ def test_leaving_member_hands_off_then_is_removed():
     assert ms.settle(final) is final
 
 
+def test_a_leaver_holding_hints_has_not_left_until_it_says_it_holds_none():
+    state = ms.announce_hints(cluster(4), "n3", True)
+    leaving = finish(ms.commit(ms.stage(state, Change("leave", "n3"), "n0"), 3, "n0"))
+    assert not ms.pending_transfers(leaving)
+    assert leaving.members["n3"].status == "leaving"  # complete_transfer did not settle it
+    assert ms.member_status(leaving, "n3") == "leaving"
+    assert not ms.takes_replicas(leaving, "n3")  # hints for it go elsewhere meanwhile
+    assert ms.may_hold_hints(leaving, "n3")
+    done = ms.announce_hints(leaving, "n3", False)
+    assert ms.member_status(done, "n3") == "removed"
+    assert not ms.may_hold_hints(done, "n3")
+    assert ms.settle(done).members["n3"].status == "removed"
+
+
+def test_a_removed_node_that_says_it_holds_hints_is_asked_until_removed_again():
+    removed = finish(ms.commit(ms.stage(cluster(4), Change("leave", "n3"), "n0"), 3, "n0"))
+    assert removed.members["n3"].status == "removed"
+    late = ms.announce_hints(removed, "n3", True)  # it took a hint before hearing of it
+    assert ms.member_status(late, "n3") == "removed" and ms.may_hold_hints(late, "n3")
+    given_up = ms.commit(ms.stage(late, Change("remove", "n3"), "n0"), 3, "n0")
+    assert not ms.may_hold_hints(given_up, "n3")
+    with pytest.raises(MembershipError, match="already removed"):
+        ms.stage(given_up, Change("remove", "n3"), "n0")
+    # Its own word that it still holds some wins over the commit's at the same version.
+    says = replace(given_up.members["n3"], hints=True)
+    assert ms.reconcile(given_up, replace(given_up, members=ms.FrozenMap(
+        {**given_up.members, "n3": says}))).members["n3"].hints
+
+
+def test_hints_announcements_travel_and_old_states_read_without_them():
+    state = cluster(3)
+    said = ms.announce_hints(state, "n1", True)
+    assert ms.announce_hints(said, "n1", True) is said
+    assert ms.reconcile(state, said).members["n1"].hints
+    assert ms.from_wire(ms.to_wire(said)) == said
+    old = ms.to_wire(state)
+    for item in old["members"]:
+        del item["hints"]
+    assert ms.from_wire(old) == state
+    with pytest.raises(MembershipError, match="unknown node"):
+        ms.announce_hints(state, "ghost", True)
+
+
 def test_member_status_of_unknown_node():
     with pytest.raises(MembershipError, match="unknown node"):
         ms.member_status(cluster(1), "ghost")
