@@ -140,6 +140,7 @@ async def serve(config: Config, formatter: EventFormatter,
             if unfinished:
                 log.warning("event=stop_cancelled_requests count=%d", unfinished)
             nursery.cancel_scope.cancel()
+        node.record_clean_stop()  # reached only when every service ended without an error
     finally:
         storage.close()
         log.info("event=stopped")

@@ -55,6 +55,7 @@ META_NODE_ID = "node_id"
 META_INCARNATION = "incarnation"
 META_STATE = "state"
 META_HINT_GENERATION = "hint_generation"
+META_CLEAN_STOP = "clean_stop"  # the actor state of a clean stop; consumed at start
 
 
 class Node:
@@ -89,8 +90,11 @@ class Node:
         record = None if state is None else state.members.get(self.id)
         # A join adopts the cluster's (higher) incarnation and its state before recording
         # its own: after a crash in between, the state's record is the newer one.
-        self.set_incarnation(max(int(storage.get_meta(META_INCARNATION) or b"0"),
-                                 0 if record is None else record.incarnation) + 1)
+        stored_incarnation = int(storage.get_meta(META_INCARNATION) or b"0")
+        recorded = 0 if record is None else record.incarnation
+        self.set_incarnation(max(stored_incarnation, recorded) + 1)
+        self.actor_kept = recorded <= stored_incarnation and self._resume_actor(
+            stored_incarnation)
         self.state = state if state is not None else membership.new_cluster(
             f"{self.id}-{self.rng.getrandbits(64):016x}", self._me("valid"), config.ring_size)
         self.state_changed = trio.Event()
@@ -135,10 +139,13 @@ class Node:
         return Member(self.id, self.addr, self.config.zone, status, None, self.incarnation)
 
     async def persist_identity(self) -> None:
-        """Record id, incarnation and state before serving: a restart must never reuse a dot."""
+        """Record id, incarnation and state before serving, and consume the clean-stop
+        record (fsynced whatever the sync mode): from here on an exit may lose a minted
+        dot, so the next start must not keep the actor unless this life stops cleanly."""
         batch = Batch()
         batch.put_meta(META_NODE_ID, self.id.encode())
         batch.put_meta(META_INCARNATION, str(self.incarnation).encode())
+        batch.delete_meta(META_CLEAN_STOP)
         member = self.state.members.get(self.id)
         if member is not None and (
                 member.incarnation != self.incarnation or member.addr != self.addr):
@@ -146,7 +153,8 @@ class Node:
                 self.state, Member(self.id, self.addr, member.zone, member.status, member.tokens,
                                    self.incarnation))
         batch.put_meta(META_STATE, cbor2.dumps(membership.to_wire(self.state)))
-        await self.storage.write(batch)
+        self.storage.commit_synced(batch)
+        await trio.lowlevel.checkpoint()
 
     def set_state(self, state: ClusterState) -> Ticket | None:
         """Adopt a new cluster state (local change or gossip) and persist it."""
@@ -387,10 +395,91 @@ class Node:
             raise Rejected(f"invalid clock from peer: {exc}") from None
 
     def set_incarnation(self, incarnation: int) -> None:
-        """This life of the node: its actor, the name its dots are minted under."""
+        """This life of the node, and a new actor named after it (the name its dots are
+        minted under): no earlier life took that incarnation, so no dot of it exists."""
         self.incarnation = incarnation
         self.actor = f"{self.id}.{incarnation}"
-        self.replica.own_actor = self.actor
+        self.replica.take_actor(self.actor)
+
+    def _resume_actor(self, stored_incarnation: int) -> bool:
+        """Keep the actor of the last life if it stopped cleanly; True if kept.
+
+        The rule: a node keeps its actor across a clean stop and takes a new one (its new
+        incarnation, above every earlier one of its own and the cluster's record of it)
+        at every other start. Why a kept actor never mints a dot twice: a dot's counter
+        comes from the copy it is minted on, and every dot is staged into that local copy
+        (data or hint) in the same step as it is minted, before any replica sees it. A
+        clean stop (dynd on SIGTERM, after its services ended) commits everything
+        staged, then writes this record with fsync: so the copies hold every dot the
+        actor minted, and the record holds what the copies no longer show (dot_floor of
+        reaped tombstones, the renewals of dropped partitions, whether a hint copy was
+        released since the fallback generation was taken). Any other exit (crash, kill
+        -9, a failed disk) may have lost a staged dot that replicas already hold, and
+        leaves no record: persist_identity deletes it, fsynced, before the node serves
+        data, and only a clean stop writes it again. A lost disk has no record either. A
+        copy of the data dir taken while the node runs has none; a copy of a stopped
+        node's dir has one, so a start that keeps its actor asks a peer first
+        (confirm_kept_actor) and renews if the cluster knows a later life of this node
+        or no peer answers.
+        """
+        raw = self.storage.get_meta(META_CLEAN_STOP)
+        if raw is None:
+            return False
+        try:
+            saved = cbor2.loads(raw)
+            actor = saved["actor"]
+            if saved["incarnation"] != stored_incarnation or not isinstance(actor, str) \
+                    or not actor.startswith(f"{self.id}."):
+                raise ValueError(f"record of incarnation {saved['incarnation']}, "
+                                 f"actor {actor!r}")
+            self.replica.take_actor(actor, saved["replica"])
+            self.hints_released = bool(saved["hints_released"])
+        except (ValueError, KeyError, TypeError, AttributeError, cbor2.CBORDecodeError) as exc:
+            log.warning("event=clean_stop_record_ignored node=%s error=%r", self.id, str(exc))
+            self.replica.take_actor(self.actor)
+            return False
+        self.actor = actor
+        return True
+
+    async def confirm_kept_actor(self) -> None:
+        """Give up a kept actor unless a peer confirms that the cluster knows no later life
+        of this node: this data dir may be a copy of a stopped node's dir, restored after
+        the node ran on (and minted under the same actor) elsewhere. Renews when no peer
+        answers within the request timeout too: an extra clock entry, never a dot twice.
+        A one-node cluster has nobody to ask and keeps it."""
+        if not self.actor_kept:
+            return
+        peers = [m.addr for m in self.state.members.values()
+                 if m.id != self.id and m.status != "removed"]
+        if not peers:
+            return
+        self.rng.shuffle(peers)
+        known: int | None = None
+        with trio.move_on_after(self.request_timeout):
+            for addr in peers:
+                try:
+                    reply = await self.transport.call(addr, "p_gossip", {}, self.request_timeout)
+                    remote = membership.from_wire(reply["state"])
+                except (DynError, membership.MembershipError, KeyError) as exc:
+                    log.info("event=kept_actor_unconfirmed node=%s peer=%s error=%r",
+                             self.id, addr, getattr(exc, "message", str(exc)))
+                    continue
+                record = remote.members.get(self.id)
+                known = 0 if record is None else record.incarnation
+                break
+        if known is not None and known < self.incarnation:
+            return
+        self.actor_kept = False
+        self.set_incarnation(max(self.incarnation, (known or 0) + 1))
+        log.warning("event=actor_renewed node=%s actor=%s reason=%s", self.id, self.actor,
+                    "no peer answered" if known is None else "the cluster knows a later life")
+
+    def record_clean_stop(self) -> None:
+        """Write the clean-stop record (see _resume_actor): call once every service of
+        the node has ended, and only then; a StorageError means no record (renewed)."""
+        saved = {"incarnation": self.incarnation, "actor": self.actor,
+                 "replica": self.replica.actor_state(), "hints_released": self.hints_released}
+        self.storage.commit_synced(Batch().put_meta(META_CLEAN_STOP, cbor2.dumps(saved)))
 
     def fallback_actor(self, primary: str) -> str:
         """The actor for a dot minted on the hint copy held for ``primary`` (no primary
@@ -489,6 +578,7 @@ class Node:
             task_status.started()
             if self.fresh and self.config.seeds:
                 await self.gossip.recover_identity()
+            await self.confirm_kept_actor()
             await self.persist_identity()
             for partition in sorted(self.owned_partitions()):
                 await self.replica.rebuild_tree(partition)

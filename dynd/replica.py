@@ -9,6 +9,7 @@ same old value. The caller awaits the returned ticket for durability.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from common import context
 from common.context import DVVSet, Sibling
@@ -52,14 +53,27 @@ class Replica:
         # tombstone this node has reaped: a key reaped here may still be a tombstone on a
         # replica that has not reaped it yet, so a new dot for the key must not repeat one
         # of its dots (tests/sim seed 139: a value minted at counter 1 under a tombstone at
-        # 2 vanished on merge). In memory only: every start is a new incarnation (actor).
+        # 2 vanished on merge). Kept across a clean restart with the actor (actor_state).
         self.own_actor: str | None = None
         self.dot_floor = 0
         # Partitions whose copy this node dropped after handing it over -> the renewal its
-        # own dots there are minted under since (see forget_partition). In memory only, as
-        # dot_floor: the next incarnation is a new actor anyway.
+        # own dots there are minted under since (see forget_partition). Kept with the
+        # actor, as dot_floor.
         self._renewals: dict[int, int] = {}
         self._rebuilds: dict[int, list[_TreeRebuild]] = {}  # partition -> running rebuilds
+
+    def take_actor(self, actor: str, saved: dict[str, Any] | None = None) -> None:
+        """Mint this node's own dots under ``actor`` from now on: a new actor starts with
+        no floor and no renewals; a kept one (Node's clean restart) resumes ``saved``,
+        what ``actor_state`` returned when the node stopped."""
+        self.own_actor = actor
+        saved = saved or {}
+        self.dot_floor = int(saved.get("dot_floor", 0))
+        self._renewals = {int(p): int(r) for p, r in saved.get("renewals", {}).items()}
+
+    def actor_state(self) -> dict[str, Any]:
+        """What a kept actor needs to mint no dot twice besides the stored objects."""
+        return {"dot_floor": self.dot_floor, "renewals": dict(self._renewals)}
 
     def tree(self, partition: int) -> PartitionTree:
         tree = self.trees.get(partition)

@@ -494,6 +494,25 @@ class Storage:
             else:
                 del self._hint_counts[target]
 
+    def commit_synced(self, batch: Batch) -> None:
+        """Commit everything staged, then ``batch``, and fsync them whatever the sync mode.
+
+        For the few writes whose loss would be unsafe rather than just a lost write (the
+        clean-stop record and its consumption, see Node.record_clean_stop): the fsync of
+        the last group makes every earlier one durable too. Raises StorageError if a
+        write failed (then ``batch`` may not be written).
+        """
+        self._check_open()
+        self.stage(batch)
+        self._write_options.sync, fsync = True, self._write_options.sync
+        try:
+            while self._queue:
+                failure = self._commit_group()
+                if failure is not None:
+                    raise failure
+        finally:
+            self._write_options.sync = fsync
+
     async def write(self, batch: Batch) -> None:
         """Stage ``batch`` and wait until it is durable; StorageError if it failed."""
         await self.stage(batch).wait()
@@ -513,8 +532,8 @@ class Storage:
                 await trio.lowlevel.checkpoint()  # let ready tasks join this group
                 if self._db is None:
                     return
-                failure = self._commit_group()
-                if failure is not None:
+                failure = self._commit_group() if self._queue else None  # commit_synced
+                if failure is not None:                              # may have taken it
                     raise failure  # every waiter has it; the node stops (module docstring)
                 if not self._queue:
                     self._has_work = trio.Event()

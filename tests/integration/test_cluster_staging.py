@@ -57,16 +57,20 @@ def test_a_cleared_join_is_undone_and_the_node_can_join_again(dyn_cluster: Clust
 
 def test_a_removed_id_rejoins_with_a_fresh_data_dir_as_a_new_life(dyn_cluster: Cluster) -> None:
     """The old life's heartbeats ranked (2, counter) on the others and its dots were
-    n4.1 and n4.2: the new life must outrank the beats and mint under a new actor."""
+    minted under one actor (a clean restart keeps it; the crash renews it): the new life
+    must outrank the beats and mint under a new actor."""
     nodes = form(dyn_cluster, 4)
     seed, other, old = nodes[0], nodes[1], nodes[3]
     old_actors = {actor(old)}
     old.stop()
-    old.start()  # a restart: incarnation 2
+    old.start()  # a clean restart: incarnation 2, the same actor
+    assert {actor(old)} == old_actors
+    old.kill()
+    old.start()  # a crash: incarnation 3 and a new actor
     old_actors.add(actor(old))
     assert len(old_actors) == 2
     # A change made on the restarted node reaches the seed with its whole state, which
-    # records incarnation 2 since start-up.
+    # records incarnation 3 since start-up.
     ctl(old, "bucket", "set", "marker", "--n", "2", "--r", "1", "--w", "1")
     wait_until(lambda: dynctl_json("--node", seed.addr, "bucket", "get", "marker")[1]
                ["bucket"]["n"] == 2, 30, "the restarted node's state at the seed")

@@ -12,7 +12,8 @@ hashing still follows PYTHONHASHSEED: `make sim` pins it to 0.
 
 A crash drops the writes a node staged but had not yet committed (a real crash
 loses what was not yet durable; no acknowledgement ever follows such a write),
-closes RocksDB, and optionally deletes the data directory (a lost disk). The
+closes RocksDB, and optionally deletes the data directory (a lost disk). A clean
+stop is dynd's on SIGTERM: drain, end the services, record the clean stop. The
 node restarts on the same directory, with the same id and address.
 """
 
@@ -96,6 +97,8 @@ def bootstrap_state(ids: list[str], addrs: list[str], ring_size: int, n: int
     for node_id, addr in zip(ids[1:], addrs[1:], strict=True):
         state = membership.stage(state, Change("join", node_id, None), ids[0],
                                  Member(node_id, addr, "default", "joining", None, 1))
+    if len(ids) == 1:
+        return state  # a new cluster's founder owns every partition already
     state = membership.commit(state, n, ids[0])
     for transfer in membership.pending_transfers(state):
         state = membership.complete_transfer(state, transfer.partition)
@@ -116,6 +119,7 @@ class SimNode:
         self.lives = 0
         self._scope = trio.CancelScope()
         self._stopped = trio.Event()
+        self._clean_stop = False
 
     @property
     def up(self) -> bool:
@@ -138,6 +142,7 @@ class SimNode:
                     rng=random.Random(f"{self.cluster.seed}/{self.id}/{self.lives}"))
         self._scope = trio.CancelScope()
         self._stopped = trio.Event()
+        self._clean_stop = False
         await self.cluster.nursery.start(self._life, node, storage)
         self.node = node
 
@@ -149,12 +154,25 @@ class SimNode:
                     await server.start(node.run)
                     self.cluster.network.attach(self.addr, node.handle, server, node.answer_now)
                     task_status.started()
+            if self._clean_stop:
+                node.record_clean_stop()  # as dynd's serve after its nursery ended
         except* StorageError:  # its disk failed under a write: it stopped, as dynd exits 1
             self.node = None
         finally:
             self.cluster.network.detach(self.addr)
             storage.close()
             self._stopped.set()
+
+    async def stop(self) -> None:
+        """A clean shutdown, as dynd's on SIGTERM: refuse new requests, let in-flight ones
+        finish, end the services, record the clean stop."""
+        assert self.node is not None
+        await self.node.drain(5.0)
+        self.cluster.network.detach(self.addr)
+        self.node = None
+        self._clean_stop = True
+        self._scope.cancel()
+        await self._stopped.wait()
 
     async def crash(self, *, wipe: bool = False) -> None:
         """Stop at once, losing staged writes that were not yet committed."""

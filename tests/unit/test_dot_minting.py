@@ -77,3 +77,50 @@ def test_a_restart_after_a_join_never_takes_an_incarnation_below_the_clusters_re
         assert restarted.actor == "n4.5"
     finally:
         storage.close()
+
+
+async def test_a_clean_restart_keeps_the_actor_with_its_floor_renewals_and_hint_actor(
+        tmp_path: Path) -> None:
+    """What the stored objects no longer show travels with a kept actor: the floor of a
+    reaped tombstone (another replica may still hold it), the renewal of a dropped
+    partition and the fallback generation (no hint copy released since)."""
+    config = Config(node_id="n3", data_dir=str(tmp_path), limits=LIMITS)
+    storage = Storage.open(str(tmp_path), sync="none")
+    node = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
+    await node.persist_identity()
+    replica = node.replica
+    put, _, _ = replica.coordinate(1, "b", b"k", b"v1", {}, node.actor, 1)
+    tombstone, _, _ = replica.coordinate(1, "b", b"k", None, context.join(put), node.actor, 2)
+    unreaped = tombstone  # another primary still holds it
+    assert replica.reap(1, "b", b"k", tombstone) is not None
+    replica.forget_partition(5)
+    hint_actor = node.fallback_actor("n1")
+    node.record_clean_stop()
+    storage.close()
+
+    storage = Storage.open(str(tmp_path), sync="none")
+    try:
+        restarted = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
+        assert restarted.actor == node.actor
+        assert restarted.replica.actor_state() == {"dot_floor": 2, "renewals": {5: 1}}
+        assert restarted.fallback_actor("n1") == hint_actor
+        fresh, _, _ = restarted.replica.coordinate(1, "b", b"k", b"v2", {}, restarted.actor, 3)
+        merged = context.sync(unreaped, fresh)
+        assert [s.value for s in context.live_values(merged)] == [b"v2"]
+    finally:
+        storage.close()
+
+
+async def test_a_start_consumes_the_clean_stop_record(tmp_path: Path) -> None:
+    """Once a node serves, an exit may lose a dot: only a new clean stop keeps the actor."""
+    config = Config(node_id="n3", data_dir=str(tmp_path), limits=LIMITS)
+    actors = []
+    for clean in (True, False, False):
+        storage = Storage.open(str(tmp_path), sync="none")
+        node = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
+        await node.persist_identity()
+        actors.append(node.actor)
+        if clean:
+            node.record_clean_stop()
+        storage.close()  # the last two lives end as a crash would: no record
+    assert actors == ["n3.1", "n3.1", "n3.3"]
