@@ -202,7 +202,9 @@ class Coordinator:
                 local_raw = self.node.replica.get_encoded(place.partition, bucket, key,
                                                           target.hint_for)
                 local = None if local_raw is None else context.decode_stored(local_raw)
-                core.add_reply(target.node, local, fallback=target.role == "fallback")
+                core.add_reply(target.node, local, fallback=target.role == "fallback",
+                               incomplete=self.node.pull_pending(place.partition,
+                                                                 target.hint_for))
 
         def replied(target: Target, result: dict[str, Any] | None,
                     error: DynError | None) -> None:
@@ -215,7 +217,8 @@ class Coordinator:
             except DynError as exc:
                 core.add_failure(target.node, exc.message)
             else:
-                core.add_reply(target.node, clock, fallback=target.role == "fallback")
+                core.add_reply(target.node, clock, fallback=target.role == "fallback",
+                               incomplete=result.get("incomplete") is True)
             if core.settled():
                 decide()
 

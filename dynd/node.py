@@ -554,9 +554,18 @@ class Node:
 
     def p_get(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
         # The stored bytes as they are: the coordinator validates them (clock_from_peer).
-        reply({"clock": self.replica.get_encoded(fields["partition"], fields["bucket"],
-                                                 fields["key"], fields.get("hint_for"))}, None)
+        partition, hint_for = fields["partition"], fields.get("hint_for")
+        result: dict[str, Any] = {"clock": self.replica.get_encoded(
+            partition, fields["bucket"], fields["key"], hint_for)}
+        if self.pull_pending(partition, hint_for):
+            result["incomplete"] = True  # merged by the coordinator, not counted toward R
+        reply(result, None)
         return True
+
+    def pull_pending(self, partition: int, hint_for: str | None) -> bool:
+        """Whether this node's copy read for ``hint_for`` (None: its own) may lack keys
+        because its pull of the partition is not in (Handoff.pull_pending)."""
+        return hint_for in (None, self.id) and self.handoff.pull_pending(partition)
 
     def p_put(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
         clock = self.clock_from_peer(fields["clock"])

@@ -15,18 +15,27 @@ from common.context import DVVSet
 
 @dataclass
 class GetCore:
-    """Collects p_get replies; `merged` is the answer once `enough()`."""
+    """Collects p_get replies; `merged` is the answer once `enough()`.
+
+    A reply marked incomplete (its replica's pull of the partition is not in: it became
+    a primary before its copy was filled) is merged into the answer and read-repaired,
+    but never counted toward R: alone it could answer "not found" for a stored value.
+    """
 
     r: int
     n: int
     replies: dict[str, DVVSet | None] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     fallbacks: set[str] = field(default_factory=set)
+    incomplete: set[str] = field(default_factory=set)
 
-    def add_reply(self, node: str, clock: DVVSet | None, *, fallback: bool = False) -> None:
+    def add_reply(self, node: str, clock: DVVSet | None, *, fallback: bool = False,
+                  incomplete: bool = False) -> None:
         self.replies[node] = clock
         if fallback:
             self.fallbacks.add(node)
+        if incomplete:
+            self.incomplete.add(node)
 
     def settled(self) -> bool:
         """Time to answer: R replies, and if none of them holds the key, either R of
@@ -42,18 +51,19 @@ class GetCore:
             return False
         if any(clock is not None for clock in self.replies.values()):
             return True
-        primary_misses = sum(1 for node in self.replies if node not in self.fallbacks)
+        primary_misses = sum(1 for node in self.replies
+                             if node not in self.fallbacks and node not in self.incomplete)
         return primary_misses >= self.r or len(self.replies) + len(self.failures) >= self.n
 
     def add_failure(self, node: str, reason: str) -> None:
         self.failures[node] = reason
 
     def enough(self) -> bool:
-        return len(self.replies) >= self.r
+        return len(self.replies) - len(self.incomplete) >= self.r
 
     def hopeless(self) -> bool:
-        """R can no longer be met: too many replicas failed."""
-        return self.n - len(self.failures) < self.r
+        """R can no longer be met: too many replicas failed or answered incomplete."""
+        return self.n - len(self.failures) - len(self.incomplete) < self.r
 
     def merged(self) -> DVVSet | None:
         """The sync of every reply, or None when no replica held the key."""
@@ -65,8 +75,10 @@ class GetCore:
 
     def describe(self) -> str:
         """What is known when R was not met, for the error message."""
-        reasons = "".join(f"; {node}: {why}" for node, why in sorted(self.failures.items()))
-        return f"{len(self.replies)} of {self.r} replies{reasons}"
+        why = {**self.failures,
+               **{node: "its pull of the partition is not in" for node in self.incomplete}}
+        reasons = "".join(f"; {node}: {text}" for node, text in sorted(why.items()))
+        return f"{len(self.replies) - len(self.incomplete)} of {self.r} replies{reasons}"
 
     def stale(self, merged: DVVSet) -> list[str]:
         """Replicas whose copy does not descend the merged answer: read repair targets."""
