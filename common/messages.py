@@ -27,6 +27,9 @@ MAX_NODE_ID_BYTES = 64
 MAX_FETCH_LIMIT = 10_000  # items per p_fetch page
 MAX_TOKENS = 2**20  # a tokens count, far above any ring size
 MAX_TREE_LEVEL = 64  # Merkle tree level in p_tree
+# A put travels at most this many p_forward hops: a node outside the key's preference list
+# in its own view forwards it on only while hops remain (views differ for a moment).
+MAX_FORWARD_HOPS = 2
 MAX_SEED_CHARS = 261  # "host:port": a 253-character DNS name, ':' and a 5-digit port; brackets
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -68,7 +71,7 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "p_get": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION, "hint_for": (str, False)},
     "p_put": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION,
               "clock": (bytes, True), "hint_for": (str, False)},
-    "p_forward": {"req": (dict, True)},
+    "p_forward": {"req": (dict, True), "via": (list, True)},
     "p_gossip": {"state": (dict, False), "heartbeats": (dict, False), "digest": (bytes, False)},
     "p_join": {"member": (dict, True)},
     "p_fetch": {"partition": _PARTITION, "after": (list, False), "limit": (int, True)},
@@ -247,6 +250,16 @@ def _check_after(name: str, after: list[Any], limits: Limits) -> None:
     _check_key(f"{name}[1]", after[1], limits)
 
 
+def _check_via(name: str, via: list[Any], limits: Limits) -> None:
+    """The nodes a forwarded put came through, in order: one per hop taken."""
+    if not 1 <= len(via) <= MAX_FORWARD_HOPS:
+        raise Rejected(f"{name} must name 1..{MAX_FORWARD_HOPS} nodes, not {len(via)}")
+    for node in via:
+        if type(node) is not str:
+            raise ProtocolError(f"{name} must hold node ids, not {node!r:.40}")
+        _check_node_id(name, node, limits)
+
+
 _check_replication = _in_range(1, MAX_N)
 _check_primary_quorum = _in_range(0, MAX_N)
 _check_non_negative = _in_range(0, None)
@@ -275,4 +288,5 @@ _VALUE_CHECKS: dict[str, Callable[[str, Any, Limits], None]] = {
     "indices": _check_index_list,
     "segments": _check_index_list,
     "after": _check_after,
+    "via": _check_via,
 }

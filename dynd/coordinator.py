@@ -14,7 +14,7 @@ task per node (``Coordinator.run``) expires the fan-outs whose deadline passed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -211,7 +211,9 @@ class Coordinator:
                 local_raw = self.node.replica.get_encoded(place.partition, bucket, key,
                                                           target.hint_for)
                 local = None if local_raw is None else context.decode_stored(local_raw)
-                core.add_reply(target.node, local, fallback=target.role == "fallback")
+                core.add_reply(target.node, local, fallback=target.role == "fallback",
+                               incomplete=self.node.pull_pending(place.partition,
+                                                                 target.hint_for))
 
         def replied(target: Target, result: dict[str, Any] | None,
                     error: DynError | None) -> None:
@@ -224,7 +226,8 @@ class Coordinator:
             except DynError as exc:
                 core.add_failure(target.node, exc.message, fallback=target.role == "fallback")
             else:
-                core.add_reply(target.node, clock, fallback=target.role == "fallback")
+                core.add_reply(target.node, clock, fallback=target.role == "fallback",
+                               incomplete=result.get("incomplete") is True)
             if core.settled():
                 decide()
 
@@ -292,12 +295,12 @@ class Coordinator:
 
     async def put(
         self, bucket: str, key: bytes, value: bytes | None, client_context: dict[str, int],
-        w: int | None, forward: Callable[[str], Awaitable[dict[str, Any]]] | None, *,
-        pw: int | None = None,
+        w: int | None, forward: Callable[[str], Awaitable[dict[str, Any]]] | None,
+        came_through: Collection[str] = (), *, pw: int | None = None,
     ) -> dict[str, Any]:
         """Coordinate a put or delete wherever it arrived: forwarded to a primary when
-        this node is none (unless ``forward`` is None: the request was forwarded already,
-        no loops), else as ``start_put``."""
+        this node is none (unless ``forward`` is None: no forwarding hop left), never to a
+        node it ``came_through`` (no loops), else as ``start_put``."""
         place, me, w_needed = self._write_placement(bucket, key, w)
         _, pw = self.node.primary_quorums(bucket, w=w, pw=pw)
         if (me is None or me.role != "primary") and forward is not None:
@@ -305,9 +308,9 @@ class Coordinator:
             # minted on a fallback's hint copy can repeat one already handed back and be
             # silently dropped at the primary (tests/sim seed 5). Prefer a primary. A node
             # outside the preference list then tries its fallbacks: puts are minted only
-            # on a node of the list (DESIGN.md), which a forwarded request (no second
-            # forward) cannot always honour.
+            # on a node of the list.
             candidates = sorted((t for t in place.targets if t.node != self.node.id
+                                 and t.node not in came_through
                                  and (t.role == "primary" or me is None)),
                                 key=lambda t: t.role != "primary")
             for target in candidates:
@@ -315,20 +318,22 @@ class Coordinator:
                     return await forward(target.node)
                 except Unreachable as exc:  # never sent: the next one may take it
                     self.node.suspect(target.node, exc.message)
-            if me is None:
-                raise Unavailable(f"no node of the key's preference list took the write "
-                                  f"({', '.join(t.node for t in place.targets) or 'none up'})")
+        if me is None:  # minted here, the dot's actor would hold no copy of the key
+            hops = "" if forward is not None else ", and no forwarding hop is left"
+            raise Unavailable(f"no node of the key's preference list took the write "
+                              f"({', '.join(t.node for t in place.targets) or 'none up'})"
+                              f"{hops}")
         result = await answered(partial(self._write_here, place, me, bucket, key, value,
                                         client_context, w_needed, pw=pw))
         assert result is not None
         return result
 
     def _write_here(
-        self, place: Placement, me: Target | None, bucket: str, key: bytes,
+        self, place: Placement, me: Target, bucket: str, key: bytes,
         value: bytes | None, client_context: dict[str, int], w: int, reply: Reply, *,
         pw: int = 0,
     ) -> bool:
-        """Mint the write's dot on this node's copy (a hint when this node is no primary
+        """Mint the write's dot on this node's copy (a hint when this node is a fallback
         of the key), store it, replicate it; ``reply`` once W acknowledged, PW of them
         primaries. With fewer than PW primaries reachable it writes nothing."""
         primaries = _primaries(place.targets)
@@ -336,10 +341,7 @@ class Coordinator:
             reply(None, Unavailable(f"primary write quorum not met: {primaries} of the key's "
                                     f"primaries reachable, pw={pw}"))
             return True
-        if me is None:  # no preference-list node took the forward: keep it as a hint
-            hint_for = place.targets[0].primary if place.targets else None
-        else:
-            hint_for = me.hint_for
+        hint_for = me.hint_for
         actor = self.node.actor if hint_for is None else self.node.fallback_actor(hint_for)
         clock, encoded, ticket = self.node.replica.coordinate(
             place.partition, bucket, key, value, client_context, actor,

@@ -330,6 +330,20 @@ class Handoff:
                  self.node.id, epoch, len(mine))
         self.node.background.start_soon(self.node.gossip.push_now)
 
+    def pull_pending(self, partition: int) -> bool:
+        """Whether this node's copy of a key partition may lack keys it is a primary for:
+        gained in the current epoch (not a primary of it under the old owners) and not
+        pulled yet. Another node's completed transfer can make this node a primary before
+        its own pull is in; such a copy must not make a read's answer (GetCore: it is
+        merged, not counted toward R). After a restart the persisted cursor tells."""
+        state = self.node.state
+        if state.epoch <= self.pulled_epoch:
+            return False  # every pull of this epoch is in: the common case, one comparison
+        if self.node.id in self.node.primaries(partition, owners=state.owners):
+            return False
+        cursor = self.node.storage.get_meta(f"{_CURSOR_PREFIX}{state.epoch}:{partition}")
+        return cursor is None or cbor2.loads(cursor) != "done"
+
     def mark_pulled(self, epoch: int) -> None:
         """Record that ``epoch`` needs no pull (any more); persisted with the next group
         commit, so a restart does not pull again (a crash before it only repeats a pull)."""

@@ -625,24 +625,27 @@ class Node:
                                           fields.get("w"), reply, pw=fields.get("pw"))
 
     async def op_put(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return await self._write(fields, fields["value"], forwarded=False)
+        return await self._write(fields, fields["value"], via=[])
 
     async def op_delete(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return await self._write(fields, None, forwarded=False)
+        return await self._write(fields, None, via=[])
 
     async def _write(
-        self, fields: dict[str, Any], value: bytes | None, *, forwarded: bool
+        self, fields: dict[str, Any], value: bytes | None, *, via: list[str]
     ) -> dict[str, Any]:
+        """Coordinate a put or delete that came through the nodes ``via`` (forwarded by
+        them, in order): forwarded on while hops remain, never back through them."""
         client_context = self._client_context(fields)
         op = "put" if value is not None else "delete"
 
         async def forward(node: str) -> dict[str, Any]:
             request = messages.request(op, 1, **fields)
-            return await self.call(node, "p_forward", {"req": request})
+            return await self.call(node, "p_forward", {"req": request, "via": [*via, self.id]})
 
         return await self.coordinator.put(
             fields["bucket"], fields["key"], value, client_context, fields.get("w"),
-            None if forwarded else forward, pw=fields.get("pw"),
+            forward if len(via) < messages.MAX_FORWARD_HOPS else None, came_through=via,
+            pw=fields.get("pw"),
         )
 
     def _client_context(self, fields: dict[str, Any]) -> dict[str, int]:
@@ -657,13 +660,22 @@ class Node:
         if inner.op not in ("put", "delete"):
             raise Rejected(f"only put and delete are forwarded, not {inner.op!r}")
         value = inner.fields["value"] if inner.op == "put" else None
-        return await self._write(inner.fields, value, forwarded=True)
+        return await self._write(inner.fields, value, via=fields["via"])
 
     def p_get(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
         # The stored bytes as they are: the coordinator validates them (clock_from_peer).
-        reply({"clock": self.replica.get_encoded(fields["partition"], fields["bucket"],
-                                                 fields["key"], fields.get("hint_for"))}, None)
+        partition, hint_for = fields["partition"], fields.get("hint_for")
+        result: dict[str, Any] = {"clock": self.replica.get_encoded(
+            partition, fields["bucket"], fields["key"], hint_for)}
+        if self.pull_pending(partition, hint_for):
+            result["incomplete"] = True  # merged by the coordinator, not counted toward R
+        reply(result, None)
         return True
+
+    def pull_pending(self, partition: int, hint_for: str | None) -> bool:
+        """Whether this node's copy read for ``hint_for`` (None: its own) may lack keys
+        because its pull of the partition is not in (Handoff.pull_pending)."""
+        return hint_for in (None, self.id) and self.handoff.pull_pending(partition)
 
     def p_put(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
         clock = self.clock_from_peer(fields["clock"])

@@ -21,7 +21,12 @@ from common.context import DVVSet
 
 @dataclass
 class GetCore:
-    """Collects p_get replies; `merged` is the answer once `enough()`."""
+    """Collects p_get replies; `merged` is the answer once `enough()`.
+
+    A reply marked incomplete (its replica's pull of the partition is not in: it became
+    a primary before its copy was filled) is merged into the answer and read-repaired,
+    but never counted toward R: alone it could answer "not found" for a stored value.
+    """
 
     r: int
     n: int
@@ -31,14 +36,20 @@ class GetCore:
     failures: dict[str, str] = field(default_factory=dict)
     fallbacks: set[str] = field(default_factory=set)
     failed_fallbacks: set[str] = field(default_factory=set)
+    incomplete: set[str] = field(default_factory=set)
 
-    def add_reply(self, node: str, clock: DVVSet | None, *, fallback: bool = False) -> None:
+    def add_reply(self, node: str, clock: DVVSet | None, *, fallback: bool = False,
+                  incomplete: bool = False) -> None:
         self.replies[node] = clock
         if fallback:
             self.fallbacks.add(node)
+        if incomplete:
+            self.incomplete.add(node)
 
     def primary_replies(self) -> int:
-        return sum(1 for node in self.replies if node not in self.fallbacks)
+        """Replies of primaries whose copy is complete: what PR counts."""
+        return sum(1 for node in self.replies
+                   if node not in self.fallbacks and node not in self.incomplete)
 
     def settled(self) -> bool:
         """Time to answer: R replies, and if none of them holds the key, either R of
@@ -63,14 +74,17 @@ class GetCore:
             self.failed_fallbacks.add(node)
 
     def enough(self) -> bool:
-        return len(self.replies) >= self.r and self.primary_replies() >= self.pr
+        return (len(self.replies) - len(self.incomplete) >= self.r
+                and self.primary_replies() >= self.pr)
 
     def hopeless(self) -> bool:
-        """R or PR can no longer be met: too many replicas (primaries) failed, or too few
-        primaries were reachable to ask."""
+        """R or PR can no longer be met: too many replicas (primaries) failed or answered
+        incomplete, or too few primaries were reachable to ask."""
         primaries = self.n if self.primaries is None else self.primaries
         primary_failures = len(self.failures) - len(self.failed_fallbacks)
-        return self.n - len(self.failures) < self.r or primaries - primary_failures < self.pr
+        incomplete_primaries = len(self.incomplete - self.fallbacks)
+        return (self.n - len(self.failures) - len(self.incomplete) < self.r
+                or primaries - primary_failures - incomplete_primaries < self.pr)
 
     def merged(self) -> DVVSet | None:
         """The sync of every reply, or None when no replica held the key."""
@@ -82,10 +96,13 @@ class GetCore:
 
     def describe(self) -> str:
         """What is known when R was not met, for the error message."""
-        reasons = "".join(f"; {node}: {why}" for node, why in sorted(self.failures.items()))
+        why = {**self.failures,
+               **{node: "its pull of the partition is not in" for node in self.incomplete}}
+        reasons = "".join(f"; {node}: {text}" for node, text in sorted(why.items()))
         primaries = (f", {self.primary_replies()} of {self.pr} required from primaries"
                      if self.pr else "")
-        return f"{len(self.replies)} of {self.r} replies{primaries}{reasons}"
+        complete = len(self.replies) - len(self.incomplete)
+        return f"{complete} of {self.r} replies{primaries}{reasons}"
 
     def stale(self, merged: DVVSet) -> list[str]:
         """Replicas whose copy does not descend the merged answer: read repair targets."""

@@ -29,6 +29,9 @@ async def test_a_put_outside_the_preference_list_is_minted_on_a_fallback(
         up = [s.node for s in sims if s.id not in primaries and s.node is not None]
         await until("every live node sees every primary down", lambda: all(
             not node.is_up(p) for node in up for p in primaries))
+        # Views of the other nodes' liveness settle too: the outsider must be one by its own.
+        await until("every live node picks the same fallbacks", lambda: len({
+            tuple(node.placement(BUCKET, KEY, 3).targets) for node in up}) == 1)
         fallbacks = [t.node for t in up[0].placement(BUCKET, KEY, 3).targets]
         assert len(fallbacks) == 3 and not set(fallbacks) & set(primaries)
         outsider = next(node for node in up if node.id not in fallbacks)

@@ -66,7 +66,7 @@ VALID = {
     "stats": {},
     "p_get": {"bucket": "default", "key": b"k", "partition": 0, "hint_for": "n2"},
     "p_put": {"bucket": "default", "key": b"k", "partition": 3, "clock": b"", "hint_for": "n2"},
-    "p_forward": {"req": {"v": 1, "id": 1, "op": "put"}},
+    "p_forward": {"req": {"v": 1, "id": 1, "op": "put"}, "via": ["n1", "n2"]},
     "p_gossip": {"state": {"epoch": 1}, "heartbeats": {"n1": [1, 2]}, "digest": b"d"},
     "p_join": {"member": {"id": "n3"}},
     "p_fetch": {"partition": 1, "after": ["default", b"k"], "limit": 10_000},
@@ -137,7 +137,8 @@ SHAPE_ERRORS = [
     ("bucket as bytes", get(bucket=b"default"), "must be str"),
     ("clock as text", request("p_put", 1, **{**VALID["p_put"], "clock": "x"}),
      "must be bytes"),
-    ("req as list", request("p_forward", 1, req=[]), "must be dict"),
+    ("req as list", request("p_forward", 1, req=[], via=["n1"]), "must be dict"),
+    ("via of ints", request("p_forward", 1, req={}, via=[1]), "via must hold node ids"),
     ("indices of text", request("p_tree", 1, partition=1, level=0, indices=["1"]),
      "non-negative ints"),
     ("negative segment", request("p_segments", 1, partition=1, segments=[-1]),
@@ -179,6 +180,9 @@ LIMIT_ERRORS = [
      "bucket name"),
     ("long key in after", request("p_fetch", 1, partition=1, limit=1,
                                   after=["b", b"k" * 1025]), "1025 bytes"),
+    ("no hop in via", request("p_forward", 1, req={}, via=[]), r"via must name 1\.\.2 nodes"),
+    ("too many hops", request("p_forward", 1, req={}, via=["a", "b", "c"]), "not 3"),
+    ("bad node in via", request("p_forward", 1, req={}, via=["a:b"]), "node id in 'via'"),
 ]
 
 

@@ -68,6 +68,38 @@ def test_not_found_is_answered_once_r_primaries_or_everyone_said_so() -> None:
     assert everyone.settled() and everyone.enough() and everyone.merged() is None
 
 
+def test_an_incomplete_replica_is_merged_but_never_counted_toward_r() -> None:
+    core = GetCore(r=1, n=3)
+    core.add_reply("pending", None, incomplete=True)  # its pull of the partition is not in
+    assert not core.enough() and not core.settled()
+    core.add_reply("p1", clock_with(b"x"))
+    assert core.settled() and core.enough()
+    assert core.stale(core.merged()) == ["pending"]  # read repair fills it
+    merged_in = GetCore(r=1, n=3)
+    merged_in.add_reply("pending", clock_with(b"y", actor="b.1"), incomplete=True)
+    merged_in.add_reply("p1", clock_with(b"x"))
+    assert sorted(s.value for s in context.live_values(merged_in.merged())) == [b"x", b"y"]
+
+
+def test_incomplete_misses_do_not_answer_not_found() -> None:
+    core = GetCore(r=2, n=3)
+    core.add_reply("p1", None)
+    core.add_reply("pending", None, incomplete=True)
+    assert not core.settled()
+    core.add_reply("p2", None)
+    assert core.settled() and core.merged() is None
+
+
+def test_a_get_with_too_few_complete_replicas_is_hopeless() -> None:
+    core = GetCore(r=2, n=3)
+    core.add_reply("p1", None)
+    core.add_reply("pending", None, incomplete=True)
+    core.add_failure("p2", "timed out")
+    assert core.hopeless() and core.settled() and not core.enough()
+    assert core.describe() == ("1 of 2 replies; p2: timed out; "
+                               "pending: its pull of the partition is not in")
+
+
 def test_get_is_hopeless_when_too_many_replicas_failed() -> None:
     core = GetCore(r=2, n=3)
     core.add_failure("n1", "refused")
