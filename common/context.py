@@ -181,13 +181,18 @@ def _add_event(entries: tuple[tuple[str, int, tuple[Sibling, ...]], ...], actor:
     """Mint ``actor``'s next dot for ``value``, keeping entries sorted: one above the
     entry's counter while the entry holds values (their dots must stay contiguous below
     the new one), else one above ``max(counter, floor)``; ``update`` says why."""
-    for index, (entry_actor, counter, values) in enumerate(entries):
-        if entry_actor == actor:
-            minted = counter + 1 if values else max(counter, floor) + 1
-            return entries[:index] + ((actor, minted, (value, *values)),) + entries[index + 1:]
-        if entry_actor > actor:
-            return entries[:index] + ((actor, floor + 1, (value,)),) + entries[index:]
-    return entries + ((actor, floor + 1, (value,)),)
+    index = next((i for i, entry in enumerate(entries) if entry[0] >= actor), len(entries))
+    counter, values = 0, ()
+    if index < len(entries) and entries[index][0] == actor:
+        _, counter, values = entries[index]
+        rest = entries[index + 1:]
+    else:
+        rest = entries[index:]
+    minted = counter + 1 if values else max(counter, floor) + 1
+    if minted > MAX_INT:  # only a forged context gets there; no peer would take the clock
+        raise InvalidContext(f"the counter of {actor!r} is at 2**63-1 (a forged context?): "
+                             f"no new event fits")
+    return entries[:index] + ((actor, minted, (value, *values)),) + rest
 
 
 def update(client: DVVSet, stored: DVVSet | None, actor: str, floor: int = 0) -> DVVSet:
@@ -219,6 +224,8 @@ def update(client: DVVSet, stored: DVVSet | None, actor: str, floor: int = 0) ->
       counter. (``floor`` is per node, often above the counter of a key never reaped.)
     A copy that escapes that agreement and comes back after the reap breaks the
     second case, as it brings back the values the tombstone deleted.
+
+    Raises ``InvalidContext`` if the new counter would pass 2**63-1 (forged counters).
     """
     if len(client.anonymous) != 1:
         raise ValueError("update() needs a client clock with exactly one new value, "

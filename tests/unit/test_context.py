@@ -490,3 +490,5 @@ def test_a_forged_context_counter_never_reuses_a_dot_or_drops_an_unseen_value() 
         assert new_dot == ("r1", max(forged, 6) + 1)
         kept = {s for dot, s in dotted_siblings(stored).items() if dot[1] > forged}
         assert set(dots.values()) == kept | {sib("w", 3)}
+    with pytest.raises(InvalidContext, match=r"counter of 'r1' is at 2\*\*63-1"):
+        dvv.update(dvv.new(sib("w", 3), {"r1": dvv.MAX_INT}), stored, "r1", floor=4)
