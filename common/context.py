@@ -203,14 +203,15 @@ def update(client: DVVSet, stored: DVVSet | None, actor: str, floor: int = 0) ->
     all others stay as siblings.
 
     The new dot never repeats one ``actor`` minted before for this key, whatever
-    counters ``context`` names (stale or forged) and whatever the copy holds, given:
-    ``actor`` is the coordinating replica's own and ``stored`` its copy (each of the
-    actor's dots for the key is stored there first), and ``floor`` is at least the
-    actor's counter in every copy this replica has reaped. The copy's history only
-    grows, except by a reap, so every earlier dot of the actor for the key is at
-    most the copy's counter or the counter of a copy of the key reaped here.
+    counters ``context`` names (stale or forged), given: ``actor`` is the coordinating
+    replica's own and ``stored`` its copy (each of the actor's dots for the key is
+    stored there first), and ``floor`` is at least the actor's counter in every copy
+    this replica has reaped. The copy's history only grows, except by a reap, so
+    every earlier dot of the actor for the key is at most the copy's counter or the
+    counter of a copy of the key reaped here. The rule, on the actor's entry once
+    ``stored`` and ``context`` are synced:
 
-    - The synced entry holds no values (no entry, or the context covers them): the
+    - The entry holds no values (no entry, or the context covers them): the
       counter goes to ``max(counter, floor) + 1``, above both. The history then
       covers the actor's dots up to ``floor``; those of this key were superseded by
       a tombstone reaped here or are its tombstones, so no live value is dropped.
@@ -220,8 +221,9 @@ def update(client: DVVSet, stored: DVVSet | None, actor: str, floor: int = 0) ->
       the counter goes to ``counter + 1``. A jump would misplace their dots (values
       are the newest, contiguous ones), and is not needed: a tombstone is reaped only
       once every copy of the key holds it, so no copy holds a value of the actor it
-      superseded, and the copy's values were minted after that reap, above its
-      counter. (``floor`` is per node, often above the counter of a key never reaped.)
+      superseded, and the actor's values on the copy were minted after that reap,
+      above its counter. (``floor`` is per node: often above the counter of a key
+      never reaped.)
     A copy that escapes that agreement and comes back after the reap breaks the
     second case, as it brings back the values the tombstone deleted.
 
