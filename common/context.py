@@ -178,14 +178,21 @@ def merge_all(clocks: Iterable[DVVSet]) -> DVVSet:
 
 def _add_event(entries: tuple[tuple[str, int, tuple[Sibling, ...]], ...], actor: str,
                value: Sibling, floor: int) -> tuple[tuple[str, int, tuple[Sibling, ...]], ...]:
-    """Mint the next dot of ``actor`` for ``value``, keeping entries sorted; an actor
-    without an entry starts after ``floor``."""
-    for index, (entry_actor, counter, values) in enumerate(entries):
-        if entry_actor == actor:
-            return entries[:index] + ((actor, counter + 1, (value, *values)),) + entries[index + 1:]
-        if entry_actor > actor:
-            return entries[:index] + ((actor, floor + 1, (value,)),) + entries[index:]
-    return entries + ((actor, floor + 1, (value,)),)
+    """Mint ``actor``'s next dot for ``value``, keeping entries sorted: one above the
+    entry's counter while the entry holds values (their dots must stay contiguous below
+    the new one), else one above ``max(counter, floor)``; ``update`` says why."""
+    index = next((i for i, entry in enumerate(entries) if entry[0] >= actor), len(entries))
+    counter, values = 0, ()
+    if index < len(entries) and entries[index][0] == actor:
+        _, counter, values = entries[index]
+        rest = entries[index + 1:]
+    else:
+        rest = entries[index:]
+    minted = counter + 1 if values else max(counter, floor) + 1
+    if minted > MAX_INT:  # only a forged context gets there; no peer would take the clock
+        raise InvalidContext(f"the counter of {actor!r} is at 2**63-1 (a forged context?): "
+                             f"no new event fits")
+    return entries[:index] + ((actor, minted, (value, *values)),) + rest
 
 
 def update(client: DVVSet, stored: DVVSet | None, actor: str, floor: int = 0) -> DVVSet:
@@ -193,12 +200,34 @@ def update(client: DVVSet, stored: DVVSet | None, actor: str, floor: int = 0) ->
 
     ``client`` comes from ``new(value, context)``: its single anonymous value gets
     a new dot of ``actor``; the stored siblings that ``context`` covers are dropped,
-    all others stay as siblings. ``actor`` must be the coordinating node's own
-    incarnation and ``stored`` its local clock, or dots could be minted twice.
-    ``floor``: when neither clock has an entry of ``actor``, the highest counter
-    ``actor`` may have used for this key on a copy since deleted (the new entry
-    starts after it; its history then covers dots of that deleted copy, which were
-    all superseded, or the copy would not have been deleted).
+    all others stay as siblings.
+
+    The new dot never repeats one ``actor`` minted before for this key, whatever
+    counters ``context`` names (stale or forged), given: ``actor`` is the coordinating
+    replica's own and ``stored`` its copy (each of the actor's dots for the key is
+    stored there first), and ``floor`` is at least the actor's counter in every copy
+    this replica has reaped. The copy's history only grows, except by a reap, so
+    every earlier dot of the actor for the key is at most the copy's counter or the
+    counter of a copy of the key reaped here. The rule, on the actor's entry once
+    ``stored`` and ``context`` are synced:
+
+    - The entry holds no values (no entry, or the context covers them): the
+      counter goes to ``max(counter, floor) + 1``, above both. The history then
+      covers the actor's dots up to ``floor``; those of this key were superseded by
+      a tombstone reaped here or are its tombstones, so no live value is dropped.
+      (Counting on from a stale context's counter repeated a dot of a tombstone that
+      another replica had not reaped yet.)
+    - The entry holds values (only ``stored`` carries any, so they are the copy's):
+      the counter goes to ``counter + 1``. A jump would misplace their dots (values
+      are the newest, contiguous ones), and is not needed: a tombstone is reaped only
+      once every copy of the key holds it, so no copy holds a value of the actor it
+      superseded, and the actor's values on the copy were minted after that reap,
+      above its counter. (``floor`` is per node: often above the counter of a key
+      never reaped.)
+    A copy that escapes that agreement and comes back after the reap breaks the
+    second case, as it brings back the values the tombstone deleted.
+
+    Raises ``InvalidContext`` if the new counter would pass 2**63-1 (forged counters).
     """
     if len(client.anonymous) != 1:
         raise ValueError("update() needs a client clock with exactly one new value, "

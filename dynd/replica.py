@@ -168,7 +168,10 @@ class Replica:
         floor = 0
         if actor == self.own_actor:
             actor, floor = self.own_actor_in(partition), self.dot_floor
-        result = context.update(client, stored, actor, floor)
+        try:
+            result = context.update(client, stored, actor, floor)
+        except context.InvalidContext as exc:
+            raise Rejected(f"bad context: {exc}") from None
         encoded = context.encode(result)
         self._refuse_unreplicable(result, encoded)
         if hint_for is not None:  # minted on the hint copy as stored: nothing to merge

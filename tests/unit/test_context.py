@@ -454,5 +454,41 @@ def test_context_encoding_is_stable():
 def test_update_starts_a_new_actor_entry_after_the_floor() -> None:
     first = dvv.update(dvv.new(dvv.Sibling(b"a", 1)), None, "n1.1", floor=6)
     assert dvv.join(first) == {"n1.1": 7}
-    second = dvv.update(dvv.new(dvv.Sibling(b"b", 2), dvv.join(first)), first, "n1.1", floor=9)
-    assert dvv.join(second) == {"n1.1": 8}  # an existing entry counts on from itself
+    second = dvv.update(dvv.new(dvv.Sibling(b"b", 2)), first, "n1.1", floor=9)
+    assert dvv.join(second) == {"n1.1": 8}  # an entry with values counts on from itself
+    third = dvv.update(dvv.new(dvv.Sibling(b"c", 3), dvv.join(second)), second, "n1.1",
+                       floor=9)
+    assert dvv.join(third) == {"n1.1": 10}  # its values covered: after the floor again
+    assert [s.value for s in dvv.values(third)] == [b"c"]
+
+
+def test_a_context_read_before_a_reaped_delete_never_reuses_the_tombstones_dot() -> None:
+    """Issue 14: the context named the actor at 1, the tombstone at 2 was reaped on the
+    coordinator but not on another replica, and the new write minted 2 again: merged one
+    way the write vanished, the other way the tombstone did, and each clock descended
+    the other, so read repair never mended it."""
+    v1 = dvv.update(dvv.new(sib("v1", 1)), None, "r1")
+    stale = dvv.join(v1)
+    tombstone = dvv.update(dvv.new(Sibling(None, 2), dvv.join(v1)), v1, "r1")
+    write = dvv.update(dvv.new(sib("new", 3), stale), None, "r1", floor=2)  # reaped here
+    assert dotted_siblings(tombstone) == {("r1", 2): Sibling(None, 2)}
+    assert dotted_siblings(write) == {("r1", 3): sib("new", 3)}
+    assert dvv.live_values(dvv.sync(tombstone, write)) == [sib("new", 3)]
+    assert dvv.live_values(dvv.sync(write, tombstone)) == [sib("new", 3)]
+    assert dvv.descends(write, tombstone) and not dvv.descends(tombstone, write)
+
+
+def test_a_forged_context_counter_never_reuses_a_dot_or_drops_an_unseen_value() -> None:
+    """Whatever counter a context names for the coordinator's actor, the new dot is above
+    every dot of it the copy holds, and values the context did not cover stay."""
+    stored = dvv.update(dvv.new(sib("a", 1)), None, "r1", floor=4)  # r1:5
+    stored = dvv.update(dvv.new(sib("b", 2)), stored, "r1", floor=4)  # r1:6, a sibling
+    for forged in (0, 1, 5, 6, 7, 1000):
+        write = dvv.update(dvv.new(sib("w", 3), {"r1": forged}), stored, "r1", floor=4)
+        dots = dotted_siblings(write)
+        new_dot = next(dot for dot, s in dots.items() if s == sib("w", 3))
+        assert new_dot == ("r1", max(forged, 6) + 1)
+        kept = {s for dot, s in dotted_siblings(stored).items() if dot[1] > forged}
+        assert set(dots.values()) == kept | {sib("w", 3)}
+    with pytest.raises(InvalidContext, match=r"counter of 'r1' is at 2\*\*63-1"):
+        dvv.update(dvv.new(sib("w", 3), {"r1": dvv.MAX_INT}), stored, "r1", floor=4)

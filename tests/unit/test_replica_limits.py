@@ -60,6 +60,22 @@ def test_a_write_whose_object_would_outgrow_a_replica_frame_stores_nothing(
         storage.close()
 
 
+def test_a_context_counter_that_leaves_no_room_for_a_dot_stores_nothing(
+        tmp_path: Path) -> None:
+    """A forged counter of 2**63-1 for the coordinator's actor would mint a dot no peer
+    takes (counters stop there): the writer is refused, as for any bad context."""
+    storage = Storage.open(str(tmp_path), sync="none")
+    replica = Replica(storage, max_siblings=100)
+    try:
+        with pytest.raises(Rejected, match=r"bad context: the counter of 'n1.1' is at "):
+            replica.coordinate(1, "b", b"k", b"v", {"n1.1": 2**63 - 1}, "n1.1", 1)
+        assert replica.get_encoded(1, "b", b"k") is None
+        clock, _, _ = replica.coordinate(1, "b", b"k", b"v", {"n2.1": 2**63 - 1}, "n1.1", 2)
+        assert context.decode(context.encode(clock)) == clock  # what a peer accepts
+    finally:
+        storage.close()
+
+
 def test_a_peer_copy_merged_past_the_sibling_limit_is_accepted(tmp_path: Path) -> None:
     """Two copies within the limit, minted apart, merge past it: still an acknowledged
     copy, which peers must take (read, repair, hand back)."""
