@@ -1,4 +1,4 @@
-"""Errors shared by node, client and CLI, each tied to one CONTRACT exit code.
+"""Errors shared by node, client and CLI, each tied to one exit code (docs/commands.md).
 
 A node answers an error with ``{"code": ..., "message": ...}``; the client turns
 that back into the same exception class, and dynctl exits with its

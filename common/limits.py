@@ -1,6 +1,6 @@
 """Every size and rate limit of the protocol, in one frozen object.
 
-Defaults match DESIGN.md and are documented in dynd.toml(5). The node builds
+Defaults are documented in dynd.toml(5) and docs/guarantees.md. The node builds
 one from its config; the client uses the defaults to reject obviously
 oversized input before it reaches the network.
 """

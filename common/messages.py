@@ -83,7 +83,7 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
 
 PEER_OPS = frozenset(op for op in SCHEMA if op.startswith("p_"))
 CLIENT_OPS = frozenset(SCHEMA) - PEER_OPS
-# CONTRACT: "Admin commands (cluster, tokens, bucket set, repair)": every cluster command,
+# Admin commands (cluster, tokens, bucket set, repair; docs/security.md): every cluster command,
 # `cluster status` and `cluster wait` included.
 ADMIN_OPS = frozenset(op for op in CLIENT_OPS if op.startswith("cluster_")) | {
     "tokens", "bucket_set", "repair"}

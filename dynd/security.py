@@ -109,7 +109,7 @@ def _refusal(request: Request, identity: str | None, tls: TLSConfig,
             return None
         return f"admin command needs a certificate whose CN is in [tls] admins; {who} is not"
     if op in PEER_OPS and tls.peer_identity == "ca":
-        return None  # CONTRACT: a certificate of the same CA may gossip and replicate
+        return None  # a certificate of the same CA may gossip and replicate (docs/security.md)
     if op == "p_join":
         joining = request.fields["member"].get("id")
         if identity is not None and identity == joining:

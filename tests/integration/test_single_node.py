@@ -1,4 +1,4 @@
-"""One real dynd process driven through dynctl and the Python client (CONTRACT, single node)."""
+"""One real dynd process driven through dynctl and the Python client (docs/commands.md)."""
 
 from __future__ import annotations
 

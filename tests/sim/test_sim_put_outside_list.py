@@ -1,5 +1,5 @@
 """A put that reaches a node outside the key's preference list is minted on a node of the
-list, a fallback when every primary is down: DESIGN.md's rule, so that the dot's actor is
+list, a fallback when every primary is down (docs/architecture.md), so that the dot's actor is
 one of the nodes that hold the key (as a primary, or as a hint for one)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pure core imports nothing that does I/O or reads a clock (DESIGN: I/O at the edges)."""
+"""The pure core imports nothing that does I/O or reads a clock (I/O at the edges)."""
 
 from __future__ import annotations
 
