@@ -69,7 +69,6 @@ PLOT_PERCENTILES = (0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99,
 OPERATIONS = ("read", "update", "insert", "read_modify_write")
 CLIENT_BOUND_SHARE = 0.85  # a process busier than this share of one core is the bottleneck
 _VALUE_POOL_BYTES = 256 * 1024
-_STARTUP_TIMEOUT = 60.0  # seconds for a client process to connect and report
 
 
 class Driver(Protocol):
