@@ -26,7 +26,8 @@ from click.shell_completion import get_completion_class
 
 from common.errors import Conflict, DynError, NotFound, Unavailable, UsageError
 from common.limits import MAX_N
-from dynctl import bench, devcluster
+from dynctl import devcluster
+from dynctl.bench.command import register_bench
 from dynctl.client import DEFAULT_ADDR, LIMITS, Client, Object
 from dynctl.output import (
     Outcome,
@@ -783,7 +784,7 @@ async def stats(client: Client) -> Outcome:
     return Outcome(result, render)
 
 
-bench.register(main, command)
+register_bench(main, command)
 
 
 # -- shell completion --------------------------------------------------------------------
