@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -13,11 +13,8 @@ from dynctl.bench.engine import run_benchmark
 from dynctl.bench.report import plot, render_report
 from dynctl.client import LIMITS
 from dynctl.output import Outcome, Output
+from dynctl.session import Session
 from dynctl.ycsb import RECORD_BYTES, WORKLOADS, WorkloadError
-
-if TYPE_CHECKING:
-    from dynctl.cli import Session
-
 
 EXAMPLES = (
     "dynctl bench --workload a --records 10000 --duration 30 --concurrency 32",
