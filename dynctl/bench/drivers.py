@@ -43,7 +43,7 @@ class Driver(Protocol):
 
 
 # (target, connections, in_flight) -> async context manager yielding a Driver
-DriverFactory = Callable[["Target", int, int], Any]
+DriverFactory = Callable[[Target, int, int], Any]
 
 
 class DyndDriver:
