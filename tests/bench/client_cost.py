@@ -23,7 +23,8 @@ import trio
 
 from common.codec import FrameDecoder, encode_frame
 from common.limits import Limits
-from dynctl.bench import BenchConfig, Target, run_phase
+from dynctl.bench.config import BenchConfig, Target
+from dynctl.bench.engine import run_phase
 from tests.bench.compare import redis_server
 from tests.integration.harness import free_port
 

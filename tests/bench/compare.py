@@ -35,7 +35,9 @@ from typing import Any
 
 import trio
 
-from dynctl.bench import BenchConfig, Target, machine, run_phase
+from dynctl.bench.config import BenchConfig, Target
+from dynctl.bench.engine import run_phase
+from dynctl.bench.report import machine
 from tests.bench import profile
 from tests.integration.harness import Cluster, dynctl, free_port
 

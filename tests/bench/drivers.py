@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from common.wire.framing import FrameWriter
-from dynctl.bench import Target
+from dynctl.bench.config import Target
 from dynctl.client import parse_addr
 
 MAX_REPLY_BYTES = 8 * 1024 * 1024
@@ -155,7 +155,7 @@ class RedisDriver:
 @asynccontextmanager
 async def open_redis(target: Target, connections: int, in_flight: int
                      ) -> AsyncIterator[RedisDriver]:
-    """The driver factory of Redis (dynctl.bench.Target.factory = 'tests.bench.drivers:...')."""
+    """The driver factory of Redis (Target.factory = 'tests.bench.drivers:open_redis')."""
     async with trio.open_nursery() as nursery:
         opened = []
         for index in range(connections):

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from dynctl import cli
-from dynctl.bench import render_report
+from dynctl.bench.report import render_report
 from dynctl.output import Output, ago, human_bytes, ownership_bar, ring_panel, status_panel
 
 NOW = 1_800_000_000.0

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.errors import DynError, UsageError
-from dynctl.bench import BenchConfig, Target, run_phase, summarize
+from dynctl.bench.config import BenchConfig, Target
+from dynctl.bench.engine import run_phase
+from dynctl.bench.report import summarize
 from dynctl.ycsb import (
     InsertSequence,
     OperationStream,
