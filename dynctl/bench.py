@@ -57,7 +57,7 @@ from dynctl.ycsb import (
 )
 
 if TYPE_CHECKING:
-    from dynctl.cli import Session
+    from dynctl.session import Session
 
 MAX_CONCURRENCY = 4096
 MAX_PROCS = 64

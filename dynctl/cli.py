@@ -14,8 +14,6 @@ import functools
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,38 +36,13 @@ from dynctl.output import (
     text_or_base64,
 )
 from dynctl.resolve import STRATEGIES, pick
+from dynctl.session import Session, Settings
 
 REPAIR_TIMEOUT = 300.0  # default deadline of `repair`, which waits for its exchanges
 WAIT_TIMEOUT = 60.0  # default of `cluster wait --timeout`
 WAIT_POLL_INTERVAL = 0.5  # seconds between two cluster_check polls
 MEMBER_FIELDS = ("id", "addr", "status", "reachable", "tokens", "pending_transfers")
 _CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-@dataclass
-class Settings:
-    """The global options, shared with every subcommand through click's context object."""
-
-    node: str = DEFAULT_ADDR
-    timeout: float | None = None
-    json: bool = False
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-
-    def connect(self, default_timeout: float = LIMITS.request_timeout
-                ) -> AbstractAsyncContextManager[Client]:
-        """A client for --node with the TLS options; --timeout, else ``default_timeout``."""
-        return Client.connect(self.node, timeout=self.timeout or default_timeout,
-                              tls_ca=self.tls_ca, tls_cert=self.tls_cert, tls_key=self.tls_key)
-
-
-@dataclass
-class Session:
-    """What a command that manages its own connections gets instead of a client."""
-
-    settings: Settings
-    output: Output
 
 
 class DynGroup(click.Group):
