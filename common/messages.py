@@ -98,11 +98,6 @@ class Request:
     fields: dict[str, Any]
 
 
-def is_peer_op(op: str) -> bool:
-    """Peer ops are node-to-node; the server may restrict them to peer certificates."""
-    return op in PEER_OPS
-
-
 def request(op: str, rid: int, **fields: Any) -> dict[str, Any]:
     """Build a request map (not validated: the receiver validates)."""
     _refuse_envelope_fields(fields, ("v", "id", "op"))

@@ -19,7 +19,6 @@ from common.config import Config, ConfigError, load_config, parse_hostport
 from common.errors import DynError
 from common.wire.trio_helpers import single_exception_unwrapped
 from dynd import security
-from dynd.metrics import register_node_gauges
 from dynd.metrics_http import serve_metrics
 from dynd.node import Node
 from dynd.server import Server
@@ -118,7 +117,7 @@ async def serve(config: Config, formatter: EventFormatter,
         formatter.node_id = node.id
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
-            register_node_gauges(node)
+            node.stats.watch_node(node.gauges)  # live state read at scrape time
             if config.metrics_listen:
                 await nursery.start(serve_metrics, config.metrics_listen, node.stats.registry)
             await nursery.start(Server(node.handle, config.limits, server_tls,

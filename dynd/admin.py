@@ -8,18 +8,21 @@ other members at once instead of waiting for the next gossip round.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from common.errors import DynError, Rejected
 from dynd import membership
+from dynd.cluster import ClusterView
+from dynd.identity import Identity
+from dynd.liveness import Liveness
 from dynd.membership import Change, ClusterState, Member, MembershipError
-
-if TYPE_CHECKING:
-    from dynd.node import Node
-    from dynd.server import Peer
+from dynd.peers import Peers
+from dynd.server import Peer
+from dynd.storage import Storage
 
 log = logging.getLogger("dynd.admin")
 
@@ -35,19 +38,31 @@ class Admin:
            "cluster_clear", "cluster_status", "cluster_check", "ring", "status",
            "p_join", "p_status")
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, view: ClusterView, identity: Identity, storage: Storage,
+                 liveness: Liveness, peers: Peers, *, push_gossip: Callable[[], None],
+                 transfer_rows: Callable[[], list[dict[str, Any]]],
+                 exchange_rows: Callable[[], list[dict[str, Any]]]) -> None:
+        """``transfer_rows``, ``exchange_rows``: the transfers and anti-entropy exchanges
+        ``status`` shows (Transfers.rows, AntiEntropy.status_rows)."""
+        self.view = view
+        self.identity = identity
+        self.storage = storage
+        self.liveness = liveness
+        self.peers = peers
+        self.push_gossip = push_gossip
+        self.transfer_rows = transfer_rows
+        self.exchange_rows = exchange_rows
 
     async def _change(self, state: ClusterState) -> None:
         """Adopt, wait until durable, then tell every member."""
-        ticket = self.node.set_state(state)
+        ticket = self.view.set_state(state)
         if ticket is not None:
             await ticket.wait()
-        self.node.background.start_soon(self.node.gossip.push_now)
+        self.push_gossip()
 
     def _apply(self, change: Any, *args: Any) -> ClusterState:
         try:
-            return change(self.node.state, *args)
+            return change(self.view.state, *args)
         except MembershipError as exc:
             raise Rejected(str(exc)) from None
 
@@ -55,27 +70,27 @@ class Admin:
 
     async def op_bucket_set(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         name = fields["name"]
-        current = membership.bucket(self.node.state, name)
+        current = membership.bucket(self.view.state, name)
         n = fields.get("n", current.n)
         r = fields.get("r", min(current.r, n))
         w = fields.get("w", min(current.w, n))
         pr = fields.get("pr", min(current.pr, r))
         pw = fields.get("pw", min(current.pw, w))
         await self._change(self._apply(partial(membership.set_bucket, pr=pr, pw=pw),
-                                       name, n, r, w, self.node.id))
-        result: dict[str, Any] = {"bucket": _bucket_wire(membership.bucket(self.node.state, name))}
+                                       name, n, r, w, self.identity.id))
+        result: dict[str, Any] = {"bucket": _bucket_wire(membership.bucket(self.view.state, name))}
         if r + w <= n:
             result["warning"] = (f"r + w <= n ({r} + {w} <= {n}): a read may miss the latest "
                                  "acknowledged write")
             log.warning("event=weak_quorum node=%s bucket=%s n=%d r=%d w=%d",
-                        self.node.id, name, n, r, w)
+                        self.identity.id, name, n, r, w)
         return result
 
     async def op_bucket_get(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return {"bucket": _bucket_wire(membership.bucket(self.node.state, fields["name"]))}
+        return {"bucket": _bucket_wire(membership.bucket(self.view.state, fields["name"]))}
 
     async def op_bucket_list(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return {"buckets": [_bucket_wire(b) for _, b in sorted(self.node.state.buckets.items())]}
+        return {"buckets": [_bucket_wire(b) for _, b in sorted(self.view.state.buckets.items())]}
 
     # ---- membership ----------------------------------------------------------------
 
@@ -90,29 +105,28 @@ class Admin:
         us a higher incarnation than ours (our id had an earlier life there): we take it
         before adopting the state, so our beats and dots are new from the first gossip.
         """
-        state = self.node.state
-        me = state.members[self.node.id]
-        others = [m for m in state.members if m != self.node.id]
+        state = self.view.state
+        me = state.members[self.identity.id]
+        others = [m for m in state.members if m != self.identity.id]
         if others and membership.member_status(state, me.id) in ("valid", "leaving"):
-            raise Rejected(f"node {self.node.id} is already in a cluster with {len(others)} "
+            raise Rejected(f"node {self.identity.id} is already in a cluster with {len(others)} "
                            "other member(s); `cluster leave` it first")
         if membership.member_status(state, me.id) == "removed" \
-                and self.node.storage.holds_objects():
-            raise Rejected(f"node {self.node.id} was removed from its cluster and still holds "
+                and self.storage.holds_objects():
+            raise Rejected(f"node {self.identity.id} was removed from its cluster and still holds "
                            "objects from then, which could bring back values deleted since: "
                            "start it with an empty data dir to join again")
         member = {"id": me.id, "addr": me.addr, "zone": me.zone, "incarnation": me.incarnation}
-        reply = await self.node.transport.call(fields["seed"], "p_join", {"member": member},
-                                               self.node.request_timeout)
+        reply = await self.peers.call_addr(fields["seed"], "p_join", {"member": member})
         try:
             joined = membership.from_wire(reply["state"])
-            record = joined.members[self.node.id]
+            record = joined.members[self.identity.id]
         except (MembershipError, KeyError) as exc:
             raise Rejected(f"seed answered an invalid cluster state: {exc}") from None
-        self.node.set_incarnation(max(self.node.incarnation, record.incarnation))
-        self.node.set_state(joined)  # maybe another cluster id: adopt it whole, no reconcile
-        await self.node.persist_identity()
-        log.info("event=join_staged node=%s seed=%s", self.node.id, fields["seed"])
+        self.identity.set_incarnation(max(self.identity.incarnation, record.incarnation))
+        self.view.set_state(joined)  # maybe another cluster id: adopt it whole, no reconcile
+        await self.identity.persist(self.view)
+        log.info("event=join_staged node=%s seed=%s", self.identity.id, fields["seed"])
         return {"epoch": joined.epoch}
 
     async def op_p_join(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
@@ -122,43 +136,44 @@ class Admin:
                             wire["incarnation"])
         except (KeyError, TypeError) as exc:
             raise Rejected(f"bad member: {exc}") from None
-        state = self._apply(membership.stage, Change("join", member.id, None), self.node.id,
+        state = self._apply(membership.stage, Change("join", member.id, None), self.identity.id,
                             member)
         await self._change(state)
-        return {"state": membership.to_wire(self.node.state)}
+        return {"state": membership.to_wire(self.view.state)}
 
     async def op_cluster_leave(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        node = fields.get("node", self.node.id)
-        await self._change(self._apply(membership.stage, Change("leave", node, None), self.node.id))
+        node = fields.get("node", self.identity.id)
+        await self._change(self._apply(membership.stage, Change("leave", node, None),
+                                       self.identity.id))
         return {}
 
     async def op_cluster_remove(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         change = Change("remove", fields["node"], None)
-        await self._change(self._apply(membership.stage, change, self.node.id))
+        await self._change(self._apply(membership.stage, change, self.identity.id))
         return {}
 
     async def op_cluster_replace(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         change = Change("replace", fields["old"], fields["new"])
-        await self._change(self._apply(membership.stage, change, self.node.id))
+        await self._change(self._apply(membership.stage, change, self.identity.id))
         return {}
 
     async def op_tokens(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         node = fields["node"]
-        member = self.node.state.members.get(node)
+        member = self.view.state.members.get(node)
         if member is None:
             raise Rejected(f"unknown node {node!r}")
         if "count" in fields:
             change = Change("tokens", node, fields["count"])
-            await self._change(self._apply(membership.stage, change, self.node.id))
-            member = self.node.state.members[node]
-        owned = self.node.ring().counts().get(node, 0)
-        wanted = next((c.arg for c in self.node.state.staged
+            await self._change(self._apply(membership.stage, change, self.identity.id))
+            member = self.view.state.members[node]
+        owned = self.view.routing().ring.counts().get(node, 0)
+        wanted = next((c.arg for c in self.view.state.staged
                        if c.kind == "tokens" and c.node == node), member.tokens)
         return {"node": node, "tokens": owned, "wanted": wanted}
 
     async def op_cluster_plan(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         try:
-            plan = membership.plan(self.node.state, self.node.claim_n())
+            plan = membership.plan(self.view.state, self.view.routing().claim_n)
         except MembershipError as exc:
             raise Rejected(str(exc)) from None
         return {
@@ -169,30 +184,30 @@ class Admin:
         }
 
     async def op_cluster_commit(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        state = self._apply(membership.commit, self.node.claim_n(), self.node.id)
+        state = self._apply(membership.commit, self.view.routing().claim_n, self.identity.id)
         await self._change(state)
-        log.info("event=commit node=%s epoch=%d transfers=%d", self.node.id, state.epoch,
+        log.info("event=commit node=%s epoch=%d transfers=%d", self.identity.id, state.epoch,
                  len(state.transfers))
         return {"epoch": state.epoch, "transfers": len(state.transfers)}
 
     async def op_cluster_clear(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Drop the staged changes; name the joins this undid (see membership.clear)."""
-        before = self.node.state.members
-        state = self._apply(membership.clear, self.node.id)
+        before = self.view.state.members
+        state = self._apply(membership.clear, self.identity.id)
         await self._change(state)
         return {"undone_joins": [node for node, member in state.members.items()
                                  if member.status != before[node].status]}
 
     def _member_rows(self) -> list[dict[str, Any]]:
-        state = self.node.state
-        counts = self.node.ring().counts()
+        state = self.view.state
+        counts = self.view.routing().ring.counts()
         pending = membership.pending_transfers(state)
         rows = []
         for member_id, member in sorted(state.members.items()):
             rows.append({
                 "id": member_id, "addr": member.addr, "zone": member.zone,
                 "status": membership.member_status(state, member_id),
-                "reachable": self.node.is_up(member_id),
+                "reachable": self.liveness.is_up(member_id),
                 "tokens": counts.get(member_id, 0),
                 "pending_transfers": sum(
                     1 for t in pending if member_id in (t.target, *t.sources[:1])),
@@ -200,22 +215,22 @@ class Admin:
         return rows
 
     async def op_cluster_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return {"epoch": self.node.state.epoch, "members": self._member_rows()}
+        return {"epoch": self.view.state.epoch, "members": self._member_rows()}
 
     async def op_p_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return {"epoch": self.node.state.epoch,
-                "pending_transfers": len(membership.pending_transfers(self.node.state))}
+        return {"epoch": self.view.state.epoch,
+                "pending_transfers": len(membership.pending_transfers(self.view.state))}
 
     async def op_cluster_check(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Has every reachable member the same epoch, with no transfer pending and no
         leaver holding hints?"""
-        epochs: dict[str, int] = {self.node.id: self.node.state.epoch}
-        pending = {self.node.id: len(membership.pending_transfers(self.node.state))}
+        epochs: dict[str, int] = {self.identity.id: self.view.state.epoch}
+        pending = {self.identity.id: len(membership.pending_transfers(self.view.state))}
         unreachable: list[str] = []
 
         async def ask(member_id: str) -> None:
             try:
-                reply = await self.node.call(member_id, "p_status", {}, 2.0)
+                reply = await self.peers.call(member_id, "p_status", {}, 2.0)
             except DynError:
                 unreachable.append(member_id)
                 return
@@ -223,11 +238,11 @@ class Admin:
             pending[member_id] = reply["pending_transfers"]
 
         async with trio.open_nursery() as nursery:
-            for member_id, member in self.node.state.members.items():
-                if member_id != self.node.id and member.status != "removed":
+            for member_id, member in self.view.state.members.items():
+                if member_id != self.identity.id and member.status != "removed":
                     nursery.start_soon(ask, member_id)
         # A leaver whose transfers are done has not left while it holds hints.
-        state = self.node.state
+        state = self.view.state
         holding = sorted(m for m, member in state.members.items()
                          if member.hints and not membership.takes_replicas(state, m))
         converged = (len(set(epochs.values())) == 1 and not any(pending.values())
@@ -237,24 +252,24 @@ class Admin:
                 "leavers_holding_hints": holding}
 
     async def op_ring(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        ring = self.node.ring()
-        return {"ring_size": ring.ring_size, "epoch": self.node.state.epoch,
+        ring = self.view.routing().ring
+        return {"ring_size": ring.ring_size, "epoch": self.view.state.epoch,
                 "owners": list(ring.owners), "balance": round(ring.balance(), 3)}
 
     async def op_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         now = trio.current_time()
-        detector = self.node.detector.snapshot(now)
+        detector = self.liveness.detector.snapshot(now)
         return {
-            "node": self.node.id,
-            "actor": self.node.actor,
-            "epoch": self.node.state.epoch,
+            "node": self.identity.id,
+            "actor": self.identity.actor,
+            "epoch": self.view.state.epoch,
             "members": [{"id": row["id"], "status": row["status"], "reachable": row["reachable"],
                          "phi": _finite(detector.get(row["id"], {}).get("phi"))}
                         for row in self._member_rows()],
-            "hints": self.node.storage.hint_counts(),
-            "transfers": (await self.node.handoff.op_transfers({}, peer))["transfers"],
-            "antientropy": self.node.antientropy.status_rows(),
-            "storage_bytes": self.node.storage.approximate_size(),
+            "hints": self.storage.hint_counts(),
+            "transfers": self.transfer_rows(),
+            "antientropy": self.exchange_rows(),
+            "storage_bytes": self.storage.approximate_size(),
         }
 
 

@@ -23,22 +23,27 @@ big partition never holds the event loop for long.
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from common import context
+from common.config import AntiEntropyConfig
 from common.context import DVVSet
 from common.errors import DynError, Rejected
 from dynd import membership, merkle
+from dynd.cluster import ClusterView
 from dynd.merkle import MerkleError, TreeComparison
-from dynd.replica import key_id, split_key_id
+from dynd.metrics import Stats
+from dynd.peers import Peers
+from dynd.replica import Replica, key_id, split_key_id
+from dynd.replica_access import ReplicaAccess, clock_from_peer
 from dynd.ring import Target
-
-if TYPE_CHECKING:
-    from dynd.node import Node
-    from dynd.server import Peer
+from dynd.server import Peer
+from dynd.storage import Storage
 
 log = logging.getLogger("dynd.antientropy")
 
@@ -54,8 +59,21 @@ class ExchangeRecord:
 class AntiEntropy:
     OPS = ("repair", "p_tree", "p_segments", "p_reap")
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, node_id: str, view: ClusterView, storage: Storage, replica: Replica,
+                 access: ReplicaAccess, peers: Peers, stats: Stats, config: AntiEntropyConfig,
+                 *, is_up: Callable[[str], bool], rng: random.Random,
+                 wall: Callable[[], float]) -> None:
+        self.node_id = node_id
+        self.view = view
+        self.storage = storage
+        self.replica = replica
+        self.access = access
+        self.call = peers.call
+        self.stats = stats
+        self.config = config
+        self.is_up = is_up
+        self.rng = rng
+        self.wall = wall
         self.records: dict[int, ExchangeRecord] = {}
         self._repair_lock = trio.Lock()
 
@@ -64,10 +82,15 @@ class AntiEntropy:
                  "compared": r.compared, "repaired": r.repaired}
                 for _, r in sorted(self.records.items())]
 
+    def last_exchange(self) -> float | None:
+        """Wall-clock time of the newest exchange of any partition (None: none yet)."""
+        return max((r.last_exchange for r in self.records.values()
+                    if r.last_exchange is not None), default=None)
+
     # ---- peer ops -----------------------------------------------------------------
 
     async def op_p_tree(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        tree = self.node.replica.tree(fields["partition"])
+        tree = self.replica.tree(fields["partition"])
         try:
             return {"hashes": tree.hashes(fields["level"], fields["indices"])}
         except MerkleError as exc:
@@ -78,10 +101,10 @@ class AntiEntropy:
         return {"items": [[*split_key_id(kid), digest] for kid, digest in items.items()]}
 
     async def op_p_reap(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        clock = self.node.clock_from_peer(fields["clock"])
+        clock = clock_from_peer(fields["clock"])
         if clock is None or not context.is_tombstone(clock):
             raise Rejected("p_reap needs a tombstone clock")
-        ticket = self.node.replica.reap(fields["partition"], fields["bucket"], fields["key"], clock)
+        ticket = self.replica.reap(fields["partition"], fields["bucket"], fields["key"], clock)
         if ticket is not None:
             await ticket.wait()
         return {"reaped": ticket is not None}
@@ -89,9 +112,9 @@ class AntiEntropy:
     async def _segment_digests(self, partition: int, segments: list[int]) -> dict[bytes, bytes]:
         """key id -> version digest for every local key in the given segments."""
         wanted = set(segments)
-        size = self.node.replica.tree(partition).segments
+        size = self.replica.tree(partition).segments
         found: dict[bytes, bytes] = {}
-        async for bucket, key, raw in self.node.storage.iter_partition(partition):
+        async for bucket, key, raw in self.storage.iter_partition(partition):
             kid = key_id(bucket, key)
             if merkle.key_segment(kid, size) in wanted:
                 found[kid] = context.digest_encoded(raw)
@@ -100,10 +123,10 @@ class AntiEntropy:
     # ---- exchange -----------------------------------------------------------------
 
     def _peers(self, partition: int) -> list[str]:
-        primaries = self.node.primaries(partition)
-        if self.node.id not in primaries:
+        primaries = self.view.routing().primaries(partition)
+        if self.node_id not in primaries:
             return []
-        return [p for p in primaries if p != self.node.id]
+        return [p for p in primaries if p != self.node_id]
 
     async def exchange(
         self, partition: int, peer: str, bucket: str | None = None, *, handover: bool = False
@@ -111,7 +134,7 @@ class AntiEntropy:
         """Compare and repair one partition with one peer; (keys compared, keys repaired).
 
         ``handover``: this node is no primary of the partition any more and hands its copy
-        to ``peer`` before dropping it (Handoff._handed_over). Its copy stayed outside the
+        to ``peer`` before dropping it (Handover._handed_over). Its copy stayed outside the
         reap agreement, so a key only it holds whose siblings are all past the tombstone
         grace is not pushed: the primaries may have deleted and reaped it meanwhile (a
         reap needs a tombstone past the grace, newer than every value it deleted), and
@@ -120,10 +143,10 @@ class AntiEntropy:
         this node was a primary, and anti-entropy (period 300 s against a grace of a day,
         by default) had given it to the other primaries, from which the new ones pulled.
         """
-        comparison = TreeComparison(self.node.replica.tree(partition))
+        comparison = TreeComparison(self.replica.tree(partition))
         while (request := comparison.next_request()) is not None:
             level, indices = request
-            reply = await self.node.call(peer, "p_tree", {"partition": partition, "level": level,
+            reply = await self.call(peer, "p_tree", {"partition": partition, "level": level,
                                                           "indices": indices})
             try:
                 comparison.receive(reply["hashes"])
@@ -133,7 +156,7 @@ class AntiEntropy:
         if not segments:
             return 0, 0
         local = await self._segment_digests(partition, segments)
-        reply = await self.node.call(peer, "p_segments", {"partition": partition,
+        reply = await self.call(peer, "p_segments", {"partition": partition,
                                                           "segments": segments})
         remote = {key_id(b, k): d for b, k, d in reply["items"]}
         only_local, only_remote, different = merkle.diff_keys(local, remote)
@@ -146,53 +169,53 @@ class AntiEntropy:
                 continue
             size = await self._repair_key(partition, peer, b, k)
             repaired += 1
-            self.node.stats.count("antientropy_repaired")
-            config = self.node.config.antientropy
+            self.stats.count("antientropy_repaired")
+            config = self.config
             await trio.sleep(max(1 / config.keys_per_second, size / config.bytes_per_second))
         compared = len(set(local) | set(remote))
-        self.node.stats.count("antientropy_compared", compared)
+        self.stats.count("antientropy_compared", compared)
         return compared, repaired
 
     async def _repair_key(self, partition: int, peer: str, bucket: str, key: bytes) -> int:
         """Merge both copies into both replicas; returns the merged object's size in bytes."""
         target = Target(peer, peer, "primary")
-        theirs = await self.node.replica_get(target, partition, bucket, key)
-        ours = self.node.replica.get(partition, bucket, key)
+        theirs = await self.access.get(target, partition, bucket, key)
+        ours = self.replica.get(partition, bucket, key)
         clocks = [c for c in (ours, theirs) if c is not None]
         merged = context.merge_all(clocks)
         if ours is None or not context.equal(ours, merged):
-            await self.node.store_replica(partition, bucket, key, merged, None)
+            await self.access.store(partition, bucket, key, merged, None)
         if theirs is None or not context.equal(theirs, merged):
-            await self.node.replica_put(target, partition, bucket, key, merged)
+            await self.access.put(target, partition, bucket, key, merged)
         return sum(len(s.value or b"") for s in context.values(merged))
 
     async def repair_partition(self, partition: int, bucket: str | None = None) -> tuple[int, int]:
         record = self.records.setdefault(partition, ExchangeRecord(partition))
         compared = repaired = 0
         for peer in self._peers(partition):
-            if not self.node.is_up(peer):
+            if not self.is_up(peer):
                 continue
             try:
                 c, r = await self.exchange(partition, peer, bucket)
             except DynError as exc:
                 log.info("event=exchange_failed node=%s partition=%d peer=%s error=%r",
-                         self.node.id, partition, peer, exc.message)
+                         self.node_id, partition, peer, exc.message)
                 continue
             compared += c
             repaired += r
-        record.last_exchange = self.node.wall()
+        record.last_exchange = self.wall()
         record.compared += compared
         record.repaired += repaired
         if repaired:
             log.info("event=antientropy_repaired node=%s partition=%d keys=%d",
-                     self.node.id, partition, repaired)
+                     self.node_id, partition, repaired)
         await self.reap_tombstones(partition)
         return compared, repaired
 
     async def op_repair(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        partitions = sorted(self.node.owned_partitions())
+        partitions = sorted(self.view.routing().owned_partitions(self.node_id))
         if "partition" in fields:
-            if fields["partition"] >= self.node.ring().ring_size:
+            if fields["partition"] >= self.view.state.ring_size:
                 raise Rejected(f"partition {fields['partition']} out of range")
             partitions = [p for p in partitions if p == fields["partition"]]
         compared = repaired = 0
@@ -205,14 +228,14 @@ class AntiEntropy:
 
     async def run(self) -> None:
         """Exchange every owned partition once per period, spread evenly over the period."""
-        config = self.node.config.antientropy
+        config = self.config
         if not config.enabled:
             return
         while True:
-            partitions = sorted(self.node.owned_partitions())
+            partitions = sorted(self.view.routing().owned_partitions(self.node_id))
             pause = config.period / max(len(partitions), 1)
             for partition in partitions:
-                await trio.sleep(pause * (0.5 + self.node.rng.random()))
+                await trio.sleep(pause * (0.5 + self.rng.random()))
                 async with self._repair_lock:
                     await self.repair_partition(partition)
             if not partitions:
@@ -222,13 +245,13 @@ class AntiEntropy:
 
     def _past_grace(self, clock: DVVSet, now_ms: int) -> bool:
         """Every sibling was written at least the tombstone grace before ``now_ms``."""
-        grace_ms = self.node.config.antientropy.tombstone_grace * 1000
+        grace_ms = self.config.tombstone_grace * 1000
         return all(now_ms - s.written_at >= grace_ms for s in context.values(clock))
 
     def _maybe_reaped(self, partition: int, kid: bytes) -> bool:
         """Our copy of a key is old enough that a delete of it may have been reaped."""
-        clock = self.node.replica.get(partition, *split_key_id(kid))
-        return clock is not None and self._past_grace(clock, self.node.wall_ms())
+        clock = self.replica.get(partition, *split_key_id(kid))
+        return clock is not None and self._past_grace(clock, int(self.wall() * 1000))
 
     async def reap_tombstones(self, partition: int) -> int:
         """Reap expired tombstones of a partition this node is the first primary of.
@@ -240,15 +263,15 @@ class AntiEntropy:
         until the transfer is done keeps every node that may hold a copy inside the
         agreement: the new primary is asked like the others.
         """
-        primaries = self.node.primaries(partition)
-        if not primaries or primaries[0] != self.node.id:
+        primaries = list(self.view.routing().primaries(partition))
+        if not primaries or primaries[0] != self.node_id:
             return 0
-        future = self.node.primaries(partition, owners=self.node.state.next_owners)
+        future = self.view.routing().primaries(partition, owners=self.view.state.next_owners)
         if any(p not in primaries for p in future):
             return 0
-        now_ms = self.node.wall_ms()
+        now_ms = int(self.wall() * 1000)
         candidates: list[tuple[str, bytes, DVVSet]] = []
-        async for bucket, key, raw in self.node.storage.iter_partition(partition):
+        async for bucket, key, raw in self.storage.iter_partition(partition):
             clock = context.decode_stored(raw)
             if context.is_tombstone(clock) and self._past_grace(clock, now_ms):
                 candidates.append((bucket, key, clock))
@@ -259,7 +282,7 @@ class AntiEntropy:
             if await self._reap_everywhere(partition, primaries, bucket, key, clock):
                 reaped += 1
         if reaped:
-            self.node.stats.count("tombstones_reaped", reaped)
+            self.stats.count("tombstones_reaped", reaped)
         return reaped
 
     async def _no_hints_anywhere(self) -> bool:
@@ -267,14 +290,14 @@ class AntiEntropy:
         and it said it holds no hints (a stopped leaver without hints would block every
         reap); one that holds some is asked, and so is a removed node still saying it
         does (membership.may_hold_hints)."""
-        if self.node.storage.hint_counts():
+        if self.storage.hint_counts():
             return False
-        state = self.node.state
+        state = self.view.state
         for member_id in state.members:
-            if member_id == self.node.id or not membership.may_hold_hints(state, member_id):
+            if member_id == self.node_id or not membership.may_hold_hints(state, member_id):
                 continue
             try:
-                reply = await self.node.call(member_id, "hints", {}, 2.0)
+                reply = await self.call(member_id, "hints", {}, 2.0)
             except DynError:
                 return False
             if reply["hints"]:
@@ -285,7 +308,7 @@ class AntiEntropy:
                                key: bytes, clock: DVVSet) -> bool:
         for primary in primaries:
             try:
-                theirs = await self.node.replica_get(Target(primary, primary, "primary"),
+                theirs = await self.access.get(Target(primary, primary, "primary"),
                                                      partition, bucket, key)
             except DynError:
                 return False
@@ -293,13 +316,13 @@ class AntiEntropy:
                 return False
         wire = context.encode(clock)
         for primary in primaries:
-            if primary == self.node.id:
-                ticket = self.node.replica.reap(partition, bucket, key, clock)
+            if primary == self.node_id:
+                ticket = self.replica.reap(partition, bucket, key, clock)
                 if ticket is not None:
                     await ticket.wait()
                 continue
             try:
-                await self.node.call(primary, "p_reap", {"partition": partition, "bucket": bucket,
+                await self.call(primary, "p_reap", {"partition": partition, "bucket": bucket,
                                                          "key": key, "clock": wire})
             except DynError:
                 return False

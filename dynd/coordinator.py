@@ -6,7 +6,7 @@ read-repaired, replication finishes). A replica that fails is marked suspect
 and a fallback takes its place, so a freshly dead node costs one retry, not
 the write.
 
-Replica requests are sent without a task each (Node.submit) and come back as
+Replica requests are sent without a task each (Peers.submit) and come back as
 callbacks, the way riak_kv's get/put FSMs take replies as messages: a request
 to N replicas costs no spawn, cancel scope or coroutine chain per replica. One
 task per node (``Coordinator.run``) expires the fan-outs whose deadline passed.
@@ -15,32 +15,25 @@ task per node (``Coordinator.run``) expires the fan-outs whose deadline passed.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from common import context
 from common.context import DVVSet
 from common.errors import DynError, Unavailable, Unreachable
+from dynd.cluster import ClusterView
+from dynd.liveness import Liveness
+from dynd.metrics import Stats
+from dynd.peers import Peers
 from dynd.quorum import GetCore, PutCore
+from dynd.replica import Replica
+from dynd.replica_access import ReplicaAccess, clock_from_peer, replica_fields
 from dynd.ring import Target
+from dynd.routing import Placement
 from dynd.server import Reply, answered
 from dynd.storage import StorageError, Ticket
-
-if TYPE_CHECKING:
-    from dynd.node import Node
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where one key lives right now."""
-
-    partition: int
-    n: int
-    targets: list[Target]
-    extra: list[str]  # future owners of a partition in transfer: written, not counted
 
 
 def result_fields(clock: DVVSet | None) -> dict[str, Any]:
@@ -63,7 +56,7 @@ def _primaries(targets: list[Target]) -> int:
 
 class _FanOut:
     """Requests of one get or put, in flight without tasks: local writes (tickets) and
-    replica requests (Node.submit). ``then`` runs once, when the last has come back or
+    replica requests (Peers.submit). ``then`` runs once, when the last has come back or
     when the deadline passed (the stragglers are abandoned then: a reply after the
     deadline changes nothing)."""
 
@@ -86,7 +79,7 @@ class _FanOut:
         answer (and, from a callback, break the connection that delivered it)."""
         counted = self._counted(on_reply)
         try:
-            abandon = self.coordinator.node.submit(node, op, fields, counted)
+            abandon = self.coordinator.peers.submit(node, op, fields, counted)
         except DynError as exc:
             counted(None, exc)
         else:
@@ -148,8 +141,25 @@ class _FirstReply:
 
 
 class Coordinator:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, node_id: str, view: ClusterView, liveness: Liveness, peers: Peers,
+                 replica: Replica, access: ReplicaAccess, stats: Stats, *,
+                 minting_actor: Callable[[str | None], str],
+                 read_incomplete: Callable[[int, str | None], bool],
+                 request_timeout: float, wall: Callable[[], float]) -> None:
+        """``minting_actor(hint_for)``: the actor a new dot takes (Identity);
+        ``read_incomplete(partition, hint_for)``: whether this node's copy may lack keys
+        (Transfers.read_incomplete)."""
+        self.node_id = node_id
+        self.view = view
+        self.liveness = liveness
+        self.peers = peers
+        self.replica = replica
+        self.access = access
+        self.stats = stats
+        self.minting_actor = minting_actor
+        self.read_incomplete = read_incomplete
+        self.request_timeout = request_timeout
+        self.wall = wall
         # Fan-outs in flight and their deadlines. Every one gets the same timeout from when
         # it is armed, so insertion order is deadline order; one that ends leaves at once,
         # so only those in flight are kept (not every request of the last timeout period).
@@ -158,7 +168,7 @@ class Coordinator:
 
     def expire_later(self, fan: _FanOut) -> None:
         """Expire ``fan`` request_timeout from now, unless it ends before."""
-        self._open[fan] = trio.current_time() + self.node.request_timeout
+        self._open[fan] = trio.current_time() + self.request_timeout
         if len(self._open) == 1:
             self._opened.set()
 
@@ -185,9 +195,10 @@ class Coordinator:
         failures that make that impossible) are in, from whichever callback completes
         them. Raises what makes the request impossible to start (a bad r). True: it
         always takes the request."""
-        pr, _ = self.node.primary_quorums(bucket, r=r, pr=pr)
-        n, r, _ = self.node.quorum_sizes(bucket, r=r)
-        place = self.node.placement(bucket, key, n)
+        routing = self.view.routing()
+        pr, _ = routing.primary_quorums(bucket, r=r, pr=pr)
+        n, r, _ = routing.quorum_sizes(bucket, r=r)
+        place = routing.placement(bucket, key, n, self.liveness.up_nodes())
         if not place.targets:
             raise Unavailable("no replica of this key is reachable")
         # R counts distinct replicas: never lowered to the few this node finds reachable.
@@ -207,13 +218,13 @@ class Coordinator:
         local_raw: bytes | None = None
         local: DVVSet | None = None
         for target in place.targets:
-            if target.node == self.node.id:
-                local_raw = self.node.replica.get_encoded(place.partition, bucket, key,
+            if target.node == self.node_id:
+                local_raw = self.replica.get_encoded(place.partition, bucket, key,
                                                           target.hint_for)
                 local = None if local_raw is None else context.decode_stored(local_raw)
                 core.add_reply(target.node, local, fallback=target.role == "fallback",
-                               incomplete=self.node.pull_pending(place.partition,
-                                                                 target.hint_for))
+                               incomplete=self.read_incomplete(place.partition,
+                                                                  target.hint_for))
 
         def replied(target: Target, result: dict[str, Any] | None,
                     error: DynError | None) -> None:
@@ -222,7 +233,7 @@ class Coordinator:
                     raise error
                 assert result is not None
                 wire = result.get("clock")
-                clock = local if wire == local_raw else self.node.clock_from_peer(wire)
+                clock = local if wire == local_raw else clock_from_peer(wire)
             except DynError as exc:
                 core.add_failure(target.node, exc.message, fallback=target.role == "fallback")
             else:
@@ -237,9 +248,9 @@ class Coordinator:
 
         fan = _FanOut(self, finished)
         for target in place.targets:
-            if target.node != self.node.id:
+            if target.node != self.node_id:
                 fan.send(target.node, "p_get",
-                         self.node.replica_fields(target, place.partition, bucket, key),
+                         replica_fields(target, place.partition, bucket, key),
                          partial(replied, target))
         fan.arm()
         if core.settled():
@@ -257,12 +268,12 @@ class Coordinator:
         by_node = {t.node: t for t in place.targets}
         fan = _FanOut(self, lambda: None)
         for node in stale:
-            self.node.stats.count("read_repair")
+            self.stats.count("read_repair")
             target = by_node[node]
-            if node == self.node.id:
-                self.node.stage_replica(place.partition, bucket, key, merged, target.hint_for)
+            if node == self.node_id:
+                self.access.stage(place.partition, bucket, key, merged, target.hint_for)
             else:
-                fields = self.node.replica_fields(target, place.partition, bucket, key,
+                fields = replica_fields(target, place.partition, bucket, key,
                                                   clock=context.encode(merged))
                 fan.send(node, "p_put", fields, lambda result, error: None)
         fan.arm()
@@ -279,7 +290,7 @@ class Coordinator:
         place, me, w_needed = self._write_placement(bucket, key, w)
         if me is None or me.role != "primary":
             return False
-        _, pw = self.node.primary_quorums(bucket, w=w, pw=pw)
+        _, pw = self.view.routing().primary_quorums(bucket, w=w, pw=pw)
         self._write_here(place, me, bucket, key, value, client_context(), w_needed, reply,
                          pw=pw)
         return True
@@ -288,9 +299,10 @@ class Coordinator:
                          ) -> tuple[Placement, Target | None, int]:
         """Where a write of the key goes, this node's place in it (None: outside the
         preference list), and the W it needs."""
-        n, _, w_needed = self.node.quorum_sizes(bucket, w=w)
-        place = self.node.placement(bucket, key, n)
-        me = next((t for t in place.targets if t.node == self.node.id), None)
+        routing = self.view.routing()
+        n, _, w_needed = routing.quorum_sizes(bucket, w=w)
+        place = routing.placement(bucket, key, n, self.liveness.up_nodes())
+        me = next((t for t in place.targets if t.node == self.node_id), None)
         return place, me, w_needed
 
     async def put(
@@ -302,14 +314,14 @@ class Coordinator:
         this node is none (unless ``forward`` is None: no forwarding hop left), never to a
         node it ``came_through`` (no loops), else as ``start_put``."""
         place, me, w_needed = self._write_placement(bucket, key, w)
-        _, pw = self.node.primary_quorums(bucket, w=w, pw=pw)
+        _, pw = self.view.routing().primary_quorums(bucket, w=w, pw=pw)
         if (me is None or me.role != "primary") and forward is not None:
             # Only a primary's copy holds every dot its actor minted for the key; a dot
             # minted on a fallback's hint copy can repeat one already handed back and be
             # silently dropped at the primary (tests/sim seed 5). Prefer a primary. A node
             # outside the preference list then tries its fallbacks: puts are minted only
             # on a node of the list.
-            candidates = sorted((t for t in place.targets if t.node != self.node.id
+            candidates = sorted((t for t in place.targets if t.node != self.node_id
                                  and t.node not in came_through
                                  and (t.role == "primary" or me is None)),
                                 key=lambda t: t.role != "primary")
@@ -317,7 +329,7 @@ class Coordinator:
                 try:
                     return await forward(target.node)
                 except Unreachable as exc:  # never sent: the next one may take it
-                    self.node.suspect(target.node, exc.message)
+                    self.liveness.suspect(target.node, exc.message)
         if me is None:  # minted here, the dot's actor would hold no copy of the key
             hops = "" if forward is not None else ", and no forwarding hop is left"
             raise Unavailable(f"no node of the key's preference list took the write "
@@ -342,17 +354,17 @@ class Coordinator:
                                     f"primaries reachable, pw={pw}"))
             return True
         hint_for = me.hint_for
-        actor = self.node.actor if hint_for is None else self.node.fallback_actor(hint_for)
-        clock, encoded, ticket = self.node.replica.coordinate(
+        actor = self.minting_actor(hint_for)
+        clock, encoded, ticket = self.replica.coordinate(
             place.partition, bucket, key, value, client_context, actor,
-            self.node.wall_ms(), hint_for,
+            int(self.wall() * 1000), hint_for,
         )
         if hint_for is not None:  # counted once stored: a refused write stores nothing
-            self.node.stats.count("hint_stored")
+            self.stats.count("hint_stored")
         # W counts distinct nodes holding the write: never lowered to the few reachable
         # ones, or one node could acknowledge alone and then lose its disk (tests/sim seed 8).
         core = PutCore(w=w, n=max(len(place.targets), 1), pw=pw, primaries=primaries)
-        tried = {t.node for t in place.targets} | {self.node.id}
+        tried = {t.node for t in place.targets} | {self.node_id}
         answer = _FirstReply(reply)
 
         def decide() -> None:
@@ -371,14 +383,14 @@ class Coordinator:
             # A failed local write is one missing ack, not a crash. A hint held here is no
             # primary's copy.
             if error is None:
-                core.add_ack(self.node.id, fallback=hint_for is not None)
+                core.add_ack(self.node_id, fallback=hint_for is not None)
             else:
-                core.add_failure(self.node.id, f"local write failed: {error}",
+                core.add_failure(self.node_id, f"local write failed: {error}",
                                  fallback=hint_for is not None)
             check()
 
         def replicate(target: Target, counted: bool) -> None:
-            fields = self.node.replica_fields(target, place.partition, bucket, key,
+            fields = replica_fields(target, place.partition, bucket, key,
                                               clock=encoded)
             fan.send(target.node, "p_put", fields, partial(acked, target, counted))
 
@@ -391,7 +403,9 @@ class Coordinator:
                 core.add_ack(target.node, fallback=fallback)
             else:
                 core.add_failure(target.node, error.message, fallback=fallback)
-                replacement = self.node.replacement(place, target, tried)
+                self.liveness.suspect(target.node, "request failed")
+                replacement = self.view.routing().replacement(
+                    place, target, self.liveness.up_nodes(), tried)
                 if replacement is not None:
                     tried.add(replacement.node)
                     core.n += 1
@@ -401,7 +415,7 @@ class Coordinator:
         fan = _FanOut(self, decide)
         fan.track(ticket, landed)
         for target in place.targets:
-            if target.node != self.node.id:
+            if target.node != self.node_id:
                 replicate(target, True)
         for node in place.extra:
             if node not in tried:

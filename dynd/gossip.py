@@ -13,18 +13,22 @@ refused: a stranger cannot gossip its way into the ring.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import random
+from collections.abc import Callable
+from typing import Any
 
 import cbor2
 import trio
 
+from common.config import Config
 from common.errors import DynError, Rejected
 from dynd import membership
+from dynd.cluster import ClusterView
+from dynd.detector import PhiAccrualDetector
+from dynd.identity import Identity
 from dynd.membership import MembershipError
-
-if TYPE_CHECKING:
-    from dynd.node import Node
-    from dynd.server import Peer
+from dynd.server import Peer
+from dynd.transport import Transport
 
 log = logging.getLogger("dynd.gossip")
 
@@ -38,8 +42,19 @@ Heartbeat = tuple[int, int]
 class Gossip:
     OPS = ("p_gossip",)
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, view: ClusterView, identity: Identity, detector: PhiAccrualDetector,
+                 transport: Transport, config: Config, *, addr: str, rng: random.Random,
+                 on_disk_recovered: Callable[[int], None]) -> None:
+        """``on_disk_recovered(epoch)``: this node took its state back from a seed
+        (recover_identity) in ``epoch``."""
+        self.view = view
+        self.identity = identity
+        self.detector = detector
+        self.transport = transport
+        self.config = config
+        self.addr = addr
+        self.rng = rng
+        self.on_disk_recovered = on_disk_recovered
         self.counter = 0
         self.heartbeats: dict[str, Heartbeat] = {}
         self.rounds = 0
@@ -47,10 +62,14 @@ class Gossip:
         self._digested: membership.ClusterState | None = None
         self._last_digest = b""
 
+    def totals(self) -> tuple[int, int]:
+        """(rounds completed, bytes sent) since start, for the metrics."""
+        return self.rounds, self.bytes_sent
+
     def _heartbeat_wire(self) -> dict[str, list[int]]:
-        self.heartbeats[self.node.id] = (self.node.incarnation, self.counter)
+        self.heartbeats[self.identity.id] = (self.identity.incarnation, self.counter)
         return {node: list(hb) for node, hb in self.heartbeats.items()
-                if node in self.node.state.members}
+                if node in self.view.state.members}
 
     def _absorb_heartbeats(self, wire: Any) -> None:
         """Record the newer beats of members; a name that is no member (or a removed one)
@@ -58,9 +77,9 @@ class Gossip:
         if not isinstance(wire, dict):
             return
         now = trio.current_time()
-        members = self.node.state.members
+        members = self.view.state.members
         for node, hb in wire.items():
-            if (not isinstance(node, str) or node == self.node.id or not isinstance(hb, list)
+            if (not isinstance(node, str) or node == self.identity.id or not isinstance(hb, list)
                     or len(hb) != 2 or not all(isinstance(x, int) for x in hb)):
                 continue
             member = members.get(node)
@@ -69,33 +88,33 @@ class Gossip:
             beat = (hb[0], hb[1])
             if beat > self.heartbeats.get(node, (-1, -1)):
                 self.heartbeats[node] = beat
-                self.node.detector.heartbeat(node, now)
+                self.detector.heartbeat(node, now)
 
     def _merge(self, wire: Any) -> None:
         try:
             remote = membership.from_wire(wire)
-            merged = membership.reconcile(self.node.state, remote)
+            merged = membership.reconcile(self.view.state, remote)
         except membership.ForeignCluster as exc:
             raise Rejected(f"refusing gossip from another cluster: {exc}") from None
         except MembershipError as exc:
             raise Rejected(f"invalid cluster state: {exc}") from None
-        self.node.set_state(merged)
+        self.view.set_state(merged)
         self._forget_departed()
 
     def _forget_departed(self) -> None:
         """Drop the beats and detector history of members that are removed (or gone)."""
-        members = self.node.state.members
-        for node in [n for n in self.heartbeats if n != self.node.id]:
+        members = self.view.state.members
+        for node in [n for n in self.heartbeats if n != self.identity.id]:
             member = members.get(node)
             if member is None or member.status == "removed":
                 del self.heartbeats[node]
-                self.node.detector.forget(node)
+                self.detector.forget(node)
 
     def _digest(self) -> bytes:
         """Digest of the current state, computed once per state object."""
-        if self._digested is not self.node.state:
-            self._digested = self.node.state
-            self._last_digest = membership.digest(self.node.state)
+        if self._digested is not self.view.state:
+            self._digested = self.view.state
+            self._last_digest = membership.digest(self.view.state)
         return self._last_digest
 
     async def op_p_gossip(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
@@ -106,24 +125,24 @@ class Gossip:
         self._absorb_heartbeats(fields.get("heartbeats"))
         reply: dict[str, Any] = {"heartbeats": self._heartbeat_wire(), "digest": self._digest()}
         if "state" not in fields and fields.get("digest") != reply["digest"]:
-            reply["state"] = membership.to_wire(self.node.state)
+            reply["state"] = membership.to_wire(self.view.state)
         return reply
 
     def _pick_peer(self) -> str | None:
         """A random live-or-not member address; now and then a seed."""
-        peers = [m.addr for m in self.node.state.members.values()
-                 if m.id != self.node.id and m.status != "removed"]
-        seeds = [s for s in self.node.config.seeds if s != self.node.addr]
-        if seeds and (not peers or self.node.rng.random() < 0.1):
-            return self.node.rng.choice(seeds)
-        return self.node.rng.choice(peers) if peers else None
+        peers = [m.addr for m in self.view.state.members.values()
+                 if m.id != self.identity.id and m.status != "removed"]
+        seeds = [s for s in self.config.seeds if s != self.addr]
+        if seeds and (not peers or self.rng.random() < 0.1):
+            return self.rng.choice(seeds)
+        return self.rng.choice(peers) if peers else None
 
     async def exchange(self, addr: str) -> None:
         """One round with the node at `addr`: digests first, whole states only when they differ.
 
         Steady state costs two small messages; a change costs one state each way.
         """
-        timeout = self.node.config.gossip.interval * 2
+        timeout = self.config.gossip.interval * 2
         hello = {"digest": self._digest(), "heartbeats": self._heartbeat_wire()}
         reply = await self._send(addr, hello, timeout)
         self.rounds += 1
@@ -131,31 +150,31 @@ class Gossip:
             self._merge(reply["state"])
         self._absorb_heartbeats(reply.get("heartbeats"))
         if reply.get("digest") != self._digest():
-            push = {"state": membership.to_wire(self.node.state),
+            push = {"state": membership.to_wire(self.view.state),
                     "heartbeats": self._heartbeat_wire()}
             await self._send(addr, push, timeout)
 
     async def _send(self, addr: str, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         self.bytes_sent += len(cbor2.dumps(message))
-        return await self.node.transport.call(addr, "p_gossip", message, timeout)
+        return await self.transport.call(addr, "p_gossip", message, timeout)
 
     async def push_now(self) -> None:
         """After a local change (commit, staged change) tell every member at once."""
         async with trio.open_nursery() as nursery:
-            for member in list(self.node.state.members.values()):
-                if member.id != self.node.id and member.status != "removed":
+            for member in list(self.view.state.members.values()):
+                if member.id != self.identity.id and member.status != "removed":
                     nursery.start_soon(self._quiet_exchange, member.addr)
 
     async def _quiet_exchange(self, addr: str) -> None:
         try:
             await self.exchange(addr)
         except DynError as exc:
-            log.debug("event=gossip_failed node=%s peer=%s error=%r", self.node.id, addr,
+            log.debug("event=gossip_failed node=%s peer=%s error=%r", self.identity.id, addr,
                       exc.message)
 
     async def run(self) -> None:
         """A round every interval (jittered) with `fanout` peers, within the byte budget."""
-        config = self.node.config.gossip
+        config = self.config.gossip
         window_start, window_bytes = trio.current_time(), self.bytes_sent
         while True:
             self.counter += 1
@@ -165,7 +184,7 @@ class Gossip:
             if self.bytes_sent - window_bytes < config.max_bytes_per_second:
                 for addr in {self._pick_peer() for _ in range(config.fanout)} - {None}:
                     await self._quiet_exchange(addr)
-            await trio.sleep(config.interval * (0.5 + self.node.rng.random()))
+            await trio.sleep(config.interval * (0.5 + self.rng.random()))
 
     async def recover_identity(self) -> None:
         """A fresh data dir with seeds: ask them who we are before serving data.
@@ -178,29 +197,30 @@ class Gossip:
         """
         delay = 0.5
         while True:
-            for addr in self.node.config.seeds:
-                if addr == self.node.addr:
+            for addr in self.config.seeds:
+                if addr == self.addr:
                     continue
                 try:
-                    reply = await self.node.transport.call(addr, "p_gossip", {}, 2.0)
+                    reply = await self.transport.call(addr, "p_gossip", {}, 2.0)
                     remote = membership.from_wire(reply["state"])
                 except (DynError, MembershipError, KeyError) as exc:
                     log.info("event=seed_unreachable node=%s seed=%s error=%r",
-                             self.node.id, addr, getattr(exc, "message", str(exc)))
+                             self.identity.id, addr, getattr(exc, "message", str(exc)))
                     continue
-                member = remote.members.get(self.node.id)
+                member = remote.members.get(self.identity.id)
                 if member is not None and member.status != "removed":
-                    self.node.set_incarnation(max(self.node.incarnation, member.incarnation + 1))
-                    self.node.state = remote
+                    self.identity.set_incarnation(
+                        max(self.identity.incarnation, member.incarnation + 1))
+                    self.view.set_state(remote)
                     # Anti-entropy and `dynctl repair` restore a lost disk, all of it; the
                     # epoch's pull would bring back only what the epoch moved.
-                    self.node.handoff.mark_pulled(remote.epoch)
+                    self.on_disk_recovered(remote.epoch)
                     log.warning("event=recovering_lost_disk node=%s incarnation=%d seed=%s",
-                                self.node.id, self.node.incarnation, addr)
+                                self.identity.id, self.identity.incarnation, addr)
                 return
-            if all(addr == self.node.addr for addr in self.node.config.seeds):
+            if all(addr == self.addr for addr in self.config.seeds):
                 return
             log.warning("event=waiting_for_seeds node=%s seeds=%s retry_in=%.1fs",
-                        self.node.id, ",".join(self.node.config.seeds), delay)
+                        self.identity.id, ",".join(self.config.seeds), delay)
             await trio.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -20,7 +20,7 @@ from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 from hdrh.histogram import HdrHistogram
@@ -36,9 +36,9 @@ from prometheus_client.utils import floatToGoString
 
 from common.errors import Unavailable
 from dynd import membership
-
-if TYPE_CHECKING:
-    from dynd.node import Node
+from dynd.cluster import ClusterView
+from dynd.liveness import Liveness
+from dynd.storage import Storage
 
 log = logging.getLogger("dynd.metrics")
 
@@ -254,28 +254,36 @@ class NodeReadings:
 class NodeCollector(Collector):
     """Reads a node's live state at scrape time (clock: the node's monotonic clock)."""
 
-    def __init__(self, node: Node, clock: Callable[[], float] = trio.current_time) -> None:
-        self.node = node
+    def __init__(self, view: ClusterView, liveness: Liveness, storage: Storage, stats: Stats,
+                 *, gossip_totals: Callable[[], tuple[int, int]],
+                 last_exchange: Callable[[], float | None],
+                 clock: Callable[[], float] = trio.current_time) -> None:
+        """``gossip_totals()``: (rounds, bytes sent) of gossip; ``last_exchange()``: the
+        wall-clock time of the newest anti-entropy exchange."""
+        self.view = view
+        self.liveness = liveness
+        self.storage = storage
+        self.stats = stats
+        self.gossip_totals = gossip_totals
+        self.last_exchange = last_exchange
         self.clock = clock
 
     def read(self) -> NodeReadings:
-        node = self.node
-        state = node.state
-        ring = node.ring()
-        detector = node.detector.snapshot(self.clock())
-        exchanges = [r.last_exchange for r in node.antientropy.records.values()
-                     if r.last_exchange is not None]
+        state = self.view.state
+        ring = self.view.routing().ring
+        detector = self.liveness.detector.snapshot(self.clock())
+        rounds, bytes_sent = self.gossip_totals()
         return NodeReadings(
-            node=node.id, epoch=state.epoch, ring_balance=ring.balance(),
-            partitions_owned=ring.counts().get(node.id, 0),
-            members={m: (membership.member_status(state, m), node.is_up(m))
+            node=self.stats.node_id, epoch=state.epoch, ring_balance=ring.balance(),
+            partitions_owned=ring.counts().get(self.stats.node_id, 0),
+            members={m: (membership.member_status(state, m), self.liveness.is_up(m))
                      for m in sorted(state.members)},
             phi={peer: float(info["phi"]) for peer, info in detector.items()},
-            hints=node.storage.hint_counts(), hint_ages=dict(node.stats.hint_ages.ages),
+            hints=self.storage.hint_counts(), hint_ages=dict(self.stats.hint_ages.ages),
             transfers_pending=len(membership.pending_transfers(state)),
-            storage_bytes=node.storage.approximate_size(),
-            gossip_rounds=node.gossip.rounds, gossip_bytes_sent=node.gossip.bytes_sent,
-            last_antientropy=max(exchanges, default=None),
+            storage_bytes=self.storage.approximate_size(),
+            gossip_rounds=rounds, gossip_bytes_sent=bytes_sent,
+            last_antientropy=self.last_exchange(),
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -319,10 +327,3 @@ def _gauge(name: str, doc: str,
         family.add_metric([label_value], number)
     return family
 
-
-def register_node_gauges(node: Node, clock: Callable[[], float] = trio.current_time) -> None:
-    """Export `node`'s live state in its Stats registry and in `dynctl stats`.
-
-    Call once the node's storage is open; reads happen at scrape time, inside trio.
-    """
-    node.stats.watch_node(NodeCollector(node, clock))

@@ -64,8 +64,8 @@ class Replica:
 
     def take_actor(self, actor: str, saved: dict[str, Any] | None = None) -> None:
         """Mint this node's own dots under ``actor`` from now on: a new actor starts with
-        no floor and no renewals; a kept one (Node's clean restart) resumes ``saved``,
-        what ``actor_state`` returned when the node stopped."""
+        no floor and no renewals; a kept one (a clean restart, Identity.resume_actor)
+        resumes ``saved``, what ``actor_state`` returned when the node stopped."""
         self.own_actor = actor
         saved = saved or {}
         self.dot_floor = int(saved.get("dot_floor", 0))
@@ -103,6 +103,15 @@ class Replica:
                 del self._rebuilds[partition]
         self.trees[partition] = rebuild.tree
         return rebuild.tree
+
+    async def ensure_tree(self, partition: int) -> None:
+        """Build the partition's tree from storage unless one is kept already."""
+        if partition not in self.trees:
+            await self.rebuild_tree(partition)
+
+    def drop_tree(self, partition: int) -> None:
+        """Forget the tree of a partition whose copy was deleted."""
+        self.trees.pop(partition, None)
 
     def _update_trees(self, partition: int, bucket: str, key: bytes,
                       old_digest: bytes | None, new_digest: bytes | None) -> None:
@@ -184,7 +193,7 @@ class Replica:
         writer must resolve first: more siblings than the limit, or more bytes than one
         replica frame carries (every sibling goes in it, so such an object would stay on
         this node only, beyond replication and repair). Merges are never refused (see
-        Node.clock_from_peer): only the write that would grow the object."""
+        replica_access.clock_from_peer): only the write that would grow the object."""
         count = context.sibling_count(result)
         if count > self.max_siblings:
             problem = f"would have {count} siblings, limit is {self.max_siblings}"

@@ -205,10 +205,6 @@ class Ring:
     def _distinct_owners(self) -> frozenset[str]:
         return frozenset(self.owners)
 
-    def partitions_of(self, node: str) -> list[int]:
-        """Partitions owned by `node`, ascending."""
-        return [p for p, owner in enumerate(self.owners) if owner == node]
-
     def counts(self) -> dict[str, int]:
         """Partitions owned per node (only nodes owning at least one)."""
         return dict(Counter(self.owners))

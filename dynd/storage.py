@@ -498,7 +498,7 @@ class Storage:
         """Commit everything staged, then ``batch``, and fsync them whatever the sync mode.
 
         For the few writes whose loss would be unsafe rather than just a lost write (the
-        clean-stop record and its consumption, see Node.record_clean_stop): the fsync of
+        clean-stop record and its consumption, see Identity.record_clean_stop): the fsync of
         the last group makes every earlier one durable too. Raises StorageError if a
         write failed (then ``batch`` may not be written).
         """

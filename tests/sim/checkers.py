@@ -31,9 +31,9 @@ BUCKET = "default"
 
 def _replicas(nodes: list[SimNode], key: bytes) -> tuple[int, list[str]]:
     node = next(n.node for n in nodes if n.node is not None)
-    partition = partition_of(BUCKET, key, node.state.ring_size)
-    n, _, _ = node.quorum_sizes(BUCKET)
-    return partition, node.primaries(partition, n)
+    partition = partition_of(BUCKET, key, node.view.state.ring_size)
+    n, _, _ = node.view.routing().quorum_sizes(BUCKET)
+    return partition, node.view.routing().primaries(partition, n)
 
 
 def _copies(nodes: list[SimNode], key: bytes) -> dict[str, DVVSet | None]:
@@ -52,13 +52,13 @@ def divergence(nodes: list[SimNode], keys: list[bytes]) -> list[str]:
     if down:
         return [f"nodes down: {down}"]
     problems = []
-    states = {n.id: membership.digest(n.node.state) for n in nodes if n.node is not None}
+    states = {n.id: membership.digest(n.node.view.state) for n in nodes if n.node is not None}
     if len(set(states.values())) > 1:
-        epochs = {n.id: n.node.state.epoch for n in nodes if n.node is not None}
+        epochs = {n.id: n.node.view.state.epoch for n in nodes if n.node is not None}
         problems.append(f"cluster states differ (epochs {epochs})")
     for n in nodes:
         assert n.node is not None
-        if membership.pending_transfers(n.node.state):
+        if membership.pending_transfers(n.node.view.state):
             problems.append(f"{n.id}: transfers pending")
         if hints := n.node.storage.hint_counts():
             problems.append(f"{n.id}: undelivered hints {hints}")

@@ -38,8 +38,10 @@ import trio.testing
 from common.config import Config
 from common.errors import DynError
 from dynd import membership
+from dynd.cluster import META_STATE
+from dynd.identity import META_NODE_ID
 from dynd.membership import Change, Member
-from dynd.node import META_NODE_ID, META_STATE, Node
+from dynd.node import Node
 from dynd.storage import Batch, Storage, StorageError
 from tests.sim import checkers
 from tests.sim.checkers import decode_value, encode_value
@@ -303,7 +305,7 @@ class SimCluster:
         founder = self.nodes[0].node
         if founder is None:
             return {n.id for n in self.nodes[:self.scenario.nodes]}
-        return {m for m, member in founder.state.members.items() if member.status == "valid"}
+        return {m for m, member in founder.view.state.members.items() if member.status == "valid"}
 
     # ---- faults ---------------------------------------------------------------------
 
@@ -509,7 +511,8 @@ async def _measure_gossip(size: int, ring_size: int, clock: trio.testing.MockClo
                                settle=settle) as (cluster, nodes):
         founder = nodes[0].node
         assert founder is not None
-        founder.set_state(membership.set_bucket(founder.state, "scale", 3, 2, 2, founder.id))
+        founder.view.set_state(membership.set_bucket(founder.view.state, "scale", 3, 2, 2,
+                                                     founder.id))
         cluster.network.bytes_sent.clear()
         start = trio.current_time()
         reached: list[float] = []
@@ -518,7 +521,7 @@ async def _measure_gossip(size: int, ring_size: int, clock: trio.testing.MockClo
             await trio.sleep(scenario.gossip_interval / 10)
             now = trio.current_time() - start
             still = [n for n in waiting if n.node is not None
-                     and "scale" not in n.node.state.buckets]
+                     and "scale" not in n.node.view.state.buckets]
             reached += [now] * (len(waiting) - len(still))
             waiting = still
         await trio.sleep_until(start + max(reached[-1], 10 * scenario.gossip_interval))

@@ -41,7 +41,7 @@ async def test_a_write_with_a_context_held_across_a_reaped_delete_is_kept(
             cluster, sims):
         nodes = {s.id: s.node for s in sims if s.node is not None}
         partition = partition_of(BUCKET, KEY, SCENARIO.ring_size)
-        primaries = [nodes[p] for p in nodes["n0"].primaries(partition)]
+        primaries = [nodes[p] for p in nodes["n0"].view.routing().primaries(partition)]
         coordinator = primaries[0]
 
         await cluster.client_call("c1", coordinator.addr, "put", bucket=BUCKET, key=KEY,

@@ -39,7 +39,7 @@ async def test_a_failing_disk_stops_its_node_and_writes_go_on(
             write_batch(self, batch)
 
         monkeypatch.setattr(Storage, "_write_batch", dying_disk)
-        first = next(key for i in range(1000) if BROKEN in nodes[BROKEN].primaries(
+        first = next(key for i in range(1000) if BROKEN in nodes[BROKEN].view.routing().primaries(
             partition_of(BUCKET, key := f"first{i}".encode(), SCENARIO.ring_size)))
         try:  # the write that meets the failed disk: its outcome may be unknown
             await cluster.client_call("c", nodes[BROKEN].addr, "put", bucket=BUCKET,

@@ -36,18 +36,19 @@ SCENARIO = Scenario(nodes=8, ring_size=16, faults=LinkFaults())
 
 def _see_up(node: Node, up: set[str]) -> None:
     """``node`` judges exactly ``up`` available from now on, whatever its detector says."""
-    node.up_nodes = lambda: frozenset(up)  # type: ignore[method-assign]
+    node.liveness.up_nodes = lambda: frozenset(up)  # type: ignore[method-assign]
 
 
 def _list_of(node: Node) -> list[str]:
-    return [t.node for t in node.placement(BUCKET, KEY, 3).targets]
+    place = node.view.routing().placement(BUCKET, KEY, 3, node.liveness.up_nodes())
+    return [t.node for t in place.targets]
 
 
 def _actors(nodes: Iterable[Node]) -> set[str]:
     """Every actor in a copy of KEY held anywhere: data and hints."""
     found: set[str] = set()
     for node in nodes:
-        partition = partition_of(BUCKET, KEY, node.state.ring_size)
+        partition = partition_of(BUCKET, KEY, node.view.state.ring_size)
         clocks = [node.replica.get(partition, BUCKET, KEY)] + [
             context.decode(raw) for _, _, bucket, key, raw in node.storage.scan_hints()
             if (bucket, key) == (BUCKET, KEY)]
@@ -62,7 +63,8 @@ def _nodes(sims: list[SimNode]) -> dict[str, Node]:
 
 def _check_the_case(cluster: SimCluster, nodes: dict[str, Node]) -> None:
     forwarder = nodes[FORWARDER]
-    assert forwarder.primaries(partition_of(BUCKET, KEY, SCENARIO.ring_size)) == PRIMARIES
+    partition = partition_of(BUCKET, KEY, SCENARIO.ring_size)
+    assert list(forwarder.view.routing().primaries(partition)) == PRIMARIES
     assert _list_of(forwarder)[0] == OUTSIDER and FORWARDER not in _list_of(forwarder)
 
 
@@ -72,14 +74,14 @@ async def test_a_forward_outside_the_list_goes_on_to_a_primary(
         nodes = _nodes(sims)
         _see_up(nodes[FORWARDER], FORWARDER_SEES_UP)
         _check_the_case(cluster, nodes)
-        await until("n1 has heard from every node", lambda: nodes[OUTSIDER].up_nodes() == set(
-            nodes))
+        await until("n1 has heard from every node",
+                    lambda: nodes[OUTSIDER].liveness.up_nodes() == set(nodes))
         assert _list_of(nodes[OUTSIDER]) == PRIMARIES
 
         await cluster.client_call("c", nodes[FORWARDER].addr, "put", bucket=BUCKET, key=KEY,
                                   value=b"v")
         minted = _actors(nodes.values())
-        primary_actors = {nodes[p].actor for p in PRIMARIES}
+        primary_actors = {nodes[p].identity.actor for p in PRIMARIES}
     assert minted and minted <= primary_actors, f"minted by {minted}"
 
 

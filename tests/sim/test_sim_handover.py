@@ -23,8 +23,8 @@ def _holder_and_primaries(cluster: SimCluster) -> tuple[Node, int, list[Node]]:
     """A node that is not a primary of KEY's partition, the partition, its primaries."""
     nodes = [n.node for n in cluster.nodes if n.node is not None]
     some = nodes[0]
-    partition = partition_of(BUCKET, KEY, some.state.ring_size)
-    primaries = set(some.primaries(partition))
+    partition = partition_of(BUCKET, KEY, some.view.state.ring_size)
+    primaries = set(some.view.routing().primaries(partition))
     holder = next(n for n in nodes if n.id not in primaries)
     return holder, partition, [n for n in nodes if n.id in primaries]
 
@@ -35,12 +35,12 @@ async def _hand_over(block_primary: bool, clock: trio.testing.MockClock) -> tupl
     async with settled_cluster(scenario, clock, "dynd-handover-") as (cluster, _):
         holder, partition, primaries = _holder_and_primaries(cluster)
         _, _, ticket = holder.replica.coordinate(
-            partition, BUCKET, KEY, b"v", {}, holder.actor, holder.wall_ms())
+            partition, BUCKET, KEY, b"v", {}, holder.identity.actor, int(holder.wall() * 1000))
         await ticket.wait()
         if block_primary:
             cluster.network.block(holder.addr, primaries[0].addr)
         with trio.move_on_after(60):
-            await holder.handoff.drop_foreign_partitions(holder.state.epoch)
+            await holder.handover.drop_foreign_partitions(holder.view.state.epoch)
         kept = holder.replica.get(partition, BUCKET, KEY) is not None
         everywhere = all(p.replica.get(partition, BUCKET, KEY) is not None
                          for p in primaries)

@@ -33,7 +33,7 @@ def _nodes(sims: list[SimNode]) -> dict[str, Node]:
 
 def _keys_on(node: Node, primary: str, count: int) -> list[bytes]:
     """``count`` keys whose partition has ``primary`` among its primaries."""
-    return [key for i in range(10_000) if primary in node.primaries(
+    return [key for i in range(10_000) if primary in node.view.routing().primaries(
         partition_of(BUCKET, key := f"k{i}".encode(), SCENARIO.ring_size))][:count]
 
 
@@ -54,8 +54,8 @@ async def test_a_leaver_holding_hints_has_not_left_and_stops_the_reap(
             cluster, sims):
         nodes = _nodes(sims)
         admin, some, leaver = sims[0], nodes["n0"], nodes["n4"]
-        key = next(k for k in _keys_on(some, "n1", 100) if "n4" not in some.primaries(
-            partition_of(BUCKET, k, SCENARIO.ring_size)))
+        key = next(k for k in _keys_on(some, "n1", 100) if "n4" not in
+                   some.view.routing().primaries(partition_of(BUCKET, k, SCENARIO.ring_size)))
         partition = partition_of(BUCKET, key, SCENARIO.ring_size)
         target = nodes["n1"]
         await cluster.client_call("c", admin.addr, "put", bucket=BUCKET, key=key, value=b"OLD")
@@ -66,20 +66,20 @@ async def test_a_leaver_holding_hints_has_not_left_and_stops_the_reap(
         assert clock is not None
         await leaver.replica.store_hint("n1", partition, BUCKET, key, clock).wait()
         cluster.network.block(leaver.addr, target.addr)
-        await until("the leaver said it holds hints", lambda: some.state.members["n4"].hints)
+        await until("the leaver said it holds hints", lambda: some.view.state.members["n4"].hints)
 
         await cluster.client_call("admin", admin.addr, "cluster_leave", node="n4")
         await cluster.client_call("admin", admin.addr, "cluster_commit")
-        await until("transfers done", lambda: some.state.epoch == 2
-                    and not membership.pending_transfers(some.state))
+        await until("transfers done", lambda: some.view.state.epoch == 2
+                    and not membership.pending_transfers(some.view.state))
         await _delete(cluster, admin.addr, key)
-        primaries = [nodes[p] for p in some.primaries(partition)]
+        primaries = [nodes[p] for p in some.view.routing().primaries(partition)]
         # Past the grace, and through two anti-entropy periods (each may reap).
         await trio.sleep(SCENARIO.tombstone_grace + 2 * SCENARIO.antientropy_period)
         await primaries[0].antientropy.reap_tombstones(partition)
 
         assert leaver.storage.hint_counts() == {"n1": 1}
-        assert membership.member_status(some.state, "n4") == "leaving"
+        assert membership.member_status(some.view.state, "n4") == "leaving"
         check = await cluster.client_call("admin", admin.addr, "cluster_check")
         assert not check["converged"] and check["leavers_holding_hints"] == ["n4"]
         assert all(p.replica.get(partition, BUCKET, key) is not None for p in primaries)
@@ -87,7 +87,7 @@ async def test_a_leaver_holding_hints_has_not_left_and_stops_the_reap(
         cluster.network.heal()
         await until("the hint delivered", lambda: not leaver.storage.hint_counts())
         await until("the leave done",
-                    lambda: membership.member_status(some.state, "n4") == "removed")
+                    lambda: membership.member_status(some.view.state, "n4") == "removed")
         check = await cluster.client_call("admin", admin.addr, "cluster_check")
         assert check["converged"], check
         await until("the tombstone reaped", lambda: all(
@@ -103,7 +103,7 @@ async def test_hints_for_a_replaced_dead_node_go_to_the_current_primaries(
         admin, some = sims[0], nodes["n0"]
         keys = _keys_on(some, "n3", 6)
         await next(s for s in sims if s.id == "n3").crash()
-        await until("n3 seen down", lambda: not some.is_up("n3"))
+        await until("n3 seen down", lambda: not some.liveness.is_up("n3"))
         for key in keys:  # a fallback takes each write for n3 as a hint
             await cluster.client_call("c", admin.addr, "put", bucket=BUCKET, key=key,
                                       value=b"v-" + key)
@@ -117,17 +117,17 @@ async def test_hints_for_a_replaced_dead_node_go_to_the_current_primaries(
         await cluster.client_call("admin", admin.addr, "cluster_commit")
         assert new.node is not None
         live["n5"] = new.node
-        await until("transfers done", lambda: some.state.epoch == 2
-                    and not membership.pending_transfers(some.state))
+        await until("transfers done", lambda: some.view.state.epoch == 2
+                    and not membership.pending_transfers(some.view.state))
 
         await until("no hint for n3 left", lambda: not any(
             "n3" in n.storage.hint_counts() for n in live.values()), limit=60)
         for node in live.values():
             shown = (await cluster.client_call("admin", node.addr, "hints"))["hints"]
-            assert all(membership.takes_replicas(some.state, t) for t in shown), shown
+            assert all(membership.takes_replicas(some.view.state, t) for t in shown), shown
         for key in keys:  # the hinted writes reached the current primaries
             partition = partition_of(BUCKET, key, SCENARIO.ring_size)
-            for primary in some.primaries(partition):
+            for primary in some.view.routing().primaries(partition):
                 await until(f"{primary} holds {key!r}", lambda p=primary, k=key, q=partition:
                             live[p].replica.get(q, BUCKET, k) is not None)
 
@@ -135,7 +135,7 @@ async def test_hints_for_a_replaced_dead_node_go_to_the_current_primaries(
         partition = partition_of(BUCKET, key, SCENARIO.ring_size)
         await _delete(cluster, admin.addr, key)
         await trio.sleep(SCENARIO.tombstone_grace + 5)
-        primaries = [live[p] for p in some.primaries(partition)]
+        primaries = [live[p] for p in some.view.routing().primaries(partition)]
         await until("the tombstone reaped", lambda: all(
             p.replica.get(partition, BUCKET, key) is None for p in primaries))
         assert await _read(cluster, admin.addr, key) == []

@@ -64,7 +64,7 @@ async def test_a_primary_without_a_transfer_pulls_what_it_gained(
         await until("every primary holds every key", lambda: all(
             nodes[p].replica.get(partition, BUCKET, key) is not None
             for partition, partition_keys in keys.items() for key in partition_keys
-            for p in admin.node.primaries(partition)))
+            for p in admin.node.view.routing().primaries(partition)))
 
         # n3's hand-over cannot reach n1 (frames from n3 to n1 are lost).
         cluster.network.block(leaver.addr, gainer.addr)
@@ -75,23 +75,23 @@ async def test_a_primary_without_a_transfer_pulls_what_it_gained(
         epoch = int(reply["epoch"])
 
         # The case: n1 gains the key partitions without a transfer of its own.
-        committed = admin.node.state
+        committed = admin.node.view.state
         assert GAINER not in {t.target for t in committed.transfers}
         assert [p for p in range(scenario.ring_size)
-                if GAINER in admin.node.primaries(p, owners=committed.next_owners)
-                and GAINER not in admin.node.primaries(p, owners=committed.owners)
+                if GAINER in admin.node.view.routing().primaries(p, owners=committed.next_owners)
+                and GAINER not in admin.node.view.routing().primaries(p, owners=committed.owners)
                 ] == GAINED
 
         if down_during_transfers:
             await until("the other nodes' transfers are all done",
-                         lambda: not membership.pending_transfers(admin.node.state))
+                         lambda: not membership.pending_transfers(admin.node.view.state))
             await gainer.start()
         x = gainer.node
         assert x is not None
         await until("n1 saw every transfer of the epoch done and cleaned up", lambda: (
-            x.state.epoch == epoch and not membership.pending_transfers(x.state)
-            and x.handoff.cleaned_epoch == epoch))
-        primary_of_gained = all(GAINER in x.primaries(p) for p in GAINED)
+            x.view.state.epoch == epoch and not membership.pending_transfers(x.view.state)
+            and x.transfers.settled_epoch == epoch))
+        primary_of_gained = all(GAINER in x.view.routing().primaries(p) for p in GAINED)
         missing = {p: [k for k in partition_keys if x.replica.get(p, BUCKET, k) is None]
                    for p, partition_keys in keys.items()}
         leaver_kept_its_copy = all(
@@ -103,7 +103,7 @@ async def test_a_primary_without_a_transfer_pulls_what_it_gained(
         await gainer.start()
         await trio.sleep(10)
         assert gainer.node is not None
-        pulled_after_restart = sorted(gainer.node.handoff.progress)
+        pulled_after_restart = sorted(gainer.node.transfers.progress)
     assert primary_of_gained  # n1 serves these partitions now
     assert leaver_kept_its_copy  # so no hand-over from n3 filled n1's copy
     assert missing == {p: [] for p in GAINED}, f"n1's copy lacks {missing}"

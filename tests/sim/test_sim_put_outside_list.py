@@ -8,11 +8,18 @@ import trio
 import trio.testing
 
 from common import context
+from dynd.node import Node
 from dynd.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, settled_cluster, until
 from tests.sim.network import LinkFaults
 
 KEY = b"cart"
+
+
+def _targets(node: Node) -> list[str]:
+    """The nodes of KEY's preference list, as ``node`` sees it now."""
+    place = node.view.routing().placement(BUCKET, KEY, 3, node.liveness.up_nodes())
+    return [t.node for t in place.targets]
 
 
 async def test_a_put_outside_the_preference_list_is_minted_on_a_fallback(
@@ -22,17 +29,17 @@ async def test_a_put_outside_the_preference_list_is_minted_on_a_fallback(
         by_id = {s.id: s for s in sims}
         some = sims[0].node
         assert some is not None
-        partition = partition_of(BUCKET, KEY, some.state.ring_size)
-        primaries = list(some.primaries(partition))
+        partition = partition_of(BUCKET, KEY, some.view.state.ring_size)
+        primaries = list(some.view.routing().primaries(partition))
         for primary in primaries:
             await by_id[primary].crash()
         up = [s.node for s in sims if s.id not in primaries and s.node is not None]
         await until("every live node sees every primary down", lambda: all(
-            not node.is_up(p) for node in up for p in primaries))
+            not node.liveness.is_up(p) for node in up for p in primaries))
         # Views of the other nodes' liveness settle too: the outsider must be one by its own.
         await until("every live node picks the same fallbacks", lambda: len({
-            tuple(node.placement(BUCKET, KEY, 3).targets) for node in up}) == 1)
-        fallbacks = [t.node for t in up[0].placement(BUCKET, KEY, 3).targets]
+            tuple(_targets(node)) for node in up}) == 1)
+        fallbacks = _targets(up[0])
         assert len(fallbacks) == 3 and not set(fallbacks) & set(primaries)
         outsider = next(node for node in up if node.id not in fallbacks)
 

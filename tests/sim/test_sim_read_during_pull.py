@@ -49,24 +49,24 @@ async def test_a_primary_whose_pull_is_pending_makes_no_read_alone(
         await cluster.client_call("c", admin.addr, "put", bucket=BUCKET, key=key, value=b"v")
         await until("every primary holds the key", lambda: all(
             nodes[p].replica.get(PARTITION, BUCKET, key) is not None
-            for p in admin.primaries(PARTITION)))
-        assert PENDING not in admin.primaries(PARTITION)
+            for p in admin.view.routing().primaries(PARTITION)))
+        assert PENDING not in admin.view.routing().primaries(PARTITION)
 
         # n1's pulls of the epoch never start.
         async def held_back(*args: Any) -> None:
             await trio.sleep_forever()
 
-        pending.handoff._pull_partition = held_back  # type: ignore[method-assign]
+        pending.transfers._pull_partition = held_back  # type: ignore[method-assign]
         await cluster.client_call("admin", admin.addr, "cluster_leave", node=LEAVER)
         await cluster.client_call("admin", admin.addr, "cluster_commit")
         await until("every transfer but n1's is done, on n0 and n1", lambda: all(
-            {t.target for t in membership.pending_transfers(node.state)} == {PENDING}
+            {t.target for t in membership.pending_transfers(node.view.state)} == {PENDING}
             for node in (admin, pending)))
 
         # The case: n1 is a primary of the partition now, with an empty copy.
-        primaries = admin.primaries(PARTITION)
+        primaries = admin.view.routing().primaries(PARTITION)
         assert PENDING in primaries and OTHER not in primaries
-        assert pending.primaries(PARTITION) == primaries
+        assert pending.view.routing().primaries(PARTITION) == primaries
         assert pending.replica.get(PARTITION, BUCKET, key) is None
         # n1 answers first: the other primaries' replies to n0 are slow.
         for primary in primaries:

@@ -63,8 +63,8 @@ def roles(sims: list[SimNode]) -> tuple[list[SimNode], list[SimNode]]:
     some = sims[0].node
     assert some is not None
     by_id = {s.id: s for s in sims}
-    primaries = [by_id[p] for p in some.primaries(partition_of(BUCKET, KEY,
-                                                               some.state.ring_size))]
+    primaries = [by_id[p] for p in some.view.routing().primaries(partition_of(BUCKET, KEY,
+                                                               some.view.state.ring_size))]
     return primaries, [s for s in sims if s not in primaries]
 
 
@@ -74,8 +74,8 @@ async def cut_off(primaries: list[SimNode], others: list[SimNode]) -> None:
     await p1.crash()
     await p2.crash()
     await until("p3 sees p1 and p2 down, the others up", lambda: p3.node is not None and (
-        not p3.node.is_up(p1.id) and not p3.node.is_up(p2.id)
-        and all(p3.node.is_up(o.id) for o in others)))
+        not p3.node.liveness.is_up(p1.id) and not p3.node.liveness.is_up(p2.id)
+        and all(p3.node.liveness.is_up(o.id) for o in others)))
 
 
 async def come_back_without_the_hints(cluster: SimCluster, primaries: list[SimNode],
@@ -92,7 +92,7 @@ async def come_back_without_the_hints(cluster: SimCluster, primaries: list[SimNo
     await p1.start()
     await p2.start()
     await until("p1 sees p2 and p3 up", lambda: p1.node is not None
-                and p1.node.is_up(p2.id) and p1.node.is_up(p3.id))
+                and p1.node.liveness.is_up(p2.id) and p1.node.liveness.is_up(p3.id))
 
 
 async def write_then_read(cluster: SimCluster, sims: list[SimNode], *,
@@ -129,8 +129,8 @@ async def set_primary_quorums(cluster: SimCluster, sims: list[SimNode], pr: int,
                               pw: int) -> None:
     await cluster.client_call("admin", sims[0].addr, "bucket_set", name=BUCKET, pr=pr, pw=pw)
     await until("every node has the bucket's pr and pw", lambda: all(
-        s.node is not None and (s.node.state.buckets[BUCKET].pr,
-                                s.node.state.buckets[BUCKET].pw) == (pr, pw) for s in sims))
+        s.node is not None and (s.node.view.state.buckets[BUCKET].pr,
+                                s.node.view.state.buckets[BUCKET].pw) == (pr, pw) for s in sims))
 
 
 async def test_primary_quorums_refuse_what_fallbacks_alone_would_answer(

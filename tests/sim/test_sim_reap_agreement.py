@@ -46,7 +46,7 @@ async def _leave(cluster: SimCluster, admin: SimNode, nodes: dict[str, Node],
         await before_commit()
     epoch = int((await cluster.client_call("admin", admin.addr, "cluster_commit"))["epoch"])
     await until("every node in the new epoch",
-                 lambda: all(n.state.epoch == epoch for n in nodes.values()))
+                 lambda: all(n.view.state.epoch == epoch for n in nodes.values()))
 
 
 async def _put(cluster: SimCluster, addr: str, key: bytes) -> None:
@@ -71,21 +71,21 @@ async def test_no_reap_while_a_future_primary_may_miss_the_tombstone(
         nodes = _nodes(sims)
         released = trio.Event()
         for node in nodes.values():  # every pull held back: a slow transfer
-            pull_all = node.handoff._pull_all
+            pull_all = node.transfers._pull_all
 
             async def gated(*args: Any, pull_all: Any = pull_all) -> None:
                 await released.wait()
                 await pull_all(*args)
 
-            monkeypatch.setattr(node.handoff, "_pull_all", gated)
+            monkeypatch.setattr(node.transfers, "_pull_all", gated)
         some = nodes["n0"]
         await _leave(cluster, sims[0], nodes)
         key, partition, now, gainer = next(
             (key, p, now, gain[0]) for i in range(10_000)
             if (p := partition_of(BUCKET, key := f"k{i}".encode(), SCENARIO.ring_size),
-                now := some.primaries(p))
-            and (gain := [y for y in some.primaries(p, owners=some.state.next_owners)
-                          if y not in now and y != LEAVER]))
+                now := some.view.routing().primaries(p))
+            and (gain := [y for y in some.view.routing().primaries(
+                p, owners=some.view.state.next_owners) if y not in now and y != LEAVER]))
         coordinator, y = nodes[now[1]], nodes[gainer]
         await _put(cluster, coordinator.addr, key)
         await trio.sleep(1)
@@ -97,7 +97,7 @@ async def test_no_reap_while_a_future_primary_may_miss_the_tombstone(
         await trio.sleep(SCENARIO.tombstone_grace + 5)
         await nodes[now[0]].antientropy.reap_tombstones(partition)
         released.set()
-        await until("transfers done", lambda: not membership.pending_transfers(some.state))
+        await until("transfers done", lambda: not membership.pending_transfers(some.view.state))
         await trio.sleep(3 * SCENARIO.antientropy_period)
         values = await _read(cluster, sims[0].addr, key)
     assert values == [], values
@@ -113,7 +113,7 @@ async def _handed_over_after_reap(
         nodes = _nodes(sims)
         admin, leaver = sims[0], next(s for s in sims if s.id == LEAVER)
         some = nodes["n0"]
-        key = next(key for i in range(10_000) if LEAVER in some.primaries(
+        key = next(key for i in range(10_000) if LEAVER in some.view.routing().primaries(
             partition_of(BUCKET, key := f"k{i}".encode(), SCENARIO.ring_size)))
         partition = partition_of(BUCKET, key, SCENARIO.ring_size)
         await _put(cluster, admin.addr, key)
@@ -121,17 +121,17 @@ async def _handed_over_after_reap(
         assert nodes[LEAVER].replica.get(partition, BUCKET, key) is not None
 
         async def keep_away() -> None:
-            planned = membership.plan(some.state, 3).next_owners
-            await away(cluster, leaver, [nodes[p] for p in some.primaries(
+            planned = membership.plan(some.view.state, 3).next_owners
+            await away(cluster, leaver, [nodes[p] for p in some.view.routing().primaries(
                 partition, owners=planned)])
 
         await _leave(cluster, admin, {k: v for k, v in nodes.items() if k != LEAVER},
                      keep_away)
-        await until("transfers done", lambda: not membership.pending_transfers(some.state))
-        assert membership.member_status(some.state, LEAVER) == "removed"
+        await until("transfers done", lambda: not membership.pending_transfers(some.view.state))
+        assert membership.member_status(some.view.state, LEAVER) == "removed"
         await _delete(cluster, admin.addr, key)
         await trio.sleep(SCENARIO.tombstone_grace + 5)
-        primaries = [nodes[p] for p in some.primaries(partition)]
+        primaries = [nodes[p] for p in some.view.routing().primaries(partition)]
         assert await primaries[0].antientropy.reap_tombstones(partition) == 1
         await back(cluster, leaver)
         await until("the leaver dropped its copy", lambda: leaver.node is not None and (

@@ -54,13 +54,13 @@ class _Gate:
 
     def __init__(self, node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
         self.released = trio.Event()
-        pull_all = node.handoff._pull_all
+        pull_all = node.transfers._pull_all
 
         async def gated(*args: Any) -> None:
             await self.released.wait()
             await pull_all(*args)
 
-        monkeypatch.setattr(node.handoff, "_pull_all", gated)
+        monkeypatch.setattr(node.transfers, "_pull_all", gated)
 
 
 async def _commit_leave(cluster: SimCluster, admin: SimNode, leaver: str) -> int:
@@ -76,32 +76,32 @@ async def test_a_regained_partition_mints_no_dot_twice(
     async with settled_cluster(scenario, autojump_clock, "dynd-regain-") as (cluster, sims):
         nodes = {s.id: s.node for s in sims if s.node is not None}
         admin, x = sims[0], nodes[REGAINER]
-        actor = x.actor
+        actor = x.identity.actor
 
         # Epoch 1: x coordinates a write of the key under its own actor.
-        assert REGAINER in x.primaries(PARTITION)
+        assert REGAINER in x.view.routing().primaries(PARTITION)
         await cluster.client_call("c", x.addr, "put", bucket=BUCKET, key=key, value=b"v1")
         assert _live(x, key) == {b"v1"}
 
         # Epoch 2: x hands its copy over and drops it.
         epoch2 = await _commit_leave(cluster, admin, "n1")
         await until("x dropped its copy of the key", lambda: (
-            x.handoff.cleaned_epoch == epoch2 and x.replica.get(PARTITION, BUCKET, key)
+            x.transfers.settled_epoch == epoch2 and x.replica.get(PARTITION, BUCKET, key)
             is None))
-        assert REGAINER not in x.primaries(PARTITION)
+        assert REGAINER not in x.view.routing().primaries(PARTITION)
 
         # Epoch 3: x is a primary again while its own pull is held back.
         gate = _Gate(x, monkeypatch)
         await _commit_leave(cluster, admin, "n2")
         await until("x is a primary of the partition again, only its pull pending",
-                     lambda: REGAINER in x.primaries(PARTITION) and {
-                         t.target for t in membership.pending_transfers(x.state)} == {
+                     lambda: REGAINER in x.view.routing().primaries(PARTITION) and {
+                         t.target for t in membership.pending_transfers(x.view.state)} == {
                          REGAINER})
         # The dangerous precondition: same actor, no local copy, and another primary
         # holding this actor's dot for the key.
-        assert x.actor == actor
+        assert x.identity.actor == actor
         assert x.replica.get(PARTITION, BUCKET, key) is None
-        others = [nodes[p] for p in x.primaries(PARTITION) if p != REGAINER]
+        others = [nodes[p] for p in x.view.routing().primaries(PARTITION) if p != REGAINER]
         held = [context.join(c).get(actor, 0) for o in others
                 if (c := o.replica.get(PARTITION, BUCKET, key)) is not None]
         assert held and max(held) >= 1, held
@@ -112,7 +112,7 @@ async def test_a_regained_partition_mints_no_dot_twice(
 
         # Let x pull, then let repair do its work.
         gate.released.set()
-        primaries = [nodes[p] for p in x.primaries(PARTITION)]
+        primaries = [nodes[p] for p in x.view.routing().primaries(PARTITION)]
         with trio.move_on_after(200):
             while not all(_live(p, key) == _live(x, key) for p in primaries):
                 await trio.sleep(1)

@@ -48,7 +48,7 @@ async def test_copies_merged_past_the_sibling_limit_stay_readable_and_repairable
         autojump_clock: trio.testing.MockClock) -> None:
     key = b"k"
     async with _cluster(4, autojump_clock) as (cluster, nodes):
-        primaries = nodes["n0"].primaries(partition_of(BUCKET, key, RING_SIZE))
+        primaries = nodes["n0"].view.routing().primaries(partition_of(BUCKET, key, RING_SIZE))
         outsider = next(n for n in nodes if n not in primaries)
         a, b = nodes[primaries[0]], nodes[primaries[1]]
         for i in range(99):  # blind: one more sibling each

@@ -29,14 +29,14 @@ async def _start(sim: SimNode) -> str:
     """Start ``sim`` and wait until it serves data (its actor decided): that actor."""
     await sim.start()
     assert sim.node is not None
-    await sim.node.ready.wait()
-    return sim.node.actor
+    await sim.node.dispatch.ready.wait()
+    return sim.node.identity.actor
 
 
 async def _all_up(sims: list[SimNode]) -> None:
     """Every node hears every other (so no write goes to a fallback)."""
     await until("every node sees every other up", lambda: all(
-        s.node is not None and all(s.node.is_up(o.id) for o in sims) for s in sims))
+        s.node is not None and all(s.node.liveness.is_up(o.id) for o in sims) for s in sims))
 
 
 async def test_ten_clean_restarts_of_one_node_leave_at_most_two_actors(
@@ -75,7 +75,7 @@ async def test_a_crash_renews_the_actor_and_a_clean_restart_after_it_keeps_the_n
             cluster, sims):
         sim = sims[0]
         assert sim.node is not None
-        first = sim.node.actor
+        first = sim.node.identity.actor
         await _write(cluster, sim, b"v1")
         await sim.stop()
         assert await _start(sim) == first
@@ -87,7 +87,7 @@ async def test_a_crash_renews_the_actor_and_a_clean_restart_after_it_keeps_the_n
         await sim.crash()
         assert await _start(sim) not in (first, renewed)
         clock = await _write(cluster, sim, b"v2")
-        assert sim.node.actor in clock
+        assert sim.node.identity.actor in clock
 
 
 async def test_a_copy_of_a_running_nodes_data_dir_restored_renews_the_actor(
@@ -97,7 +97,7 @@ async def test_a_copy_of_a_running_nodes_data_dir_restored_renews_the_actor(
             cluster, sims):
         sim = sims[0]
         assert sim.node is not None
-        kept = sim.node.actor
+        kept = sim.node.identity.actor
         await sim.stop()
         assert await _start(sim) == kept  # its clean-stop record is consumed by now
         await _write(cluster, sim, b"v1")
@@ -118,7 +118,7 @@ async def test_a_copy_of_a_stopped_nodes_dir_restored_after_it_ran_on_renews_the
             cluster, sims):
         sim = sims[2]
         assert sim.node is not None
-        kept = sim.node.actor
+        kept = sim.node.identity.actor
         await sim.stop()
         backup = sim.path + ".backup"
         shutil.copytree(sim.path, backup)  # a copy of the stopped node's dir
@@ -126,8 +126,8 @@ async def test_a_copy_of_a_stopped_nodes_dir_restored_after_it_ran_on_renews_the
         await _all_up(sims)
         await _write(cluster, sim, b"later")  # the node runs on, minting under `kept`
         await until("the peers know the later life", lambda: all(
-            s.node is not None and s.node.state.members[sim.id].incarnation
-            == sim.node.incarnation for s in sims[:2]))
+            s.node is not None and s.node.view.state.members[sim.id].incarnation
+            == sim.node.identity.incarnation for s in sims[:2]))
         await sim.stop()
         shutil.rmtree(sim.path)
         shutil.move(backup, sim.path)

@@ -11,7 +11,9 @@ import cbor2
 from common import context
 from common.config import Config
 from dynd import membership
-from dynd.node import META_INCARNATION, META_STATE, Node
+from dynd.cluster import META_STATE
+from dynd.identity import META_INCARNATION
+from dynd.node import Node
 from dynd.replica import Replica
 from dynd.storage import Batch, Storage
 from tests.unit.test_fuzz_dispatch import LIMITS, Nowhere
@@ -28,8 +30,8 @@ def test_hint_copies_for_two_primaries_mint_distinct_dots(tmp_path: Path) -> Non
         clocks = []
         for primary, value in (("n2", b"first"), ("n4", b"second")):
             clock, _, _ = node.replica.coordinate(
-                3, "default", b"cart", value, {}, node.fallback_actor(primary),
-                node.wall_ms(), hint_for=primary)
+                3, "default", b"cart", value, {}, node.identity.fallback_actor(primary),
+                1000, hint_for=primary)
             clocks.append(clock)
         merged = context.merge_all(clocks)  # what a primary holds once both are handed back
         assert sorted(s.value for s in context.live_values(merged)) == [b"first", b"second"]
@@ -65,16 +67,16 @@ def test_a_restart_after_a_join_never_takes_an_incarnation_below_the_clusters_re
     config = Config(node_id="n4", data_dir=str(tmp_path), limits=LIMITS)
     storage = Storage.open(str(tmp_path), sync="none")
     node = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
-    assert node.incarnation == 1
-    state = membership.update_member(node.state, replace(
-        node.state.members["n4"], incarnation=4))  # what the join adopted, persisted
+    assert node.identity.incarnation == 1
+    state = membership.update_member(node.view.state, replace(
+        node.view.state.members["n4"], incarnation=4))  # what the join adopted, persisted
     storage.stage(Batch().put_meta(META_STATE, cbor2.dumps(membership.to_wire(state)))
                   .put_meta(META_INCARNATION, b"1"))  # the crash came before the rest
     storage.close()
     storage = Storage.open(str(tmp_path), sync="none")
     try:
         restarted = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
-        assert restarted.actor == "n4.5"
+        assert restarted.identity.actor == "n4.5"
     finally:
         storage.close()
 
@@ -87,24 +89,26 @@ async def test_a_clean_restart_keeps_the_actor_with_its_floor_renewals_and_hint_
     config = Config(node_id="n3", data_dir=str(tmp_path), limits=LIMITS)
     storage = Storage.open(str(tmp_path), sync="none")
     node = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
-    await node.persist_identity()
+    await node.identity.persist(node.view)
     replica = node.replica
-    put, _, _ = replica.coordinate(1, "b", b"k", b"v1", {}, node.actor, 1)
-    tombstone, _, _ = replica.coordinate(1, "b", b"k", None, context.join(put), node.actor, 2)
+    put, _, _ = replica.coordinate(1, "b", b"k", b"v1", {}, node.identity.actor, 1)
+    tombstone, _, _ = replica.coordinate(1, "b", b"k", None, context.join(put),
+                                         node.identity.actor, 2)
     unreaped = tombstone  # another primary still holds it
     assert replica.reap(1, "b", b"k", tombstone) is not None
     replica.forget_partition(5)
-    hint_actor = node.fallback_actor("n1")
+    hint_actor = node.identity.fallback_actor("n1")
     node.record_clean_stop()
     storage.close()
 
     storage = Storage.open(str(tmp_path), sync="none")
     try:
         restarted = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
-        assert restarted.actor == node.actor
+        assert restarted.identity.actor == node.identity.actor
         assert restarted.replica.actor_state() == {"dot_floor": 2, "renewals": {5: 1}}
-        assert restarted.fallback_actor("n1") == hint_actor
-        fresh, _, _ = restarted.replica.coordinate(1, "b", b"k", b"v2", {}, restarted.actor, 3)
+        assert restarted.identity.fallback_actor("n1") == hint_actor
+        fresh, _, _ = restarted.replica.coordinate(1, "b", b"k", b"v2", {},
+                                                   restarted.identity.actor, 3)
         merged = context.sync(unreaped, fresh)
         assert [s.value for s in context.live_values(merged)] == [b"v2"]
     finally:
@@ -118,8 +122,8 @@ async def test_a_start_consumes_the_clean_stop_record(tmp_path: Path) -> None:
     for clean in (True, False, False):
         storage = Storage.open(str(tmp_path), sync="none")
         node = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
-        await node.persist_identity()
-        actors.append(node.actor)
+        await node.identity.persist(node.view)
+        actors.append(node.identity.actor)
         if clean:
             node.record_clean_stop()
         storage.close()  # the last two lives end as a crash would: no record

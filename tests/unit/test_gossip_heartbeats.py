@@ -24,21 +24,21 @@ async def test_beats_of_names_that_are_no_members_are_ignored(tmp_path: Path) ->
         beats = {f"stranger{i}": [1, i] for i in range(1000)}
         await node.gossip.op_p_gossip({"heartbeats": beats}, PEER)
         assert set(node.gossip.heartbeats) <= {"n1"}
-        assert node.detector.snapshot(0.0) == {}
+        assert node.liveness.detector.snapshot(0.0) == {}
 
         # A joining member's beats count, and they count with the state that lists it.
-        joined = membership.stage(node.state, Change("join", "n2"), "n1",
+        joined = membership.stage(node.view.state, Change("join", "n2"), "n1",
                                   Member("n2", "127.0.0.1:2", "default", "valid", None, 1))
         await node.gossip.op_p_gossip({"state": membership.to_wire(joined),
                                        "heartbeats": {"n2": [1, 5]}}, PEER)
         assert node.gossip.heartbeats["n2"] == (1, 5)
-        assert "n2" in node.detector.snapshot(0.0)
+        assert "n2" in node.liveness.detector.snapshot(0.0)
 
         # Removed (here: its join cleared), it is forgotten, and its beats ignored again.
-        cleared = membership.clear(node.state, "n1")
+        cleared = membership.clear(node.view.state, "n1")
         await node.gossip.op_p_gossip({"state": membership.to_wire(cleared),
                                        "heartbeats": {"n2": [1, 6]}}, PEER)
         assert "n2" not in node.gossip.heartbeats
-        assert "n2" not in node.detector.snapshot(0.0)
+        assert "n2" not in node.liveness.detector.snapshot(0.0)
     finally:
         storage.close()

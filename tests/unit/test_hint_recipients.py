@@ -26,12 +26,12 @@ async def test_a_hint_for_a_departed_target_is_merged_into_this_primary(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(storage.run)  # the group-commit writer tickets wait on
-            partition = partition_of("default", KEY, node.state.ring_size)
-            assert node.primaries(partition) == ["n1"]  # one node: the only primary
+            partition = partition_of("default", KEY, node.view.state.ring_size)
+            assert node.view.routing().primaries(partition) == ("n1",)  # the only primary
             clock = context.update(context.new(Sibling(b"v", 1)), None, "n1.1.h1.n9")
             await node.replica.store_hint("n9", partition, "default", KEY, clock).wait()
 
-            assert await node.handoff.deliver_hints("n9") == 1  # n9 is no member (any more)
+            assert await node.hints.deliver_hints("n9") == 1  # n9 is no member (any more)
             nursery.cancel_scope.cancel()
         assert storage.hint_counts() == {}
         stored = node.replica.get(partition, "default", KEY)

@@ -28,7 +28,6 @@ from common.messages import (
     Request,
     check_response,
     failure,
-    is_peer_op,
     ok,
     reply_id,
     request,
@@ -271,12 +270,6 @@ def test_check_response_with_a_malformed_error_object_is_a_protocol_error() -> N
 ])
 def test_reply_id_falls_back_to_zero_when_the_id_is_unreadable(msg: Any, expected: int) -> None:
     assert reply_id(msg) == expected
-
-
-def test_is_peer_op() -> None:
-    assert is_peer_op("p_put")
-    assert not is_peer_op("put")
-    assert not is_peer_op("p_unknown")
 
 
 # --- property tests -------------------------------------------------------------------------

@@ -37,7 +37,7 @@ async def test_fast_path_and_handle_give_the_same_answers(tmp_path: Path) -> Non
                 Nowhere(), addr="127.0.0.1:1")
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
-        await node.ready.wait()
+        await node.dispatch.ready.wait()
         put = await _fast(node, "put", bucket="default", key=b"k", value=b"v1")
         assert put is not None and put["context"]
         fast = await _fast(node, "get", bucket="default", key=b"k")
@@ -46,7 +46,7 @@ async def test_fast_path_and_handle_give_the_same_answers(tmp_path: Path) -> Non
         # A put through handle, with the context read: supersedes v1.
         await node.handle(_request("put", bucket="default", key=b"k", value=b"v2",
                                    context=slow["context"]), PEER)
-        partition = next(iter(node.owned_partitions()))
+        partition = next(iter(node.view.routing().owned_partitions(node.id)))
         clock = context.encode(context.update(
             context.new(context.Sibling(b"r", 1), {}), None, "n9.1"))
         replica = {"bucket": "default", "key": b"r", "partition": partition, "clock": clock}
@@ -59,8 +59,8 @@ async def test_fast_path_and_handle_give_the_same_answers(tmp_path: Path) -> Non
         assert got is not None and [v["value"] for v in got["values"]] == [b"v2"]
         with pytest.raises(Rejected, match="bad context"):
             await _fast(node, "put", bucket="default", key=b"k", value=b"x", context="!")
-        assert node.inflight == 0  # every request counted in was counted out
-        node.stopping = True  # a stopping node takes nothing on the fast path
+        assert node.dispatch.inflight == 0  # every request counted in was counted out
+        node.dispatch.stopping = True  # a stopping node takes nothing on the fast path
         assert await _fast(node, "ping") is None
         nursery.cancel_scope.cancel()
     storage.close()

@@ -3,6 +3,7 @@ that expires fan-outs at their deadline."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,8 @@ import trio.testing
 
 from common.config import Config
 from dynd.coordinator import Coordinator, _FanOut
-from dynd.node import UP_SET_TTL, Node
+from dynd.liveness import UP_SET_TTL
+from dynd.node import Node
 from dynd.storage import Storage
 from tests.sim.harness import bootstrap_state
 from tests.unit.test_fuzz_dispatch import Nowhere
@@ -23,20 +25,20 @@ async def test_up_set_is_reused_briefly_and_a_suspicion_takes_effect_at_once(
     try:
         node = Node(Config(node_id="n1", data_dir=str(tmp_path)), storage, Nowhere(),
                     addr="127.0.0.1:1")
-        node.set_state(bootstrap_state(["n1", "n2"], ["127.0.0.1:1", "127.0.0.1:2"], 64, 2))
-        node.detector.heartbeat("n2", trio.current_time())
-        assert node.up_nodes() == {"n1", "n2"}
-        node.suspect("n2", "a request timed out")
-        assert node.up_nodes() == {"n1"}  # not the set computed a moment ago
-        node.detector.heartbeat("n2", trio.current_time())
-        assert node.up_nodes() == {"n1"}  # reused for a moment...
+        node.view.set_state(bootstrap_state(["n1", "n2"], ["127.0.0.1:1", "127.0.0.1:2"], 64, 2))
+        node.liveness.detector.heartbeat("n2", trio.current_time())
+        assert node.liveness.up_nodes() == {"n1", "n2"}
+        node.liveness.suspect("n2", "a request timed out")
+        assert node.liveness.up_nodes() == {"n1"}  # not the set computed a moment ago
+        node.liveness.detector.heartbeat("n2", trio.current_time())
+        assert node.liveness.up_nodes() == {"n1"}  # reused for a moment...
         await trio.sleep(UP_SET_TTL)
-        assert node.up_nodes() == {"n1", "n2"}  # ...then recomputed
-        node.detector.heartbeat("n3", trio.current_time())
-        assert node.up_nodes() == {"n1", "n2"}  # n3 is not a member
-        node.set_state(bootstrap_state(["n1", "n2", "n3"],
+        assert node.liveness.up_nodes() == {"n1", "n2"}  # ...then recomputed
+        node.liveness.detector.heartbeat("n3", trio.current_time())
+        assert node.liveness.up_nodes() == {"n1", "n2"}  # n3 is not a member
+        node.view.set_state(bootstrap_state(["n1", "n2", "n3"],
                                        ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], 64, 3))
-        assert node.up_nodes() == {"n1", "n2", "n3"}  # a new cluster state: at once
+        assert node.liveness.up_nodes() == {"n1", "n2", "n3"}  # a new cluster state: at once
     finally:
         storage.close()
 
@@ -45,7 +47,9 @@ async def test_fan_outs_expire_at_their_deadline_unless_they_end_first(
         autojump_clock: trio.testing.MockClock) -> None:
     """One task expires every fan-out request_timeout after it was armed; one that ends
     first is forgotten at once (only fan-outs in flight are kept)."""
-    coordinator = Coordinator(node=SimpleNamespace(request_timeout=5.0))  # type: ignore[arg-type]
+    coordinator = Coordinator(  # only the deadlines are used
+        "n1", *[SimpleNamespace()] * 6, minting_actor=str, read_incomplete=lambda p, h: False,  # type: ignore[arg-type]
+        request_timeout=5.0, wall=time.time)
     fired: list[tuple[str, float]] = []
 
     def fan_out(name: str) -> _FanOut:

@@ -18,8 +18,11 @@ from common.errors import DynError, ProtocolError, Rejected, Unavailable
 from common.limits import Limits
 from common.messages import request
 from dynd import membership
-from dynd.node import META_NODE_ID, META_STATE, Node
+from dynd.cluster import META_STATE
+from dynd.identity import META_NODE_ID
+from dynd.node import Node
 from dynd.replica import Replica
+from dynd.replica_access import clock_from_peer
 from dynd.storage import Batch, Storage
 from tests.sim.harness import bootstrap_state
 from tests.unit.test_fuzz_dispatch import LIMITS
@@ -76,25 +79,18 @@ def test_a_context_counter_that_leaves_no_room_for_a_dot_stores_nothing(
         storage.close()
 
 
-def test_a_peer_copy_merged_past_the_sibling_limit_is_accepted(tmp_path: Path) -> None:
+def test_a_peer_copy_merged_past_the_sibling_limit_is_accepted() -> None:
     """Two copies within the limit, minted apart, merge past it: still an acknowledged
     copy, which peers must take (read, repair, hand back)."""
-    storage = Storage.open(str(tmp_path), sync="none")
-    node = Node(Config(node_id="n1", data_dir=str(tmp_path), limits=LIMITS), storage,
-                _Transport(), addr="127.0.0.1:1")
-    try:
-        copies = []
-        for actor in ("n2.1", "n3.1"):
-            clock = None
-            for i in range(LIMITS.max_siblings):
-                clock = context.update(context.new(context.Sibling(b"v%d" % i, i)), clock,
-                                       actor)
-            copies.append(clock)
-        merged = context.merge_all(copies)
-        assert context.sibling_count(merged) == 2 * LIMITS.max_siblings
-        assert node.clock_from_peer(context.encode(merged)) == merged
-    finally:
-        storage.close()
+    copies = []
+    for actor in ("n2.1", "n3.1"):
+        clock = None
+        for i in range(LIMITS.max_siblings):
+            clock = context.update(context.new(context.Sibling(b"v%d" % i, i)), clock, actor)
+        copies.append(clock)
+    merged = context.merge_all(copies)
+    assert context.sibling_count(merged) == 2 * LIMITS.max_siblings
+    assert clock_from_peer(context.encode(merged)) == merged
 
 
 class _Transport:
@@ -134,10 +130,10 @@ async def test_a_replica_request_that_cannot_be_sent_is_one_failed_replica(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(storage.run)
-            node.background = nursery
+            node._nursery = nursery  # the root nursery Node.run would open
             for peer in ids[1:]:
-                node.detector.heartbeat(peer, trio.current_time())
-            node.ready.set()
+                node.liveness.detector.heartbeat(peer, trio.current_time())
+            node.dispatch.ready.set()
             taken = node.answer_now(_request("put", bucket="default", key=b"k", value=b"v",
                                              w=w), PEER, lambda *answer: answers.append(answer))
             assert taken
@@ -145,7 +141,7 @@ async def test_a_replica_request_that_cannot_be_sent_is_one_failed_replica(
             nursery.cancel_scope.cancel()
     finally:
         storage.close()
-    assert (len(answers), node.inflight) == (1, 0), answers  # answered once, counted out
+    assert (len(answers), node.dispatch.inflight) == (1, 0), answers  # answered, counted out
     result, error = answers[0]
     if w == 1:
         assert error is None and result is not None and result["context"]

@@ -200,10 +200,8 @@ def test_fallback_prefers_a_zone_not_on_the_list():
         assert targets[-1].primary == down and zones[targets[-1].node] == zones[down]
 
 
-def test_partitions_counts_and_balance():
+def test_counts_and_balance():
     ring = Ring(8, ("a", "b", "a", "c", "a", "b", "a", "c"))
-    assert ring.partitions_of("a") == [0, 2, 4, 6]
-    assert ring.partitions_of("zz") == []
     assert ring.counts() == {"a": 4, "b": 2, "c": 2}
     assert ring.balance() == pytest.approx(4 / (8 / 3))
     assert Ring(8, ("a", "b") * 4).balance() == 1.0

@@ -1,0 +1,186 @@
+"""The data ops a node serves: client gets, puts and deletes, replica reads and writes,
+ping, the replicas view and stats.
+
+Client ops go to the coordinator (dynd.coordinator); replica ops read or merge this
+node's copy (dynd.replica_access). Ops named ``now_<op>`` run without a task of
+their own (Dispatcher.answer_now): they take the request and reply once, now or from
+a callback, or decline it (False) and their ``op_<op>`` sibling serves it in a task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import trio
+
+from common import context, messages
+from common.config import Config
+from common.errors import DynError, Rejected, Unavailable
+from dynd.cluster import ClusterView
+from dynd.coordinator import Coordinator
+from dynd.metrics import Stats
+from dynd.peers import Peers
+from dynd.replica import Replica
+from dynd.replica_access import ReplicaAccess, clock_from_peer
+from dynd.ring import Target, partition_of
+from dynd.server import Peer, Reply
+
+log = logging.getLogger("dynd.requests")
+
+
+class Requests:
+    OPS = ("put", "delete", "replicas", "stats", "p_forward")
+    NOW_OPS = ("ping", "get", "put", "delete", "p_get", "p_put")
+
+    def __init__(self, node_id: str, view: ClusterView, coordinator: Coordinator,
+                 replica: Replica, access: ReplicaAccess, peers: Peers, stats: Stats,
+                 config: Config, *, read_incomplete: Callable[[int, str | None], bool]) -> None:
+        """``read_incomplete(partition, hint_for)``: Transfers.read_incomplete."""
+        self.node_id = node_id
+        self.view = view
+        self.coordinator = coordinator
+        self.replica = replica
+        self.access = access
+        self.call = peers.call
+        self.stats = stats
+        self.config = config
+        self.read_incomplete = read_incomplete
+
+    # ---- client ops ------------------------------------------------------------------
+
+    def now_ping(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
+        reply({"node": self.node_id, "epoch": self.view.state.epoch}, None)
+        return True
+
+    def now_get(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
+        def counted(result: dict[str, Any] | None, error: Exception | None) -> None:
+            if result is not None:
+                self.stats.siblings.observe(len(result["values"]))
+                if len(result["values"]) > self.config.warn_siblings:
+                    log.warning("event=many_siblings node=%s bucket=%s key=%r siblings=%d",
+                                self.node_id, fields["bucket"], fields["key"][:64],
+                                len(result["values"]))
+            reply(result, error)
+
+        return self.coordinator.start_get(fields["bucket"], fields["key"], fields.get("r"),
+                                          counted, pr=fields.get("pr"))
+
+    def now_put(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
+        """A put or delete this node is a primary for, coordinated without a task; False
+        when it must go to a primary (op_put and op_delete forward it)."""
+        value = fields["value"] if op == "put" else None
+        return self.coordinator.start_put(fields["bucket"], fields["key"], value,
+                                          partial(self._client_context, fields),
+                                          fields.get("w"), reply, pw=fields.get("pw"))
+
+    now_delete = now_put  # the op names which: a delete has no value
+
+    async def op_put(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return await self._write(fields, fields["value"], via=[])
+
+    async def op_delete(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return await self._write(fields, None, via=[])
+
+    async def _write(
+        self, fields: dict[str, Any], value: bytes | None, *, via: list[str]
+    ) -> dict[str, Any]:
+        """Coordinate a put or delete that came through the nodes ``via`` (forwarded by
+        them, in order): forwarded on while hops remain, never back through them."""
+        client_context = self._client_context(fields)
+        op = "put" if value is not None else "delete"
+
+        async def forward(node: str) -> dict[str, Any]:
+            request = messages.request(op, 1, **fields)
+            return await self.call(node, "p_forward", {"req": request, "via": [*via, self.node_id]})
+
+        return await self.coordinator.put(
+            fields["bucket"], fields["key"], value, client_context, fields.get("w"),
+            forward if len(via) < messages.MAX_FORWARD_HOPS else None, came_through=via,
+            pw=fields.get("pw"),
+        )
+
+    def _client_context(self, fields: dict[str, Any]) -> dict[str, int]:
+        try:
+            return context.decode_context(fields.get("context") or "",
+                                          self.config.limits.max_context_bytes)
+        except ValueError as exc:
+            raise Rejected(f"bad context: {exc}") from None
+
+    async def op_p_forward(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        inner = messages.validate_request(fields["req"], self.config.limits)
+        if inner.op not in ("put", "delete"):
+            raise Rejected(f"only put and delete are forwarded, not {inner.op!r}")
+        value = inner.fields["value"] if inner.op == "put" else None
+        return await self._write(inner.fields, value, via=fields["via"])
+
+    # ---- replica ops -------------------------------------------------------------------
+
+    def now_p_get(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
+        # The stored bytes as they are: the coordinator validates them (clock_from_peer).
+        partition, hint_for = fields["partition"], fields.get("hint_for")
+        result: dict[str, Any] = {"clock": self.replica.get_encoded(
+            partition, fields["bucket"], fields["key"], hint_for)}
+        if self.read_incomplete(partition, hint_for):
+            result["incomplete"] = True  # merged by the coordinator, not counted toward R
+        reply(result, None)
+        return True
+
+    def now_p_put(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
+        clock = clock_from_peer(fields["clock"])
+        if clock is None or clock.anonymous:
+            raise Rejected("p_put needs a stored clock (no anonymous values)")
+        ticket = self.access.stage(fields["partition"], fields["bucket"], fields["key"],
+                                   clock, fields.get("hint_for"))
+        if ticket is None:
+            reply({}, None)
+        else:  # a failed disk is this replica's failure for the coordinator, not a crash
+            ticket.on_done(lambda error: reply({}, None) if error is None else reply(
+                None, Unavailable(f"{self.node_id} could not store it: {error}")))
+        return True
+
+    # ---- views -------------------------------------------------------------------------
+
+    async def op_replicas(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Every replica's local copy of a key: primaries, and fallbacks holding hints."""
+        bucket, key = fields["bucket"], fields["key"]
+        routing = self.view.routing()
+        n, _, _ = routing.quorum_sizes(bucket)
+        partition = partition_of(bucket, key, routing.ring.ring_size)
+        primaries = list(routing.primaries(partition, n))
+        state = self.view.state
+        targets = [Target(node, node, "primary") for node in primaries]
+        for node in sorted(state.members):
+            if node not in primaries and state.members[node].status != "removed":
+                for primary in primaries:
+                    targets.append(Target(node, primary, "fallback"))
+        rows: list[dict[str, Any]] = []
+
+        async def ask(target: Target) -> None:
+            try:
+                clock = await self.access.get(target, partition, bucket, key)
+                reachable = True
+            except DynError:
+                clock, reachable = None, False
+            if target.role == "fallback" and clock is None:
+                return  # a fallback is listed only when it holds a hint
+            rows.append({
+                "node": target.node, "role": target.role, "reachable": reachable,
+                "found": clock is not None and bool(context.live_values(clock)),
+                "siblings": 0 if clock is None else context.sibling_count(clock),
+                "context": "" if clock is None else context.encode_context(context.join(clock)),
+                **({"hint_for": target.primary} if target.role == "fallback" else {}),
+            })
+
+        async with trio.open_nursery() as nursery:
+            for target in targets:
+                nursery.start_soon(ask, target)
+        order = {node: i for i, node in enumerate(primaries)}
+        rows.sort(key=lambda row: (row["role"] != "primary", order.get(row["node"], 0),
+                                   row["node"]))
+        return {"partition": partition, "replicas": rows}
+
+    async def op_stats(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"node": self.node_id, **self.stats.summary()}
