@@ -21,9 +21,9 @@ from dynd import membership
 from dynd.node import META_NODE_ID, META_STATE, Node
 from dynd.replica import Replica
 from dynd.storage import Batch, Storage
+from tests.component.test_fuzz_dispatch import LIMITS
+from tests.component.test_node_dispatch import PEER, _request
 from tests.sim.harness import bootstrap_state
-from tests.unit.test_fuzz_dispatch import LIMITS
-from tests.unit.test_node_dispatch import PEER, _request
 
 OVERSIZE = "frame of 5000149 bytes exceeds limit 4194304"
 

@@ -11,7 +11,7 @@ from dynd.membership import Change, Member
 from dynd.node import Node
 from dynd.server import Peer
 from dynd.storage import Storage
-from tests.unit.test_fuzz_dispatch import LIMITS, Nowhere
+from tests.component.test_fuzz_dispatch import LIMITS, Nowhere
 
 PEER = Peer("127.0.0.1:9", None)
 

@@ -14,7 +14,7 @@ from dynd import membership
 from dynd.node import META_INCARNATION, META_STATE, Node
 from dynd.replica import Replica
 from dynd.storage import Batch, Storage
-from tests.unit.test_fuzz_dispatch import LIMITS, Nowhere
+from tests.component.test_fuzz_dispatch import LIMITS, Nowhere
 
 
 def test_hint_copies_for_two_primaries_mint_distinct_dots(tmp_path: Path) -> None:

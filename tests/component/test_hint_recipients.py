@@ -13,7 +13,7 @@ from common.context import Sibling
 from dynd.node import Node
 from dynd.ring import partition_of
 from dynd.storage import Storage
-from tests.unit.test_fuzz_dispatch import LIMITS, Nowhere
+from tests.component.test_fuzz_dispatch import LIMITS, Nowhere
 
 KEY = b"cart"
 

@@ -13,8 +13,8 @@ from common.config import Config
 from dynd.coordinator import Coordinator, _FanOut
 from dynd.node import UP_SET_TTL, Node
 from dynd.storage import Storage
+from tests.component.test_fuzz_dispatch import Nowhere
 from tests.sim.harness import bootstrap_state
-from tests.unit.test_fuzz_dispatch import Nowhere
 
 
 async def test_up_set_is_reused_briefly_and_a_suspicion_takes_effect_at_once(

@@ -17,7 +17,7 @@ from common.messages import request, validate_request
 from dynd.node import Node
 from dynd.server import Peer, answered
 from dynd.storage import Storage
-from tests.unit.test_fuzz_dispatch import LIMITS, Nowhere
+from tests.component.test_fuzz_dispatch import LIMITS, Nowhere
 
 PEER = Peer("127.0.0.1:9", None)
 
