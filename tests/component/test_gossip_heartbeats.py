@@ -3,42 +3,33 @@ removed member's beats and failure-detector history are forgotten."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
-from common.config import Config
 from dynd import membership
 from dynd.membership import Change, Member
 from dynd.node import Node
-from dynd.server import Peer
-from dynd.storage import Storage
-from tests.component.test_fuzz_dispatch import LIMITS, Nowhere
-
-PEER = Peer("127.0.0.1:9", None)
+from tests.support.nodes import PEER
 
 
-async def test_beats_of_names_that_are_no_members_are_ignored(tmp_path: Path) -> None:
-    storage = Storage.open(str(tmp_path), sync="none")
-    node = Node(Config(node_id="n1", data_dir=str(tmp_path), limits=LIMITS), storage,
-                Nowhere(), addr="127.0.0.1:1")
-    try:
-        beats = {f"stranger{i}": [1, i] for i in range(1000)}
-        await node.gossip.op_p_gossip({"heartbeats": beats}, PEER)
-        assert set(node.gossip.heartbeats) <= {"n1"}
-        assert node.detector.snapshot(0.0) == {}
+async def test_beats_of_names_that_are_no_members_are_ignored(
+        make_node: Callable[..., Node]) -> None:
+    node = make_node()
+    beats = {f"stranger{i}": [1, i] for i in range(1000)}
+    await node.gossip.op_p_gossip({"heartbeats": beats}, PEER)
+    assert set(node.gossip.heartbeats) <= {"n1"}
+    assert node.detector.snapshot(0.0) == {}
 
-        # A joining member's beats count, and they count with the state that lists it.
-        joined = membership.stage(node.state, Change("join", "n2"), "n1",
-                                  Member("n2", "127.0.0.1:2", "default", "valid", None, 1))
-        await node.gossip.op_p_gossip({"state": membership.to_wire(joined),
-                                       "heartbeats": {"n2": [1, 5]}}, PEER)
-        assert node.gossip.heartbeats["n2"] == (1, 5)
-        assert "n2" in node.detector.snapshot(0.0)
+    # A joining member's beats count, and they count with the state that lists it.
+    joined = membership.stage(node.state, Change("join", "n2"), "n1",
+                              Member("n2", "127.0.0.1:2", "default", "valid", None, 1))
+    await node.gossip.op_p_gossip({"state": membership.to_wire(joined),
+                                   "heartbeats": {"n2": [1, 5]}}, PEER)
+    assert node.gossip.heartbeats["n2"] == (1, 5)
+    assert "n2" in node.detector.snapshot(0.0)
 
-        # Removed (here: its join cleared), it is forgotten, and its beats ignored again.
-        cleared = membership.clear(node.state, "n1")
-        await node.gossip.op_p_gossip({"state": membership.to_wire(cleared),
-                                       "heartbeats": {"n2": [1, 6]}}, PEER)
-        assert "n2" not in node.gossip.heartbeats
-        assert "n2" not in node.detector.snapshot(0.0)
-    finally:
-        storage.close()
+    # Removed (here: its join cleared), it is forgotten, and its beats ignored again.
+    cleared = membership.clear(node.state, "n1")
+    await node.gossip.op_p_gossip({"state": membership.to_wire(cleared),
+                                   "heartbeats": {"n2": [1, 6]}}, PEER)
+    assert "n2" not in node.gossip.heartbeats
+    assert "n2" not in node.detector.snapshot(0.0)

@@ -13,17 +13,14 @@ import trio
 import trio.testing
 
 from common import context
-from common.config import Config
 from common.errors import DynError, ProtocolError, Rejected, Unavailable
 from common.limits import Limits
 from common.messages import request
-from dynd import membership
-from dynd.node import META_NODE_ID, META_STATE, Node
+from dynd.node import Node
 from dynd.replica import Replica
-from dynd.storage import Batch, Storage
-from tests.component.test_fuzz_dispatch import LIMITS
-from tests.component.test_node_dispatch import PEER, _request
-from tests.sim.harness import bootstrap_state
+from dynd.storage import Storage
+from tests.support.cluster import bootstrap_state
+from tests.support.nodes import LIMITS, PEER, validated
 
 OVERSIZE = "frame of 5000149 bytes exceeds limit 4194304"
 
@@ -76,25 +73,21 @@ def test_a_context_counter_that_leaves_no_room_for_a_dot_stores_nothing(
         storage.close()
 
 
-def test_a_peer_copy_merged_past_the_sibling_limit_is_accepted(tmp_path: Path) -> None:
+def test_a_peer_copy_merged_past_the_sibling_limit_is_accepted(
+        make_node: Callable[..., Node]) -> None:
     """Two copies within the limit, minted apart, merge past it: still an acknowledged
     copy, which peers must take (read, repair, hand back)."""
-    storage = Storage.open(str(tmp_path), sync="none")
-    node = Node(Config(node_id="n1", data_dir=str(tmp_path), limits=LIMITS), storage,
-                _Transport(), addr="127.0.0.1:1")
-    try:
-        copies = []
-        for actor in ("n2.1", "n3.1"):
-            clock = None
-            for i in range(LIMITS.max_siblings):
-                clock = context.update(context.new(context.Sibling(b"v%d" % i, i)), clock,
-                                       actor)
-            copies.append(clock)
-        merged = context.merge_all(copies)
-        assert context.sibling_count(merged) == 2 * LIMITS.max_siblings
-        assert node.clock_from_peer(context.encode(merged)) == merged
-    finally:
-        storage.close()
+    node = make_node(transport=_Transport())
+    copies = []
+    for actor in ("n2.1", "n3.1"):
+        clock = None
+        for i in range(LIMITS.max_siblings):
+            clock = context.update(context.new(context.Sibling(b"v%d" % i, i)), clock,
+                                   actor)
+        copies.append(clock)
+    merged = context.merge_all(copies)
+    assert context.sibling_count(merged) == 2 * LIMITS.max_siblings
+    assert node.clock_from_peer(context.encode(merged)) == merged
 
 
 class _Transport:
@@ -120,31 +113,25 @@ class _Transport:
 
 @pytest.mark.parametrize("w", [1, 3])
 async def test_a_replica_request_that_cannot_be_sent_is_one_failed_replica(
-        tmp_path: Path, w: int) -> None:
+        make_node: Callable[..., Node], w: int) -> None:
     """Before: the ProtocolError went up to answer_now, which answered it, and the put's
     own answer followed (w=1: two answers, in-flight count -1); or (w=3) the failure was
     never counted and the client got the raw frame error."""
     ids, addrs = ["n1", "n2", "n3"], ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
-    storage = Storage.open(str(tmp_path), sync="none")
-    state = membership.to_wire(bootstrap_state(ids, addrs, 16, 3))
-    storage.stage(Batch().put_meta(META_NODE_ID, b"n1").put_meta(META_STATE, cbor2.dumps(state)))
-    node = Node(Config(node_id="n1", data_dir=str(tmp_path), limits=LIMITS, ring_size=16),
-                storage, _Transport(unsendable="127.0.0.1:2"), addr="127.0.0.1:1")
+    node = make_node(transport=_Transport(unsendable="127.0.0.1:2"), ring_size=16,
+                     state=bootstrap_state(ids, addrs, 16, 3))
     answers: list[tuple[dict[str, Any] | None, Exception | None]] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(storage.run)
-            node.background = nursery
-            for peer in ids[1:]:
-                node.detector.heartbeat(peer, trio.current_time())
-            node.ready.set()
-            taken = node.answer_now(_request("put", bucket="default", key=b"k", value=b"v",
-                                             w=w), PEER, lambda *answer: answers.append(answer))
-            assert taken
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
-    finally:
-        storage.close()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.storage.run)
+        node.background = nursery
+        for peer in ids[1:]:
+            node.detector.heartbeat(peer, trio.current_time())
+        node.ready.set()
+        taken = node.answer_now(validated("put", bucket="default", key=b"k", value=b"v", w=w),
+                                PEER, lambda *answer: answers.append(answer))
+        assert taken
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
     assert (len(answers), node.inflight) == (1, 0), answers  # answered once, counted out
     result, error = answers[0]
     if w == 1:
