@@ -222,6 +222,7 @@ def test_complete_transfer_refusals():
 def test_leaving_member_hands_off_then_is_removed():
     state = cluster(3)
     owned = [p for p, owner in enumerate(ms.effective_owners(state)) if owner == "n2"]
+    assert owned  # else the all() below holds for no transfer at all
     committed = ms.commit(ms.stage(state, Change("leave", "n2"), "n0"), 3, "n0")
     assert committed.members["n2"].status == "leaving"
     assert {t.partition for t in committed.transfers} >= set(owned)
