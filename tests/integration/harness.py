@@ -9,10 +9,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import trio
+
+from dynctl.client import Client, SyncClient
 
 
 def free_port() -> int:
@@ -125,3 +129,65 @@ def cluster(root: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop_all()
+
+
+def ctl(node: DyndProcess, *args: str) -> subprocess.CompletedProcess:
+    """dynctl against ``node``, which must succeed (``args`` may start with TLS options)."""
+    result = dynctl("--node", node.addr, *args)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def join_and_commit(nodes: list[DyndProcess], *client_args: str) -> None:
+    """The one way tests form a cluster of processes: ``nodes[1:]`` join ``nodes[0]``, it
+    commits the plan, and every transfer is done. ``client_args``: dynctl's TLS options."""
+    for node in nodes[1:]:
+        ctl(node, *client_args, "cluster", "join", nodes[0].addr)
+    ctl(nodes[0], *client_args, "cluster", "plan")
+    ctl(nodes[0], *client_args, "cluster", "commit")
+    ctl(nodes[0], *client_args, "cluster", "wait", "--timeout", "60")
+
+
+def form(cluster: Cluster, size: int, *extra: str) -> list[DyndProcess]:
+    """``size`` new nodes (started with dynd options ``extra``) formed into one cluster."""
+    nodes = [cluster.add(None, *extra) for _ in range(size)]
+    join_and_commit(nodes)
+    return nodes
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` (often dynctl calls) every 0.5 s; fail naming ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def put_many(node: DyndProcess, keys: range, prefix: str = "k", **kw: object) -> None:
+    """Put ``{prefix}{i}`` = ``v{i}`` for every i in ``keys`` through ``node``, 16 at a time."""
+    async def main() -> None:
+        async with Client.connect(node.addr, timeout=10) as client:
+            limit = trio.CapacityLimiter(16)
+
+            async def one(i: int) -> None:
+                async with limit:
+                    await client.put(f"{prefix}{i}", f"v{i}", **kw)
+
+            async with trio.open_nursery() as nursery:
+                for i in keys:
+                    nursery.start_soon(one, i)
+
+    trio.run(main)
+
+
+def missing(node: DyndProcess, keys: range, prefix: str = "k", r: int | None = None) -> list[int]:
+    """The i in ``keys`` whose ``{prefix}{i}`` does not read back as ``v{i}``."""
+    lost = []
+    with SyncClient.connect(node.addr, timeout=10) as client:
+        for i in keys:
+            obj = client.get(f"{prefix}{i}", r=r)
+            if not obj.found or obj.values[0].value != f"v{i}".encode():
+                lost.append(i)
+    return lost

@@ -6,8 +6,15 @@ import shutil
 import time
 
 from dynctl.client import SyncClient
-from tests.integration.harness import Cluster, DyndProcess, dynctl_json
-from tests.integration.test_cluster import ctl, form, missing, put_many
+from tests.integration.harness import (
+    Cluster,
+    DyndProcess,
+    ctl,
+    dynctl_json,
+    form,
+    missing,
+    put_many,
+)
 
 
 def local_copies(node: DyndProcess, keys: range, holder: str) -> int:
@@ -49,21 +56,20 @@ def test_deletes_while_a_replica_is_down_stay_deleted_after_repair(
         dyn_cluster: Cluster, tmp_path) -> None:
     config = tmp_path / "fast-reap.toml"
     config.write_text("[antientropy]\ntombstone_grace = 1.0\nperiod = 3600.0\n")
-    nodes = [dyn_cluster.add(None, "-c", str(config)) for _ in range(3)]
+    nodes = form(dyn_cluster, 3, "-c", str(config))
     # A grace this short is for the test only; the node says so at start-up.
     assert "event=short_tombstone_grace tombstone_grace=1 period=3600" in nodes[0].log()
-    for node in nodes[1:]:
-        ctl(node, "cluster", "join", nodes[0].addr)
-    ctl(nodes[0], "cluster", "commit")
-    ctl(nodes[0], "cluster", "wait", "--timeout", "60")
     put_many(nodes[0], range(50), w=3)
     down = nodes[2]
     down.stop()
     with SyncClient.connect(nodes[0].addr) as client:
         for i in range(25):
             client.delete(f"k{i}", w=2)
+    deleted = time.monotonic()
     down.start()
-    time.sleep(1.5)  # past the tombstone grace period
+    # The condition here is the clock itself: the tombstones must be older than the grace
+    # (1 s) before the repairs, so this waits out what is left of it, plus a margin.
+    time.sleep(max(0.0, deleted + 1.5 - time.monotonic()))
     for _ in range(2):  # the first repair spreads tombstones, the second may reap them
         for node in nodes:
             ctl(node, "--timeout", "120", "repair")

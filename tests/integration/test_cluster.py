@@ -2,64 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
-import trio
-
 from dynctl.client import SyncClient
-from tests.integration.harness import Cluster, DyndProcess, dynctl, dynctl_json
-
-
-def ctl(node: DyndProcess, *args: str):
-    result = dynctl("--node", node.addr, *args)
-    assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result
-
-
-def form(cluster: Cluster, size: int) -> list[DyndProcess]:
-    nodes = [cluster.add() for _ in range(size)]
-    for node in nodes[1:]:
-        ctl(node, "cluster", "join", nodes[0].addr)
-    ctl(nodes[0], "cluster", "plan")
-    ctl(nodes[0], "cluster", "commit")
-    ctl(nodes[0], "cluster", "wait", "--timeout", "60")
-    return nodes
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def put_many(node: DyndProcess, keys: range, prefix: str = "k", **kw) -> None:
-    async def main() -> None:
-        from dynctl.client import Client
-        async with Client.connect(node.addr, timeout=10) as client:
-            limit = trio.CapacityLimiter(16)
-
-            async def one(i: int) -> None:
-                async with limit:
-                    await client.put(f"{prefix}{i}", f"v{i}", **kw)
-
-            async with trio.open_nursery() as nursery:
-                for i in keys:
-                    nursery.start_soon(one, i)
-
-    trio.run(main)
-
-
-def missing(node: DyndProcess, keys: range, prefix: str = "k", r: int | None = None) -> list[int]:
-    lost = []
-    with SyncClient.connect(node.addr, timeout=10) as client:
-        for i in keys:
-            obj = client.get(f"{prefix}{i}", r=r)
-            if not obj.found or obj.values[0].value != f"v{i}".encode():
-                lost.append(i)
-    return lost
+from tests.integration.harness import (
+    Cluster,
+    DyndProcess,
+    ctl,
+    dynctl,
+    dynctl_json,
+    form,
+    missing,
+    put_many,
+    wait_until,
+)
 
 
 def total_hints(nodes: list[DyndProcess]) -> int:

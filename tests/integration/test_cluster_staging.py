@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import shutil
 
-from tests.integration.harness import Cluster, DyndProcess, dynctl, dynctl_json
-from tests.integration.test_cluster import ctl, form, wait_until
+from tests.integration.harness import (
+    Cluster,
+    DyndProcess,
+    ctl,
+    dynctl,
+    dynctl_json,
+    form,
+    wait_until,
+)
 
 
 def member_statuses(node: DyndProcess) -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 import cbor2
 import pytest
 import trio
+import trio.testing
 
 from common.codec import FrameDecoder, encode_frame
 from common.errors import Rejected
@@ -98,6 +99,20 @@ def assert_serving(node: DyndProcess) -> None:
 def error_code(reply: dict[str, Any]) -> str:
     assert reply["ok"] is False, reply
     return reply["error"]["code"]
+
+
+def peak_rss_until_logged(node: DyndProcess, since: int, needle: str, count: int,
+                          timeout: float = 20.0) -> int:
+    """The node's highest RSS (KiB), sampled until its log past offset ``since`` holds
+    ``count`` lines with ``needle``: memory measured over the whole time the node held
+    the connections, up to the positive event that it let them go."""
+    deadline = time.monotonic() + timeout
+    peak = rss_kib(node)
+    while (seen := node.log()[since:].count(needle)) < count:
+        assert time.monotonic() < deadline, f"{seen} of {count} {needle!r} lines"
+        time.sleep(0.05)
+        peak = max(peak, rss_kib(node))
+    return peak
 
 
 def rss_kib(node: DyndProcess) -> int:
@@ -253,6 +268,7 @@ def test_client_that_never_reads_its_answers_is_disconnected(roomy: DyndProcess)
     try:
         assert wire.ask("put", 1, bucket="default", key=b"big", value=b"v" * 500_000)["ok"]
         before = rss_kib(roomy)
+        mark = len(roomy.log())
         wire.sock.settimeout(0.5)
         get = encode_frame(request("get", 2, bucket="default", key=b"big"))
         try:
@@ -262,8 +278,12 @@ def test_client_that_never_reads_its_answers_is_disconnected(roomy: DyndProcess)
             pass  # the node stopped reading: back-pressure reached us
         except (BrokenPipeError, ConnectionResetError):
             pass
-        time.sleep(ROOMY["frame_timeout"] * 2)  # still not reading: the node gives up
-        assert rss_kib(roomy) - before < 32 * 1024
+        # Still not reading: until the node logs that it gave up on this client (instead
+        # of a fixed sleep), its memory is sampled; it must not buffer the answers.
+        host, port = wire.sock.getsockname()[:2]
+        peak = peak_rss_until_logged(roomy, mark, f"peer={host}:{port} reason=client_not_reading",
+                                     1)
+        assert peak - before < 32 * 1024
         assert wire.closed_within(ROOMY["frame_timeout"])
     finally:
         wire.close()
@@ -289,12 +309,15 @@ def test_memory_stays_flat_under_slow_loris_clients(roomy: DyndProcess) -> None:
     assert_serving(roomy)
     baseline = rss_kib(roomy)
     half_frame = struct.pack(">I", 60000) + b"\xa1\x61a\x59\xea\x5a" + b"x" * 30000
+    mark = len(roomy.log())
     wires = [Wire(roomy) for _ in range(200)]
     try:
         for wire in wires:
             wire.send(half_frame)  # 30 KB of a 60 KB frame, then silence
-        time.sleep(0.3)
-        assert rss_kib(roomy) - baseline < 32 * 1024
+        # No fixed sleep before the memory check: memory is sampled until the node logged
+        # that it timed out all 200 half frames, i.e. while it held every one of them.
+        peak = peak_rss_until_logged(roomy, mark, "partial_frame=True", 200)
+        assert peak - baseline < 32 * 1024
         assert all(wire.closed_within(ROOMY["frame_timeout"] * 4) for wire in wires)
     finally:
         for wire in wires:
@@ -323,7 +346,9 @@ async def test_inflight_requests_per_connection_are_bounded() -> None:
         await nursery.start(Server(handler, limits).serve, listeners)
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(b"".join(encode_frame(request("ping", i)) for i in range(1, 11)))
-        await trio.sleep(0.3)
+        # Every task blocked (not a fixed sleep): the server read what it would and admitted
+        # what it would; a fourth admission would have happened before this.
+        await trio.testing.wait_all_tasks_blocked()
         assert most == 3
         release.set()
         decoder, answers = FrameDecoder(1 << 20), []
@@ -380,8 +405,11 @@ async def test_answer_now_answers_without_a_task_now_or_later_and_falls_back() -
 
         await read(4)
         # 1 waits in its task, 6 and 7 for their deferred replies: all 3 slots are taken,
-        # so 8 is not even read until one of them is answered.
-        await trio.sleep(0.2)
+        # so 8 is not even read until one of them is answered. Once every task is blocked
+        # (not a fixed sleep) the server has sent all it would; a short read drains it.
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(0.1):
+            await read(5)
         assert [a["id"] for a in answers] == [2, 3, 4, 5]
         assert answers[0] == {"id": 2, "ok": True, "path": "now", "n": 2}
         assert answers[1]["error"]["code"] == "rejected"

@@ -31,21 +31,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
 import trio
 import trio.testing
 
 from common.config import Config
 from common.errors import DynError
 from dynd import membership
-from dynd.cluster import META_STATE
-from dynd.identity import META_NODE_ID
-from dynd.membership import Change, Member
 from dynd.node import Node
-from dynd.storage import Batch, Storage, StorageError
+from dynd.storage import Storage, StorageError
 from tests.sim import checkers
 from tests.sim.checkers import decode_value, encode_value
 from tests.sim.network import LinkFaults, SimNetwork
+from tests.support.cluster import bootstrap_state
+from tests.support.nodes import new_node, seed_state
 
 log = logging.getLogger("sim.harness")
 
@@ -91,22 +89,6 @@ def node_config(scenario: Scenario, node_id: str, seeds: tuple[str, ...]) -> Con
     )
 
 
-def bootstrap_state(ids: list[str], addrs: list[str], ring_size: int, n: int
-                    ) -> membership.ClusterState:
-    """A committed, settled cluster of `ids`, as joins and a commit would leave it."""
-    founder = Member(ids[0], addrs[0], "default", "valid", None, 1)
-    state = membership.new_cluster("sim", founder, ring_size)
-    for node_id, addr in zip(ids[1:], addrs[1:], strict=True):
-        state = membership.stage(state, Change("join", node_id, None), ids[0],
-                                 Member(node_id, addr, "default", "joining", None, 1))
-    if len(ids) == 1:
-        return state  # a new cluster's founder owns every partition already
-    state = membership.commit(state, n, ids[0])
-    for transfer in membership.pending_transfers(state):
-        state = membership.complete_transfer(state, transfer.partition)
-    return state
-
-
 class SimNode:
     """One node's address, directory and current life (None while crashed)."""
 
@@ -130,18 +112,15 @@ class SimNode:
     def seed_state(self, state: membership.ClusterState) -> None:
         """Write identity and cluster state before the first start (a pre-built cluster)."""
         storage = Storage.open(self.path, sync="none")
-        batch = Batch()
-        batch.put_meta(META_NODE_ID, self.id.encode())
-        batch.put_meta(META_STATE, cbor2.dumps(membership.to_wire(state)))
-        storage.stage(batch)
+        seed_state(storage, self.id, state)
         storage.close()
 
     async def start(self) -> None:
         storage = Storage.open(self.path, sync="none")
         self.lives += 1
-        node = Node(self.config, storage, self.cluster.network.transport(self.addr),
-                    addr=self.addr, wall=lambda: BASE_WALL + trio.current_time() + self.skew,
-                    rng=random.Random(f"{self.cluster.seed}/{self.id}/{self.lives}"))
+        node = new_node(self.config, storage, self.cluster.network.transport(self.addr),
+                        addr=self.addr, wall=lambda: BASE_WALL + trio.current_time() + self.skew,
+                        rng=random.Random(f"{self.cluster.seed}/{self.id}/{self.lives}"))
         self._scope = trio.CancelScope()
         self._stopped = trio.Event()
         self._clean_stop = False

@@ -15,35 +15,10 @@ from dynd.membership import (
     Change,
     ClusterState,
     ForeignCluster,
-    Member,
     MembershipError,
 )
-
-RING = 16
-
-
-def member(node: str, zone: str = "default", port: int = 7000, incarnation: int = 0) -> Member:
-    return Member(node, f"127.0.0.1:{port}", zone, "valid", None, incarnation)
-
-
-def join(state: ClusterState, node: str, by: str = "n0", **fields) -> ClusterState:
-    return ms.stage(state, Change("join", node), by, member(node, **fields))
-
-
-def finish(state: ClusterState) -> ClusterState:
-    for transfer in ms.pending_transfers(state):
-        state = ms.complete_transfer(state, transfer.partition)
-    return state
-
-
-def cluster(size: int, ring_size: int = RING, n: int = 3) -> ClusterState:
-    """n0 .. n{size-1}, all valid, every transfer done."""
-    state = ms.new_cluster("c1", member("n0"), ring_size)
-    for i in range(1, size):
-        state = join(state, f"n{i}", port=7000 + i)
-    if size > 1:
-        state = finish(ms.commit(state, n, "n0"))
-    return state
+from tests.support.cluster import finish
+from tests.support.membership import RING, cluster, join, member
 
 
 def statuses(state: ClusterState) -> dict[str, str]:
@@ -247,6 +222,7 @@ def test_complete_transfer_refusals():
 def test_leaving_member_hands_off_then_is_removed():
     state = cluster(3)
     owned = [p for p, owner in enumerate(ms.effective_owners(state)) if owner == "n2"]
+    assert owned  # else the all() below holds for no transfer at all
     committed = ms.commit(ms.stage(state, Change("leave", "n2"), "n0"), 3, "n0")
     assert committed.members["n2"].status == "leaving"
     assert {t.partition for t in committed.transfers} >= set(owned)

@@ -6,7 +6,8 @@ import pytest
 
 from dynd import membership as ms
 from dynd.membership import Change, MembershipError
-from tests.unit.test_membership import RING, cluster, finish, join, member
+from tests.support.cluster import finish
+from tests.support.membership import RING, cluster, join, member
 
 
 def test_a_known_id_joins_under_an_incarnation_above_the_clusters_record():

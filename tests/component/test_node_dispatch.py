@@ -4,57 +4,47 @@ fallback and for the ops that need one)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import trio
 
 from common import context
-from common.config import Config
 from common.errors import Rejected
-from common.messages import request, validate_request
 from dynd.node import Node
-from dynd.server import Peer, answered
-from dynd.storage import Storage
-from tests.unit.test_fuzz_dispatch import LIMITS, Nowhere
-
-PEER = Peer("127.0.0.1:9", None)
-
-
-def _request(op: str, rid: int = 1, **fields: Any) -> Any:
-    return validate_request(request(op, rid, **fields), LIMITS)
+from dynd.server import answered
+from tests.support.nodes import PEER, validated
 
 
 async def _fast(node: Node, op: str, **fields: Any) -> dict[str, Any] | None:
     """The result through answer_now, or None when it declines the request."""
-    return await answered(lambda reply: node.answer_now(_request(op, **fields), PEER, reply))
+    return await answered(lambda reply: node.answer_now(validated(op, **fields), PEER, reply))
 
 
-async def test_fast_path_and_handle_give_the_same_answers(tmp_path: Path) -> None:
-    storage = Storage.open(str(tmp_path), sync="none")
-    node = Node(Config(node_id="n1", data_dir=str(tmp_path), limits=LIMITS), storage,
-                Nowhere(), addr="127.0.0.1:1")
+async def test_fast_path_and_handle_give_the_same_answers(
+        make_node: Callable[..., Node]) -> None:
+    node = make_node()
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         await node.dispatch.ready.wait()
         put = await _fast(node, "put", bucket="default", key=b"k", value=b"v1")
         assert put is not None and put["context"]
         fast = await _fast(node, "get", bucket="default", key=b"k")
-        slow = await node.handle(_request("get", bucket="default", key=b"k"), PEER)
+        slow = await node.handle(validated("get", bucket="default", key=b"k"), PEER)
         assert fast == slow and [v["value"] for v in slow["values"]] == [b"v1"]
         # A put through handle, with the context read: supersedes v1.
-        await node.handle(_request("put", bucket="default", key=b"k", value=b"v2",
+        await node.handle(validated("put", bucket="default", key=b"k", value=b"v2",
                                    context=slow["context"]), PEER)
         partition = next(iter(node.view.routing().owned_partitions(node.id)))
         clock = context.encode(context.update(
             context.new(context.Sibling(b"r", 1), {}), None, "n9.1"))
         replica = {"bucket": "default", "key": b"r", "partition": partition, "clock": clock}
         assert await _fast(node, "p_put", **replica) == {}
-        assert await node.handle(_request("p_put", **replica), PEER) == {}  # nothing new
+        assert await node.handle(validated("p_put", **replica), PEER) == {}  # nothing new
         fields = {"bucket": "default", "key": b"r", "partition": partition}
         assert (await _fast(node, "p_get", **fields) == await node.handle(
-            _request("p_get", **fields), PEER) == {"clock": clock})
+            validated("p_get", **fields), PEER) == {"clock": clock})
         got = await _fast(node, "get", bucket="default", key=b"k")
         assert got is not None and [v["value"] for v in got["values"]] == [b"v2"]
         with pytest.raises(Rejected, match="bad context"):
@@ -63,4 +53,3 @@ async def test_fast_path_and_handle_give_the_same_answers(tmp_path: Path) -> Non
         node.dispatch.stopping = True  # a stopping node takes nothing on the fast path
         assert await _fast(node, "ping") is None
         nursery.cancel_scope.cancel()
-    storage.close()

@@ -27,30 +27,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from common.codec import FrameDecoder, encode_frame
-from common.config import Config
-from common.errors import Unavailable
-from common.limits import Limits
 from common.messages import SCHEMA, request
-from dynd.node import Node
 from dynd.server import Server
-from dynd.storage import Storage
+from tests.support.nodes import LIMITS, open_node
 
-LIMITS = Limits(request_timeout=1.0, idle_timeout=5.0, frame_timeout=2.0,
-                max_frame_bytes=64 * 1024)
 KNOWN_ERROR_CODES = {"not_found", "usage", "conflict", "unavailable", "rejected",
                      "unauthorized", "protocol"}
 SOCKET_TIMEOUT = 10.0
-
-
-class Nowhere:
-    """A transport to no peer: every call is Unavailable, as for an isolated node."""
-
-    async def call(self, addr: str, op: str, fields: dict[str, Any],
-                   timeout: float) -> dict[str, Any]:
-        raise Unavailable(f"{addr} is unreachable in this test")
-
-    def submit(self, addr: str, op: str, fields: dict[str, Any], on_reply: Any) -> None:
-        return None  # no connection to send on: the node falls back to call
 
 
 class CrashLog(logging.Handler):
@@ -73,10 +56,8 @@ def node_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, C
     box: dict[str, Any] = {}
 
     async def serve() -> None:
-        storage = Storage.open(str(data_dir), sync="none")
+        node = open_node(data_dir)
         try:
-            config = Config(node_id="n1", data_dir=str(data_dir), limits=LIMITS)
-            node = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
             box["port"] = listeners[0].socket.getsockname()[1]
             box["token"] = trio.lowlevel.current_trio_token()
@@ -87,7 +68,7 @@ def node_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, C
                 await nursery.start(server.serve, listeners)
                 ready.set()
         finally:
-            storage.close()
+            node.storage.close()
 
     thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
     thread.start()

@@ -4,43 +4,35 @@ that expires fan-outs at their deadline."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import trio
 import trio.testing
 
-from common.config import Config
 from dynd.coordinator import Coordinator, _FanOut
 from dynd.liveness import UP_SET_TTL
 from dynd.node import Node
-from dynd.storage import Storage
-from tests.sim.harness import bootstrap_state
-from tests.unit.test_fuzz_dispatch import Nowhere
+from tests.support.cluster import bootstrap_state
 
 
 async def test_up_set_is_reused_briefly_and_a_suspicion_takes_effect_at_once(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    storage = Storage.open(str(tmp_path), sync="none")
-    try:
-        node = Node(Config(node_id="n1", data_dir=str(tmp_path)), storage, Nowhere(),
-                    addr="127.0.0.1:1")
-        node.view.set_state(bootstrap_state(["n1", "n2"], ["127.0.0.1:1", "127.0.0.1:2"], 64, 2))
-        node.liveness.detector.heartbeat("n2", trio.current_time())
-        assert node.liveness.up_nodes() == {"n1", "n2"}
-        node.liveness.suspect("n2", "a request timed out")
-        assert node.liveness.up_nodes() == {"n1"}  # not the set computed a moment ago
-        node.liveness.detector.heartbeat("n2", trio.current_time())
-        assert node.liveness.up_nodes() == {"n1"}  # reused for a moment...
-        await trio.sleep(UP_SET_TTL)
-        assert node.liveness.up_nodes() == {"n1", "n2"}  # ...then recomputed
-        node.liveness.detector.heartbeat("n3", trio.current_time())
-        assert node.liveness.up_nodes() == {"n1", "n2"}  # n3 is not a member
-        node.view.set_state(bootstrap_state(["n1", "n2", "n3"],
-                                       ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], 64, 3))
-        assert node.liveness.up_nodes() == {"n1", "n2", "n3"}  # a new cluster state: at once
-    finally:
-        storage.close()
+        make_node: Callable[..., Node], autojump_clock: trio.testing.MockClock) -> None:
+    node = make_node()
+    node.view.set_state(bootstrap_state(["n1", "n2"], ["127.0.0.1:1", "127.0.0.1:2"], 64, 2))
+    node.liveness.detector.heartbeat("n2", trio.current_time())
+    assert node.liveness.up_nodes() == {"n1", "n2"}
+    node.liveness.suspect("n2", "a request timed out")
+    assert node.liveness.up_nodes() == {"n1"}  # not the set computed a moment ago
+    node.liveness.detector.heartbeat("n2", trio.current_time())
+    assert node.liveness.up_nodes() == {"n1"}  # reused for a moment...
+    await trio.sleep(UP_SET_TTL)
+    assert node.liveness.up_nodes() == {"n1", "n2"}  # ...then recomputed
+    node.liveness.detector.heartbeat("n3", trio.current_time())
+    assert node.liveness.up_nodes() == {"n1", "n2"}  # n3 is not a member
+    node.view.set_state(bootstrap_state(["n1", "n2", "n3"],
+                                        ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], 64, 3))
+    assert node.liveness.up_nodes() == {"n1", "n2", "n3"}  # a new cluster state: at once
 
 
 async def test_fan_outs_expire_at_their_deadline_unless_they_end_first(

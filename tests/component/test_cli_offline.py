@@ -145,6 +145,14 @@ class FakeNode:
                 await stream.send_all(encode_frame(reply))
 
 
+async def node_received(node: FakeNode, op: str) -> None:
+    """Until the stand-in node has read a request for ``op`` (one more than it had)."""
+    before = sum(1 for req in node.requests if req["op"] == op)
+    with trio.fail_after(5):
+        while sum(1 for req in node.requests if req["op"] == op) == before:
+            await trio.sleep(0.01)
+
+
 @pytest.fixture
 def tls_files(tmp_path) -> dict[str, Any]:
     ca = trustme.CA()
@@ -509,7 +517,7 @@ async def test_client_pipelines_concurrent_requests(node):
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(slow)
-            await trio.sleep(0.01)
+            await node_received(node, "status")  # sent before every get
             for i in range(50):
                 nursery.start_soon(fast, i)
     assert finished[-1] == "status"
@@ -536,19 +544,23 @@ async def test_connection_submit_answers_by_callback_and_can_be_abandoned(node):
         abandon = connection.submit("status", {}, partial(record, "abandoned"))
         assert abandon is not None
         abandon()
+        # The same slow op sent after it: its answer follows the abandoned one's on the
+        # connection, so once it is in, the abandoned reply has come too (no fixed sleep).
+        connection.submit("status", {}, partial(record, "status"))
         connection.submit("sleep", {}, partial(record, "sleep"))
         with trio.fail_after(5):
-            while "bad" not in outcomes or "ping" not in outcomes:
+            while not {"bad", "ping", "status"} <= set(outcomes):
                 await trio.sleep(0.01)
         assert outcomes["ping"] == ({"node": "fake1", "epoch": 7}, None)
         assert outcomes["bad"][0] is None and isinstance(outcomes["bad"][1], ProtocolError)
+        assert outcomes["status"][1] is None
+        assert "abandoned" not in outcomes  # its reply came and was dropped
         connection.close()  # "sleep" is still waiting: it fails
         with trio.fail_after(5):
             await arrived.wait()
         assert outcomes["sleep"][0] is None
         assert isinstance(outcomes["sleep"][1], Unavailable)
-        await trio.sleep(0.4)  # the abandoned status reply (0.3 s) would have come by now
-        assert "abandoned" not in outcomes
+        assert "abandoned" not in outcomes  # nor failed by the close
         assert connection.submit("ping", {}, partial(record, "late")) is None  # closed
 
 
@@ -610,7 +622,7 @@ async def test_connection_closed_by_the_node_fails_pending_and_later_requests(no
     async with Client.connect(node.addr) as client:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pending, client)
-            await trio.sleep(0.05)
+            await node_received(node, "sleep")  # pending before the hang-up
             with pytest.raises(Unavailable, match="closed by the node"):
                 await client.call("hangup")
         assert len(failed) == 1

@@ -3,40 +3,35 @@ reap that another replica has not done yet."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import cbor2
 
 from common import context
-from common.config import Config
 from dynd import membership
 from dynd.cluster import META_STATE
 from dynd.identity import META_INCARNATION
 from dynd.node import Node
 from dynd.replica import Replica
 from dynd.storage import Batch, Storage
-from tests.unit.test_fuzz_dispatch import LIMITS, Nowhere
 
 
-def test_hint_copies_for_two_primaries_mint_distinct_dots(tmp_path: Path) -> None:
+def test_hint_copies_for_two_primaries_mint_distinct_dots(
+        make_node: Callable[..., Node]) -> None:
     """tests/sim seed 20: the preference list moved between two fallback writes of a key,
     so the second landed on a fresh hint copy (for another primary) and minted the first
     one's dot again; merged, one of the two values vanished."""
-    storage = Storage.open(str(tmp_path), sync="none")
-    node = Node(Config(node_id="n5", data_dir=str(tmp_path), limits=LIMITS), storage,
-                Nowhere(), addr="127.0.0.1:1")
-    try:
-        clocks = []
-        for primary, value in (("n2", b"first"), ("n4", b"second")):
-            clock, _, _ = node.replica.coordinate(
-                3, "default", b"cart", value, {}, node.identity.fallback_actor(primary),
-                1000, hint_for=primary)
-            clocks.append(clock)
-        merged = context.merge_all(clocks)  # what a primary holds once both are handed back
-        assert sorted(s.value for s in context.live_values(merged)) == [b"first", b"second"]
-    finally:
-        storage.close()
+    node = make_node("n5")
+    clocks = []
+    for primary, value in (("n2", b"first"), ("n4", b"second")):
+        clock, _, _ = node.replica.coordinate(
+            3, "default", b"cart", value, {}, node.identity.fallback_actor(primary),
+            1000, hint_for=primary)
+        clocks.append(clock)
+    merged = context.merge_all(clocks)  # what a primary holds once both are handed back
+    assert sorted(s.value for s in context.live_values(merged)) == [b"first", b"second"]
 
 
 def test_a_key_reaped_here_but_not_everywhere_gets_fresh_dots(tmp_path: Path) -> None:
@@ -60,35 +55,26 @@ def test_a_key_reaped_here_but_not_everywhere_gets_fresh_dots(tmp_path: Path) ->
 
 
 def test_a_restart_after_a_join_never_takes_an_incarnation_below_the_clusters_record(
-        tmp_path: Path) -> None:
+        make_node: Callable[..., Node]) -> None:
     """A rejoining node adopts the cluster's higher incarnation and persists the joined
     state before its own incarnation: a crash in between left the state's record ahead,
     and the restart reused the old life's actor (n4.1 while the cluster knew n4.4)."""
-    config = Config(node_id="n4", data_dir=str(tmp_path), limits=LIMITS)
-    storage = Storage.open(str(tmp_path), sync="none")
-    node = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
+    node = make_node("n4")
     assert node.identity.incarnation == 1
     state = membership.update_member(node.view.state, replace(
         node.view.state.members["n4"], incarnation=4))  # what the join adopted, persisted
-    storage.stage(Batch().put_meta(META_STATE, cbor2.dumps(membership.to_wire(state)))
-                  .put_meta(META_INCARNATION, b"1"))  # the crash came before the rest
-    storage.close()
-    storage = Storage.open(str(tmp_path), sync="none")
-    try:
-        restarted = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
-        assert restarted.identity.actor == "n4.5"
-    finally:
-        storage.close()
+    node.storage.stage(Batch().put_meta(META_STATE, cbor2.dumps(membership.to_wire(state)))
+                       .put_meta(META_INCARNATION, b"1"))  # the crash came before the rest
+    node.storage.close()
+    assert make_node("n4").identity.actor == "n4.5"
 
 
 async def test_a_clean_restart_keeps_the_actor_with_its_floor_renewals_and_hint_actor(
-        tmp_path: Path) -> None:
+        make_node: Callable[..., Node]) -> None:
     """What the stored objects no longer show travels with a kept actor: the floor of a
     reaped tombstone (another replica may still hold it), the renewal of a dropped
     partition and the fallback generation (no hint copy released since)."""
-    config = Config(node_id="n3", data_dir=str(tmp_path), limits=LIMITS)
-    storage = Storage.open(str(tmp_path), sync="none")
-    node = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
+    node = make_node("n3")
     await node.identity.persist(node.view)
     replica = node.replica
     put, _, _ = replica.coordinate(1, "b", b"k", b"v1", {}, node.identity.actor, 1)
@@ -99,32 +85,25 @@ async def test_a_clean_restart_keeps_the_actor_with_its_floor_renewals_and_hint_
     replica.forget_partition(5)
     hint_actor = node.identity.fallback_actor("n1")
     node.record_clean_stop()
-    storage.close()
+    node.storage.close()
 
-    storage = Storage.open(str(tmp_path), sync="none")
-    try:
-        restarted = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
-        assert restarted.identity.actor == node.identity.actor
-        assert restarted.replica.actor_state() == {"dot_floor": 2, "renewals": {5: 1}}
-        assert restarted.identity.fallback_actor("n1") == hint_actor
-        fresh, _, _ = restarted.replica.coordinate(1, "b", b"k", b"v2", {},
-                                                   restarted.identity.actor, 3)
-        merged = context.sync(unreaped, fresh)
-        assert [s.value for s in context.live_values(merged)] == [b"v2"]
-    finally:
-        storage.close()
+    restarted = make_node("n3")
+    assert restarted.identity.actor == node.identity.actor
+    assert restarted.replica.actor_state() == {"dot_floor": 2, "renewals": {5: 1}}
+    assert restarted.identity.fallback_actor("n1") == hint_actor
+    fresh, _, _ = restarted.replica.coordinate(1, "b", b"k", b"v2", {}, restarted.identity.actor, 3)
+    merged = context.sync(unreaped, fresh)
+    assert [s.value for s in context.live_values(merged)] == [b"v2"]
 
 
-async def test_a_start_consumes_the_clean_stop_record(tmp_path: Path) -> None:
+async def test_a_start_consumes_the_clean_stop_record(make_node: Callable[..., Node]) -> None:
     """Once a node serves, an exit may lose a dot: only a new clean stop keeps the actor."""
-    config = Config(node_id="n3", data_dir=str(tmp_path), limits=LIMITS)
     actors = []
     for clean in (True, False, False):
-        storage = Storage.open(str(tmp_path), sync="none")
-        node = Node(config, storage, Nowhere(), addr="127.0.0.1:1")
+        node = make_node("n3")
         await node.identity.persist(node.view)
         actors.append(node.identity.actor)
         if clean:
             node.record_clean_stop()
-        storage.close()  # the last two lives end as a crash would: no record
+        node.storage.close()  # the last two lives end as a crash would: no record
     assert actors == ["n3.1", "n3.1", "n3.3"]

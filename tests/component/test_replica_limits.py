@@ -13,20 +13,15 @@ import trio
 import trio.testing
 
 from common import context
-from common.config import Config
 from common.errors import DynError, ProtocolError, Rejected, Unavailable
 from common.limits import Limits
 from common.messages import request
-from dynd import membership
-from dynd.cluster import META_STATE
-from dynd.identity import META_NODE_ID
 from dynd.node import Node
 from dynd.replica import Replica
 from dynd.replica_access import clock_from_peer
-from dynd.storage import Batch, Storage
-from tests.sim.harness import bootstrap_state
-from tests.unit.test_fuzz_dispatch import LIMITS
-from tests.unit.test_node_dispatch import PEER, _request
+from dynd.storage import Storage
+from tests.support.cluster import bootstrap_state
+from tests.support.nodes import LIMITS, PEER, validated
 
 OVERSIZE = "frame of 5000149 bytes exceeds limit 4194304"
 
@@ -116,31 +111,25 @@ class _Transport:
 
 @pytest.mark.parametrize("w", [1, 3])
 async def test_a_replica_request_that_cannot_be_sent_is_one_failed_replica(
-        tmp_path: Path, w: int) -> None:
+        make_node: Callable[..., Node], w: int) -> None:
     """Before: the ProtocolError went up to answer_now, which answered it, and the put's
     own answer followed (w=1: two answers, in-flight count -1); or (w=3) the failure was
     never counted and the client got the raw frame error."""
     ids, addrs = ["n1", "n2", "n3"], ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
-    storage = Storage.open(str(tmp_path), sync="none")
-    state = membership.to_wire(bootstrap_state(ids, addrs, 16, 3))
-    storage.stage(Batch().put_meta(META_NODE_ID, b"n1").put_meta(META_STATE, cbor2.dumps(state)))
-    node = Node(Config(node_id="n1", data_dir=str(tmp_path), limits=LIMITS, ring_size=16),
-                storage, _Transport(unsendable="127.0.0.1:2"), addr="127.0.0.1:1")
+    node = make_node(transport=_Transport(unsendable="127.0.0.1:2"), ring_size=16,
+                     state=bootstrap_state(ids, addrs, 16, 3))
     answers: list[tuple[dict[str, Any] | None, Exception | None]] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(storage.run)
-            node._nursery = nursery  # the root nursery Node.run would open
-            for peer in ids[1:]:
-                node.liveness.detector.heartbeat(peer, trio.current_time())
-            node.dispatch.ready.set()
-            taken = node.answer_now(_request("put", bucket="default", key=b"k", value=b"v",
-                                             w=w), PEER, lambda *answer: answers.append(answer))
-            assert taken
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
-    finally:
-        storage.close()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.storage.run)
+        node._nursery = nursery  # the root nursery Node.run would open
+        for peer in ids[1:]:
+            node.liveness.detector.heartbeat(peer, trio.current_time())
+        node.dispatch.ready.set()
+        taken = node.answer_now(validated("put", bucket="default", key=b"k", value=b"v", w=w),
+                                PEER, lambda *answer: answers.append(answer))
+        assert taken
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
     assert (len(answers), node.dispatch.inflight) == (1, 0), answers  # answered, counted out
     result, error = answers[0]
     if w == 1:
