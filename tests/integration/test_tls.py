@@ -193,7 +193,7 @@ def test_admin_commands_need_an_admin_certificate(world: World) -> None:
     assert "event=unauthorized op=bucket_set" in world.n1.log()
     assert run(world.n1, world.alice, "cluster", "commit").returncode == 5
     assert run(world.n1, world.alice, "repair").returncode == 5
-    assert run(world.n1, world.alice, "cluster", "status").returncode == 5  # CONTRACT: admin
+    assert run(world.n1, world.alice, "cluster", "status").returncode == 5  # admin only (docs/security.md)
     accepted = run(world.n1, world.admin, "bucket", "set", "carts", "--n", "2")
     assert accepted.returncode == 0, accepted.stderr
     assert run(world.n1, world.admin, "cluster", "status").returncode == 0
@@ -324,7 +324,7 @@ JOIN_AS_N9 = {"member": {"id": "n9", "addr": "127.0.0.1:9", "zone": "z", "incarn
 @pytest.mark.parametrize(("op", "fields", "identity", "allowed"), [
     ("get", {"bucket": "b", "key": b"k"}, "alice", True),
     ("get", {"bucket": "b", "key": b"k"}, None, True),  # CA-signed, no CN: still a client
-    ("cluster_status", {}, "alice", False),  # CONTRACT: every cluster command is admin
+    ("cluster_status", {}, "alice", False),  # every cluster command is admin
     ("cluster_status", {}, "ops", True),
     ("ring", {}, "alice", True),
     ("bucket_set", {"name": "b"}, "alice", False),
@@ -357,7 +357,7 @@ def test_authorize_table(op: str, fields: dict, identity: str | None, allowed: b
 ])
 def test_default_peer_identity_accepts_any_certificate_of_the_ca(
         op: str, fields: dict, identity: str | None) -> None:
-    """CONTRACT: a peer must present a certificate of the same CA to gossip or replicate."""
+    """A peer must present a certificate of the same CA to gossip or replicate."""
     tls = TLSConfig("ca", "cert", "key", admins=("ops",))
     security.authorize(Request(op=op, id=1, fields=fields), Peer("127.0.0.1:5", identity),
                        tls, MEMBERS)
