@@ -49,7 +49,7 @@ from typing import Any
 
 import trio
 
-from common.context import InvalidContext, VersionVector, decode_context
+from common.dvvset import InvalidContext, VersionVector, decode_context
 from common.errors import (
     Conflict,
     DynError,

@@ -30,9 +30,9 @@ from typing import Any
 
 import trio
 
-from common import context
+from common import dvvset
 from common.config import AntiEntropyConfig
-from common.context import DVVSet
+from common.dvvset import DVVSet
 from common.errors import DynError, Rejected
 from dynd import membership, merkle
 from dynd.cluster import ClusterView
@@ -102,7 +102,7 @@ class AntiEntropy:
 
     async def op_p_reap(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         clock = clock_from_peer(fields["clock"])
-        if clock is None or not context.is_tombstone(clock):
+        if clock is None or not dvvset.is_tombstone(clock):
             raise Rejected("p_reap needs a tombstone clock")
         ticket = self.replica.reap(fields["partition"], fields["bucket"], fields["key"], clock)
         if ticket is not None:
@@ -117,7 +117,7 @@ class AntiEntropy:
         async for bucket, key, raw in self.storage.iter_partition(partition):
             kid = key_id(bucket, key)
             if merkle.key_segment(kid, size) in wanted:
-                found[kid] = context.digest_encoded(raw)
+                found[kid] = dvvset.digest_encoded(raw)
         return found
 
     # ---- exchange -----------------------------------------------------------------
@@ -182,12 +182,12 @@ class AntiEntropy:
         theirs = await self.access.get(target, partition, bucket, key)
         ours = self.replica.get(partition, bucket, key)
         clocks = [c for c in (ours, theirs) if c is not None]
-        merged = context.merge_all(clocks)
-        if ours is None or not context.equal(ours, merged):
+        merged = dvvset.merge_all(clocks)
+        if ours is None or not dvvset.equal(ours, merged):
             await self.access.store(partition, bucket, key, merged, None)
-        if theirs is None or not context.equal(theirs, merged):
+        if theirs is None or not dvvset.equal(theirs, merged):
             await self.access.put(target, partition, bucket, key, merged)
-        return sum(len(s.value or b"") for s in context.values(merged))
+        return sum(len(s.value or b"") for s in dvvset.values(merged))
 
     async def repair_partition(self, partition: int, bucket: str | None = None) -> tuple[int, int]:
         record = self.records.setdefault(partition, ExchangeRecord(partition))
@@ -246,7 +246,7 @@ class AntiEntropy:
     def _past_grace(self, clock: DVVSet, now_ms: int) -> bool:
         """Every sibling was written at least the tombstone grace before ``now_ms``."""
         grace_ms = self.config.tombstone_grace * 1000
-        return all(now_ms - s.written_at >= grace_ms for s in context.values(clock))
+        return all(now_ms - s.written_at >= grace_ms for s in dvvset.values(clock))
 
     def _maybe_reaped(self, partition: int, kid: bytes) -> bool:
         """Our copy of a key is old enough that a delete of it may have been reaped."""
@@ -272,8 +272,8 @@ class AntiEntropy:
         now_ms = int(self.wall() * 1000)
         candidates: list[tuple[str, bytes, DVVSet]] = []
         async for bucket, key, raw in self.storage.iter_partition(partition):
-            clock = context.decode_stored(raw)
-            if context.is_tombstone(clock) and self._past_grace(clock, now_ms):
+            clock = dvvset.decode_stored(raw)
+            if dvvset.is_tombstone(clock) and self._past_grace(clock, now_ms):
                 candidates.append((bucket, key, clock))
         if not candidates or not await self._no_hints_anywhere():
             return 0
@@ -312,9 +312,9 @@ class AntiEntropy:
                                                      partition, bucket, key)
             except DynError:
                 return False
-            if theirs is None or not context.equal(theirs, clock):
+            if theirs is None or not dvvset.equal(theirs, clock):
                 return False
-        wire = context.encode(clock)
+        wire = dvvset.encode(clock)
         for primary in primaries:
             if primary == self.node_id:
                 ticket = self.replica.reap(partition, bucket, key, clock)

@@ -20,8 +20,8 @@ from typing import Any
 
 import trio
 
-from common import context
-from common.context import DVVSet
+from common import dvvset
+from common.dvvset import DVVSet
 from common.errors import DynError, Unavailable, Unreachable
 from dynd.cluster import ClusterView
 from dynd.liveness import Liveness
@@ -40,10 +40,10 @@ def result_fields(clock: DVVSet | None) -> dict[str, Any]:
     """The client's view of a merged object: live values and the opaque context."""
     if clock is None:
         return {"found": False, "context": "", "values": []}
-    live = context.live_values(clock)
+    live = dvvset.live_values(clock)
     return {
         "found": bool(live),
-        "context": context.encode_context(context.join(clock)),
+        "context": dvvset.encode_context(dvvset.join(clock)),
         "values": [{"value": s.value, "written_at": s.written_at} for s in live],
     }
 
@@ -221,7 +221,7 @@ class Coordinator:
             if target.node == self.node_id:
                 local_raw = self.replica.get_encoded(place.partition, bucket, key,
                                                           target.hint_for)
-                local = None if local_raw is None else context.decode_stored(local_raw)
+                local = None if local_raw is None else dvvset.decode_stored(local_raw)
                 core.add_reply(target.node, local, fallback=target.role == "fallback",
                                incomplete=self.read_incomplete(place.partition,
                                                                   target.hint_for))
@@ -274,7 +274,7 @@ class Coordinator:
                 self.access.stage(place.partition, bucket, key, merged, target.hint_for)
             else:
                 fields = replica_fields(target, place.partition, bucket, key,
-                                                  clock=context.encode(merged))
+                                                  clock=dvvset.encode(merged))
                 fan.send(node, "p_put", fields, lambda result, error: None)
         fan.arm()
 
@@ -371,7 +371,7 @@ class Coordinator:
             if answer.done:
                 return
             if core.enough():
-                answer({"context": context.encode_context(context.join(clock))}, None)
+                answer({"context": dvvset.encode_context(dvvset.join(clock))}, None)
             else:
                 answer(None, Unavailable(f"write quorum not met: {core.describe()}"))
 

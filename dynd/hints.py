@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from common import context
+from common import dvvset
 from common.config import HandoffConfig
 from common.errors import DynError
 from dynd import membership
@@ -103,7 +103,7 @@ class Hints:
                 for _, partition, bucket, key, raw in rows:
                     primaries = self.view.routing().primaries(partition)
                     recipients = [p for p in primaries if p != target]
-                    clock = context.decode_stored(raw)
+                    clock = dvvset.decode_stored(raw)
                     tickets += [self.access.stage(partition, bucket, key, clock, p)
                                 for p in recipients]
                     if recipients:  # else it waits until the ring has moved on
@@ -139,7 +139,7 @@ class Hints:
                     for recipient in recipients:
                         if recipient == self.node_id:
                             await self.access.store(
-                                partition, bucket, key, context.decode_stored(raw), None)
+                                partition, bucket, key, dvvset.decode_stored(raw), None)
                         else:
                             await self.call(recipient, "p_put", {  # stored: wire form
                                 "bucket": bucket, "key": key, "partition": partition,

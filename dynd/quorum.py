@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common import context
-from common.context import DVVSet
+from common import dvvset
+from common.dvvset import DVVSet
 
 
 @dataclass
@@ -92,7 +92,7 @@ class GetCore:
         clocks = list({id(c): c for c in self.replies.values() if c is not None}.values())
         if len(clocks) == 1:
             return clocks[0]
-        return context.merge_all(clocks) if clocks else None
+        return dvvset.merge_all(clocks) if clocks else None
 
     def describe(self) -> str:
         """What is known when R was not met, for the error message."""
@@ -109,7 +109,7 @@ class GetCore:
         return [
             node
             for node, clock in self.replies.items()
-            if clock is None or (clock is not merged and not context.descends(clock, merged))
+            if clock is None or (clock is not merged and not dvvset.descends(clock, merged))
         ]
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from common import context
-from common.context import DVVSet, Sibling
+from common import dvvset
+from common.dvvset import DVVSet, Sibling
 from common.errors import Rejected
 from common.limits import Limits
 from dynd.merkle import PartitionTree
@@ -95,7 +95,7 @@ class Replica:
         self._rebuilds.setdefault(partition, []).append(rebuild)
         try:
             async for bucket, key, raw in self.storage.iter_partition(partition):
-                rebuild.tree.update(key_id(bucket, key), None, context.digest_encoded(raw))
+                rebuild.tree.update(key_id(bucket, key), None, dvvset.digest_encoded(raw))
                 rebuild.read_up_to = data_key(partition, bucket, key)
         finally:
             self._rebuilds[partition].remove(rebuild)
@@ -149,12 +149,12 @@ class Replica:
     ) -> DVVSet | None:
         """Our copy: the data copy, or with `hint_for` the hint held for that primary."""
         raw = self.get_encoded(partition, bucket, key, hint_for)
-        return None if raw is None else context.decode_stored(raw)
+        return None if raw is None else dvvset.decode_stored(raw)
 
     def get_encoded(
         self, partition: int, bucket: str, key: bytes, hint_for: str | None = None
     ) -> bytes | None:
-        """Our copy as stored (``context.encode`` form): what a peer's p_get is sent as is."""
+        """Our copy as stored (``dvvset.encode`` form): what a peer's p_get is sent as is."""
         if hint_for is None:
             return self.storage.get(partition, bucket, key)
         return self.storage.get_hint(hint_for, partition, bucket, key)
@@ -172,16 +172,16 @@ class Replica:
         own ``actor`` is minted as ``own_actor_in(partition)``.
         """
         stored_raw = self.get_encoded(partition, bucket, key, hint_for)
-        stored = None if stored_raw is None else context.decode_stored(stored_raw)
-        client = context.new(Sibling(value, written_at), client_context)
+        stored = None if stored_raw is None else dvvset.decode_stored(stored_raw)
+        client = dvvset.new(Sibling(value, written_at), client_context)
         floor = 0
         if actor == self.own_actor:
             actor, floor = self.own_actor_in(partition), self.dot_floor
         try:
-            result = context.update(client, stored, actor, floor)
-        except context.InvalidContext as exc:
+            result = dvvset.update(client, stored, actor, floor)
+        except dvvset.InvalidContext as exc:
             raise Rejected(f"bad context: {exc}") from None
-        encoded = context.encode(result)
+        encoded = dvvset.encode(result)
         self._refuse_unreplicable(result, encoded)
         if hint_for is not None:  # minted on the hint copy as stored: nothing to merge
             batch = Batch().put_hint(hint_for, partition, bucket, key, encoded)
@@ -194,7 +194,7 @@ class Replica:
         replica frame carries (every sibling goes in it, so such an object would stay on
         this node only, beyond replication and repair). Merges are never refused (see
         replica_access.clock_from_peer): only the write that would grow the object."""
-        count = context.sibling_count(result)
+        count = dvvset.sibling_count(result)
         if count > self.max_siblings:
             problem = f"would have {count} siblings, limit is {self.max_siblings}"
         elif len(encoded) > self.max_object_bytes:
@@ -210,36 +210,36 @@ class Replica:
     ) -> tuple[DVVSet, Ticket | None]:
         """Sync a replica's copy into ours; no write when it brings nothing new."""
         stored_raw = self.get_encoded(partition, bucket, key)
-        stored = None if stored_raw is None else context.decode_stored(stored_raw)
-        merged = incoming if stored is None else context.sync(stored, incoming)
-        if stored is not None and context.equal(stored, merged):
+        stored = None if stored_raw is None else dvvset.decode_stored(stored_raw)
+        merged = incoming if stored is None else dvvset.sync(stored, incoming)
+        if stored is not None and dvvset.equal(stored, merged):
             return stored, None
-        return merged, self._store(partition, bucket, key, stored_raw, context.encode(merged))
+        return merged, self._store(partition, bucket, key, stored_raw, dvvset.encode(merged))
 
     def _store(
         self, partition: int, bucket: str, key: bytes, old_raw: bytes | None, encoded: bytes
     ) -> Ticket:
         """Stage ``encoded`` over the copy stored as ``old_raw``; digests hash the stored
-        bytes (``encode`` is canonical, so they are ``context.digest`` of the clocks)."""
+        bytes (``encode`` is canonical, so they are ``dvvset.digest`` of the clocks)."""
         batch = Batch()
         batch.put(partition, bucket, key, encoded)
         ticket = self.storage.stage(batch)
         self._update_trees(partition, bucket, key,
-                           None if old_raw is None else context.digest_encoded(old_raw),
-                           context.digest_encoded(encoded))
+                           None if old_raw is None else dvvset.digest_encoded(old_raw),
+                           dvvset.digest_encoded(encoded))
         return ticket
 
     def reap(self, partition: int, bucket: str, key: bytes, expected: DVVSet) -> Ticket | None:
         """Delete a tombstone, but only if it is still exactly what was agreed to be reaped."""
         stored = self.get(partition, bucket, key)
-        if stored is None or not context.equal(stored, expected):
+        if stored is None or not dvvset.equal(stored, expected):
             return None
         self.dot_floor = max(self.dot_floor,
-                             context.join(stored).get(self.own_actor_in(partition), 0))
+                             dvvset.join(stored).get(self.own_actor_in(partition), 0))
         batch = Batch()
         batch.delete(partition, bucket, key)
         ticket = self.storage.stage(batch)
-        self._update_trees(partition, bucket, key, context.digest(stored), None)
+        self._update_trees(partition, bucket, key, dvvset.digest(stored), None)
         return ticket
 
     def store_hint(
@@ -247,7 +247,7 @@ class Replica:
     ) -> Ticket:
         """Keep a replica for an unreachable primary until it can be handed back."""
         raw = self.storage.get_hint(target, partition, bucket, key)
-        merged = incoming if raw is None else context.sync(context.decode_stored(raw), incoming)
+        merged = incoming if raw is None else dvvset.sync(dvvset.decode_stored(raw), incoming)
         batch = Batch()
-        batch.put_hint(target, partition, bucket, key, context.encode(merged))
+        batch.put_hint(target, partition, bucket, key, dvvset.encode(merged))
         return self.storage.stage(batch)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common import context
-from common.context import DVVSet
+from common import dvvset
+from common.dvvset import DVVSet
 from common.errors import Rejected
 from dynd.metrics import Stats
 from dynd.replica import Replica
@@ -18,7 +18,7 @@ Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def clock_from_peer(wire: bytes | None) -> DVVSet | None:
-    """A peer's clock, sent as its stored bytes (``context.encode``), validated.
+    """A peer's clock, sent as its stored bytes (``dvvset.encode``), validated.
 
     Without a sibling limit: max_siblings is the writer's limit, enforced where a
     sibling is minted (Replica.coordinate). A replica's copy holds more when copies
@@ -35,7 +35,7 @@ def clock_from_peer(wire: bytes | None) -> DVVSet | None:
     if wire is None:
         return None
     try:
-        return context.decode(wire)
+        return dvvset.decode(wire)
     except ValueError as exc:
         raise Rejected(f"invalid clock from peer: {exc}") from None
 
@@ -74,7 +74,7 @@ class ReplicaAccess:
             await self.store(partition, bucket, key, clock, target.hint_for)
             return
         await self.call(target.node, "p_put", replica_fields(
-            target, partition, bucket, key, clock=context.encode(clock)))
+            target, partition, bucket, key, clock=dvvset.encode(clock)))
 
     async def store(
         self, partition: int, bucket: str, key: bytes, clock: DVVSet, hint_for: str | None

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from common import context, messages
+from common import dvvset, messages
 from common.config import Config
 from common.errors import DynError, Rejected, Unavailable
 from dynd.cluster import ClusterView
@@ -104,7 +104,7 @@ class Requests:
 
     def _client_context(self, fields: dict[str, Any]) -> dict[str, int]:
         try:
-            return context.decode_context(fields.get("context") or "",
+            return dvvset.decode_context(fields.get("context") or "",
                                           self.config.limits.max_context_bytes)
         except ValueError as exc:
             raise Rejected(f"bad context: {exc}") from None
@@ -168,9 +168,9 @@ class Requests:
                 return  # a fallback is listed only when it holds a hint
             rows.append({
                 "node": target.node, "role": target.role, "reachable": reachable,
-                "found": clock is not None and bool(context.live_values(clock)),
-                "siblings": 0 if clock is None else context.sibling_count(clock),
-                "context": "" if clock is None else context.encode_context(context.join(clock)),
+                "found": clock is not None and bool(dvvset.live_values(clock)),
+                "siblings": 0 if clock is None else dvvset.sibling_count(clock),
+                "context": "" if clock is None else dvvset.encode_context(dvvset.join(clock)),
                 **({"hint_for": target.primary} if target.role == "fallback" else {}),
             })
 

@@ -23,7 +23,7 @@ from typing import Any
 import cbor2
 import trio
 
-from common import context
+from common import dvvset
 from common.config import HandoffConfig
 from common.errors import DynError, Rejected, Unavailable
 from dynd import membership
@@ -225,7 +225,7 @@ class Transfers:
                     tickets = []
                     for bucket, key, raw in page["items"]:
                         _, ticket = self.replica.merge(partition, bucket, key,
-                                                            context.decode(raw))
+                                                            dvvset.decode(raw))
                         if ticket is not None:
                             tickets.append(ticket)
                     for ticket in tickets:

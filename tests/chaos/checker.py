@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from common.context import decode_context
+from common.dvvset import decode_context
 from common.errors import DynError
 from dynctl.client import Client
 from tests.chaos.workload import Ack, History, cart_key, elements_of

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cbor2
 
-from common import context
+from common import dvvset
 from dynd import membership
 from dynd.cluster import META_STATE
 from dynd.identity import META_INCARNATION
@@ -30,8 +30,8 @@ def test_hint_copies_for_two_primaries_mint_distinct_dots(
             3, "default", b"cart", value, {}, node.identity.fallback_actor(primary),
             1000, hint_for=primary)
         clocks.append(clock)
-    merged = context.merge_all(clocks)  # what a primary holds once both are handed back
-    assert sorted(s.value for s in context.live_values(merged)) == [b"first", b"second"]
+    merged = dvvset.merge_all(clocks)  # what a primary holds once both are handed back
+    assert sorted(s.value for s in dvvset.live_values(merged)) == [b"first", b"second"]
 
 
 def test_a_key_reaped_here_but_not_everywhere_gets_fresh_dots(tmp_path: Path) -> None:
@@ -43,13 +43,13 @@ def test_a_key_reaped_here_but_not_everywhere_gets_fresh_dots(tmp_path: Path) ->
     replica.own_actor = "n3.2"
     try:
         put, _, _ = replica.coordinate(1, "b", b"k", b"v1", {}, "n3.2", 1)
-        tombstone, _, _ = replica.coordinate(1, "b", b"k", None, context.join(put), "n3.2", 2)
+        tombstone, _, _ = replica.coordinate(1, "b", b"k", None, dvvset.join(put), "n3.2", 2)
         unreaped = tombstone  # another primary still holds it
         assert replica.reap(1, "b", b"k", tombstone) is not None
         assert replica.get(1, "b", b"k") is None
         fresh, _, _ = replica.coordinate(1, "b", b"k", b"v2", {}, "n3.2", 3)
-        merged = context.sync(unreaped, fresh)
-        assert [s.value for s in context.live_values(merged)] == [b"v2"]
+        merged = dvvset.sync(unreaped, fresh)
+        assert [s.value for s in dvvset.live_values(merged)] == [b"v2"]
     finally:
         storage.close()
 
@@ -78,7 +78,7 @@ async def test_a_clean_restart_keeps_the_actor_with_its_floor_renewals_and_hint_
     await node.identity.persist(node.view)
     replica = node.replica
     put, _, _ = replica.coordinate(1, "b", b"k", b"v1", {}, node.identity.actor, 1)
-    tombstone, _, _ = replica.coordinate(1, "b", b"k", None, context.join(put),
+    tombstone, _, _ = replica.coordinate(1, "b", b"k", None, dvvset.join(put),
                                          node.identity.actor, 2)
     unreaped = tombstone  # another primary still holds it
     assert replica.reap(1, "b", b"k", tombstone) is not None
@@ -92,8 +92,8 @@ async def test_a_clean_restart_keeps_the_actor_with_its_floor_renewals_and_hint_
     assert restarted.replica.actor_state() == {"dot_floor": 2, "renewals": {5: 1}}
     assert restarted.identity.fallback_actor("n1") == hint_actor
     fresh, _, _ = restarted.replica.coordinate(1, "b", b"k", b"v2", {}, restarted.identity.actor, 3)
-    merged = context.sync(unreaped, fresh)
-    assert [s.value for s in context.live_values(merged)] == [b"v2"]
+    merged = dvvset.sync(unreaped, fresh)
+    assert [s.value for s in dvvset.live_values(merged)] == [b"v2"]
 
 
 async def test_a_start_consumes_the_clean_stop_record(make_node: Callable[..., Node]) -> None:

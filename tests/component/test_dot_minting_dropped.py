@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import context
+from common import dvvset
 from dynd.replica import Replica
 from dynd.storage import Batch, Storage
 
@@ -38,11 +38,11 @@ def test_a_blind_write_after_a_drop_keeps_the_dropped_copys_values(tmp_path: Pat
         _drop(replica, 0, "b", b"k")
         assert replica.get(0, "b", b"k") is None
         second, _, _ = replica.coordinate(0, "b", b"k", b"v2", {}, ACTOR, 2)
-        for merged in (context.sync(handed_over, second), context.sync(second, handed_over)):
-            assert sorted(s.value for s in context.live_values(merged)) == [b"v1", b"v2"]
+        for merged in (dvvset.sync(handed_over, second), dvvset.sync(second, handed_over)):
+            assert sorted(s.value for s in dvvset.live_values(merged)) == [b"v1", b"v2"]
         # Other partitions keep minting under the incarnation itself.
         other, _, _ = replica.coordinate(1, "b", b"k", b"v3", {}, ACTOR, 3)
-        assert list(context.join(other)) == [ACTOR]
+        assert list(dvvset.join(other)) == [ACTOR]
     finally:
         storage.close()
 
@@ -52,9 +52,9 @@ def test_a_write_that_read_the_dropped_value_supersedes_it(tmp_path: Path) -> No
     try:
         first, _, _ = replica.coordinate(0, "b", b"k", b"v1", {}, ACTOR, 1)
         _drop(replica, 0, "b", b"k")
-        second, _, _ = replica.coordinate(0, "b", b"k", b"v2", context.join(first), ACTOR, 2)
-        merged = context.sync(first, second)
-        assert [s.value for s in context.live_values(merged)] == [b"v2"]
+        second, _, _ = replica.coordinate(0, "b", b"k", b"v2", dvvset.join(first), ACTOR, 2)
+        merged = dvvset.sync(first, second)
+        assert [s.value for s in dvvset.live_values(merged)] == [b"v2"]
     finally:
         storage.close()
 
@@ -65,10 +65,10 @@ def test_a_reap_after_a_drop_raises_the_floor_of_the_renewed_actor(tmp_path: Pat
     try:
         _drop(replica, 0, "b", b"k")
         put, _, _ = replica.coordinate(0, "b", b"k", b"v1", {}, ACTOR, 1)
-        tombstone, _, _ = replica.coordinate(0, "b", b"k", None, context.join(put), ACTOR, 2)
+        tombstone, _, _ = replica.coordinate(0, "b", b"k", None, dvvset.join(put), ACTOR, 2)
         assert replica.reap(0, "b", b"k", tombstone) is not None
         fresh, _, _ = replica.coordinate(0, "b", b"k", b"v2", {}, ACTOR, 3)
-        merged = context.sync(tombstone, fresh)  # another primary had not reaped it yet
-        assert [s.value for s in context.live_values(merged)] == [b"v2"]
+        merged = dvvset.sync(tombstone, fresh)  # another primary had not reaped it yet
+        assert [s.value for s in dvvset.live_values(merged)] == [b"v2"]
     finally:
         storage.close()

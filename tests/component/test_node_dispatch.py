@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from common import context
+from common import dvvset
 from common.errors import Rejected
 from dynd.node import Node
 from dynd.server import answered
@@ -37,8 +37,8 @@ async def test_fast_path_and_handle_give_the_same_answers(
         await node.handle(validated("put", bucket="default", key=b"k", value=b"v2",
                                    context=slow["context"]), PEER)
         partition = next(iter(node.view.routing().owned_partitions(node.id)))
-        clock = context.encode(context.update(
-            context.new(context.Sibling(b"r", 1), {}), None, "n9.1"))
+        clock = dvvset.encode(dvvset.update(
+            dvvset.new(dvvset.Sibling(b"r", 1), {}), None, "n9.1"))
         replica = {"bucket": "default", "key": b"r", "partition": partition, "clock": clock}
         assert await _fast(node, "p_put", **replica) == {}
         assert await node.handle(validated("p_put", **replica), PEER) == {}  # nothing new

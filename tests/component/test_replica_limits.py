@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from common import context
+from common import dvvset
 from common.errors import DynError, ProtocolError, Rejected, Unavailable
 from common.limits import Limits
 from common.messages import request
@@ -52,8 +52,8 @@ def test_a_write_whose_object_would_outgrow_a_replica_frame_stores_nothing(
         assert replica.tree(1).root() == digest
         assert before is not None
         resolved, _, _ = replica.coordinate(1, "b", b"k", b"C" * 1000,
-                                            context.join(context.decode(before)), "n1.1", 4)
-        assert [s.value for s in context.live_values(resolved)] == [b"C" * 1000]
+                                            dvvset.join(dvvset.decode(before)), "n1.1", 4)
+        assert [s.value for s in dvvset.live_values(resolved)] == [b"C" * 1000]
     finally:
         storage.close()
 
@@ -69,7 +69,7 @@ def test_a_context_counter_that_leaves_no_room_for_a_dot_stores_nothing(
             replica.coordinate(1, "b", b"k", b"v", {"n1.1": 2**63 - 1}, "n1.1", 1)
         assert replica.get_encoded(1, "b", b"k") is None
         clock, _, _ = replica.coordinate(1, "b", b"k", b"v", {"n2.1": 2**63 - 1}, "n1.1", 2)
-        assert context.decode(context.encode(clock)) == clock  # what a peer accepts
+        assert dvvset.decode(dvvset.encode(clock)) == clock  # what a peer accepts
     finally:
         storage.close()
 
@@ -81,11 +81,11 @@ def test_a_peer_copy_merged_past_the_sibling_limit_is_accepted() -> None:
     for actor in ("n2.1", "n3.1"):
         clock = None
         for i in range(LIMITS.max_siblings):
-            clock = context.update(context.new(context.Sibling(b"v%d" % i, i)), clock, actor)
+            clock = dvvset.update(dvvset.new(dvvset.Sibling(b"v%d" % i, i)), clock, actor)
         copies.append(clock)
-    merged = context.merge_all(copies)
-    assert context.sibling_count(merged) == 2 * LIMITS.max_siblings
-    assert clock_from_peer(context.encode(merged)) == merged
+    merged = dvvset.merge_all(copies)
+    assert dvvset.sibling_count(merged) == 2 * LIMITS.max_siblings
+    assert clock_from_peer(dvvset.encode(merged)) == merged
 
 
 class _Transport:

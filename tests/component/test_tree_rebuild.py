@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from common import context
+from common import dvvset
 from dynd.merkle import PartitionTree
 from dynd.replica import Replica, key_id
 from dynd.storage import SCAN_PAGE, Storage
@@ -19,14 +19,14 @@ ACTOR = "n1.1"
 
 def _write(replica: Replica, key: bytes, value: bytes) -> None:
     stored = replica.get(PARTITION, "b", key)
-    seen = {} if stored is None else context.join(stored)
+    seen = {} if stored is None else dvvset.join(stored)
     replica.coordinate(PARTITION, "b", key, value, seen, ACTOR, 0)
 
 
 def _tree_of_storage(storage: Storage) -> PartitionTree:
     """The tree a rebuild with nothing going on would give: every stored row, as it is now."""
     return PartitionTree.build(
-        [(key_id(b, k), context.digest_encoded(raw))
+        [(key_id(b, k), dvvset.digest_encoded(raw))
          for b, k, raw in storage.scan_partition(PARTITION)], segments=1024)
 
 

@@ -193,7 +193,7 @@ def test_admin_commands_need_an_admin_certificate(world: World) -> None:
     assert "event=unauthorized op=bucket_set" in world.n1.log()
     assert run(world.n1, world.alice, "cluster", "commit").returncode == 5
     assert run(world.n1, world.alice, "repair").returncode == 5
-    assert run(world.n1, world.alice, "cluster", "status").returncode == 5  # admin only (docs/security.md)
+    assert run(world.n1, world.alice, "cluster", "status").returncode == 5  # admin only
     accepted = run(world.n1, world.admin, "bucket", "set", "carts", "--n", "2")
     assert accepted.returncode == 0, accepted.stderr
     assert run(world.n1, world.admin, "cluster", "status").returncode == 0

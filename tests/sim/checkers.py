@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from common import context
-from common.context import DVVSet
+from common import dvvset
+from common.dvvset import DVVSet
 from dynd import membership
 from dynd.ring import partition_of
 
@@ -43,7 +43,7 @@ def _copies(nodes: list[SimNode], key: bytes) -> dict[str, DVVSet | None]:
 
 
 def _same(a: DVVSet | None, b: DVVSet | None) -> bool:
-    return a is b is None or (a is not None and b is not None and context.equal(a, b))
+    return a is b is None or (a is not None and b is not None and dvvset.equal(a, b))
 
 
 def divergence(nodes: list[SimNode], keys: list[bytes]) -> list[str]:
@@ -80,7 +80,7 @@ def leftover_cursors(nodes: list[SimNode]) -> list[str]:
 def _describe(clock: DVVSet | None) -> str:
     if clock is None:
         return "absent"
-    return f"{context.join(clock)}/{len(context.values(clock))} siblings"
+    return f"{dvvset.join(clock)}/{len(dvvset.values(clock))} siblings"
 
 
 def final_clocks(nodes: list[SimNode], keys: list[bytes]) -> dict[bytes, DVVSet | None]:
@@ -101,7 +101,7 @@ def decode_value(value: bytes) -> tuple[str, frozenset[str]]:
 def _live(clock: DVVSet | None) -> dict[str, frozenset[str]]:
     if clock is None:
         return {}
-    return dict(decode_value(s.value) for s in context.live_values(clock) if s.value is not None)
+    return dict(decode_value(s.value) for s in dvvset.live_values(clock) if s.value is not None)
 
 
 def check_history(history: History, finals: dict[bytes, DVVSet | None]) -> list[str]:
@@ -121,8 +121,8 @@ def check_history(history: History, finals: dict[bytes, DVVSet | None]) -> list[
             violations.append(f"{write.key!r}: {wid} came back after acknowledged "
                               f"{write.kind} {write.wid} superseded it")
         if write.key in carts:
-            acked = context.decode_context(write.ack_context)
-            have = context.join(final) if final is not None else {}
+            acked = dvvset.decode_context(write.ack_context)
+            have = dvvset.join(final) if final is not None else {}
             lost = {a: c for a, c in acked.items() if have.get(a, 0) < c}
             if lost:
                 violations.append(f"{write.key!r}: history of acknowledged {write.wid} lost: "

@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from common import context
+from common import dvvset
 from dynd.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, settled_cluster, until
 from tests.sim.network import LinkFaults
@@ -53,10 +53,10 @@ async def test_a_write_with_a_context_held_across_a_reaped_delete_is_kept(
                                   context=read["context"])
         await until("the tombstone on every primary", lambda: all(
             (c := p.replica.get(partition, BUCKET, KEY)) is not None
-            and context.is_tombstone(c) for p in primaries))
+            and dvvset.is_tombstone(c) for p in primaries))
         tombstone = coordinator.replica.get(partition, BUCKET, KEY)
         assert tombstone is not None and all(
-            context.equal(p.replica.get(partition, BUCKET, KEY), tombstone) for p in primaries)
+            dvvset.equal(p.replica.get(partition, BUCKET, KEY), tombstone) for p in primaries)
         await trio.sleep(SCENARIO.tombstone_grace + 1)
         if reaped_on == "every primary":
             assert await coordinator.antientropy.reap_tombstones(partition) == 1
@@ -75,7 +75,7 @@ async def test_a_write_with_a_context_held_across_a_reaped_delete_is_kept(
         expected = sorted([b"new", *written_since])  # siblings: it saw none of them
 
         def copies() -> list[list[bytes | None]]:
-            return [sorted(s.value for s in context.live_values(c)) if (
+            return [sorted(s.value for s in dvvset.live_values(c)) if (
                 c := p.replica.get(partition, BUCKET, KEY)) is not None else []
                 for p in primaries]
 

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from common import context
+from common import dvvset
 from common.errors import DynError
 from dynd.node import Node
 from dynd.ring import partition_of
@@ -22,7 +22,7 @@ SCENARIO = Scenario(nodes=5, ring_size=16, faults=LinkFaults())
 
 def _values(node: Node, key: bytes) -> list[bytes]:
     clock = node.replica.get(partition_of(BUCKET, key, SCENARIO.ring_size), BUCKET, key)
-    return [] if clock is None else [s.value for s in context.live_values(clock)]
+    return [] if clock is None else [s.value for s in dvvset.live_values(clock)]
 
 
 async def test_a_failing_disk_stops_its_node_and_writes_go_on(

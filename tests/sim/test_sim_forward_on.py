@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from common import context
+from common import dvvset
 from common.errors import Unavailable
 from common.messages import MAX_FORWARD_HOPS, request
 from dynd.node import Node
@@ -50,10 +50,10 @@ def _actors(nodes: Iterable[Node]) -> set[str]:
     for node in nodes:
         partition = partition_of(BUCKET, KEY, node.view.state.ring_size)
         clocks = [node.replica.get(partition, BUCKET, KEY)] + [
-            context.decode(raw) for _, _, bucket, key, raw in node.storage.scan_hints()
+            dvvset.decode(raw) for _, _, bucket, key, raw in node.storage.scan_hints()
             if (bucket, key) == (BUCKET, KEY)]
         found |= {actor for clock in clocks if clock is not None
-                  for actor in context.join(clock)}
+                  for actor in dvvset.join(clock)}
     return found
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from common import context
+from common import dvvset
 from dynd.node import Node
 from dynd.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, settled_cluster, until
@@ -47,7 +47,7 @@ async def test_a_put_outside_the_preference_list_is_minted_on_a_fallback(
 
         minted_by = {node.id: actors for node in up if (actors := {
             actor for _, _, bucket, key, raw in node.storage.scan_hints()
-            if (bucket, key) == (BUCKET, KEY) for actor in context.join(context.decode(raw))})}
+            if (bucket, key) == (BUCKET, KEY) for actor in dvvset.join(dvvset.decode(raw))})}
     assert outsider.id not in minted_by  # the outsider kept no copy of its own
     minters = {actor.split(".")[0] for actors in minted_by.values() for actor in actors}
     assert minters and minters <= set(fallbacks), minted_by

@@ -26,7 +26,7 @@ import pytest
 import trio
 import trio.testing
 
-from common.context import decode_context
+from common.dvvset import decode_context
 from common.errors import DynError, Unavailable
 from dynctl.client import Client, descends
 from dynd.ring import partition_of

@@ -25,7 +25,7 @@ import pytest
 import trio
 import trio.testing
 
-from common import context
+from common import dvvset
 from dynd import membership
 from dynd.node import Node
 from dynd.ring import partition_of
@@ -45,7 +45,7 @@ def _key(ring_size: int) -> bytes:
 def _live(node: Node, key: bytes) -> set[bytes]:
     """The live values of ``node``'s own data copy of ``key``."""
     clock = node.replica.get(PARTITION, BUCKET, key)
-    return set() if clock is None else {s.value for s in context.live_values(clock)
+    return set() if clock is None else {s.value for s in dvvset.live_values(clock)
                                         if s.value is not None}
 
 
@@ -102,7 +102,7 @@ async def test_a_regained_partition_mints_no_dot_twice(
         assert x.identity.actor == actor
         assert x.replica.get(PARTITION, BUCKET, key) is None
         others = [nodes[p] for p in x.view.routing().primaries(PARTITION) if p != REGAINER]
-        held = [context.join(c).get(actor, 0) for o in others
+        held = [dvvset.join(c).get(actor, 0) for o in others
                 if (c := o.replica.get(PARTITION, BUCKET, key)) is not None]
         assert held and max(held) >= 1, held
 

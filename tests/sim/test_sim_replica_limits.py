@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 
-from common import context
+from common import dvvset
 from common.errors import Rejected
 from dynd.node import Node
 from dynd.ring import partition_of
@@ -41,7 +41,7 @@ async def _cluster(size: int, clock: trio.testing.MockClock
 
 def _siblings(node: Node, key: bytes) -> int:
     clock = node.replica.get(partition_of(BUCKET, key, RING_SIZE), BUCKET, key)
-    return 0 if clock is None else context.sibling_count(clock)
+    return 0 if clock is None else dvvset.sibling_count(clock)
 
 
 async def test_copies_merged_past_the_sibling_limit_stay_readable_and_repairable(

@@ -9,7 +9,7 @@ import shutil
 import trio
 import trio.testing
 
-from common import context
+from common import dvvset
 from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
 from tests.sim.network import LinkFaults
 
@@ -22,7 +22,7 @@ async def _write(cluster: SimCluster, via: SimNode, value: bytes) -> dict[str, i
     read = await cluster.client_call("c", via.addr, "get", bucket=BUCKET, key=KEY)
     reply = await cluster.client_call("c", via.addr, "put", bucket=BUCKET, key=KEY,
                                       value=value, context=read["context"])
-    return context.decode_context(reply["context"])
+    return dvvset.decode_context(reply["context"])
 
 
 async def _start(sim: SimNode) -> str:

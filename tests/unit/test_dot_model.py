@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import context as dvv
-from common.context import DVVSet, Sibling
+from common import dvvset as dvv
+from common.dvvset import DVVSet, Sibling
 
 ACTORS = ("r0", "r1", "r2")
 REMEMBERED_CONTEXTS = 16

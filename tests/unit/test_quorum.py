@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from common import context
-from common.context import Sibling
+from common import dvvset
+from common.dvvset import Sibling
 from dynd.quorum import GetCore, PutCore
 
 
 def clock_with(value: bytes, actor: str = "a.1", stored=None):
-    return context.update(context.new(Sibling(value, 1)), stored, actor)
+    return dvvset.update(dvvset.new(Sibling(value, 1)), stored, actor)
 
 
 def test_get_answers_after_r_replies_with_the_merge() -> None:
@@ -19,7 +19,7 @@ def test_get_answers_after_r_replies_with_the_merge() -> None:
     other = clock_with(b"y", actor="b.1")
     core.add_reply("n2", other)
     assert core.settled() and core.enough()
-    assert sorted(s.value for s in context.live_values(core.merged())) == [b"x", b"y"]
+    assert sorted(s.value for s in dvvset.live_values(core.merged())) == [b"x", b"y"]
 
 
 def test_stale_replicas_are_those_that_do_not_descend_the_answer() -> None:
@@ -43,7 +43,7 @@ def test_replies_sharing_one_parsed_clock_merge_to_it_and_are_not_stale() -> Non
     one_behind = GetCore(r=3, n=3)
     for node, clock in (("n1", new), ("n2", new), ("n3", old)):
         one_behind.add_reply(node, clock)
-    assert context.equal(one_behind.merged(), new)
+    assert dvvset.equal(one_behind.merged(), new)
     assert one_behind.stale(one_behind.merged()) == ["n3"]
 
 
@@ -78,7 +78,7 @@ def test_an_incomplete_replica_is_merged_but_never_counted_toward_r() -> None:
     merged_in = GetCore(r=1, n=3)
     merged_in.add_reply("pending", clock_with(b"y", actor="b.1"), incomplete=True)
     merged_in.add_reply("p1", clock_with(b"x"))
-    assert sorted(s.value for s in context.live_values(merged_in.merged())) == [b"x", b"y"]
+    assert sorted(s.value for s in dvvset.live_values(merged_in.merged())) == [b"x", b"y"]
 
 
 def test_incomplete_misses_do_not_answer_not_found() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.context import encode_context
+from common.dvvset import encode_context
 from dynctl.client import ClientConfigError, WrittenContexts, descends
 
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import context as dvv
-from common.context import DVVSet, InvalidClock, InvalidContext, Sibling
+from common import dvvset as dvv
+from common.dvvset import DVVSet, InvalidClock, InvalidContext, Sibling
 
 ACTORS = ("n0.1", "n1.1", "n2.1")
 Dot = tuple[str, int]
