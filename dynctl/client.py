@@ -64,6 +64,7 @@ from common.wire.connection import (
     Connection,
     parse_addr,
 )
+from common.wire.tls import TLSFileError, new_context
 from common.wire.trio_helpers import single_exception_unwrapped
 
 log = logging.getLogger("dynctl.client")
@@ -376,12 +377,9 @@ def _tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLCo
         if cert is not None or key is not None:
             raise ClientConfigError("a TLS client certificate needs --tls-ca / tls_ca as well")
         return None
+    if cert is None and key is not None:
+        raise ClientConfigError("tls_key given without tls_cert")
     try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-        if cert is not None:
-            context.load_cert_chain(cert, key)
-        elif key is not None:
-            raise ClientConfigError("tls_key given without tls_cert")
-    except (OSError, ssl.SSLError) as exc:
-        raise ClientConfigError(f"cannot load TLS files: {exc}") from exc
-    return context
+        return new_context(server_side=False, ca=ca, cert=cert, key=key)
+    except TLSFileError as exc:
+        raise ClientConfigError(f"cannot load TLS files: {exc.cause}") from exc

@@ -32,13 +32,11 @@ from collections.abc import Mapping
 from common.config import TLSConfig
 from common.errors import Unauthorized
 from common.messages import ADMIN_OPS, PEER_OPS, Request
+from common.wire.tls import TLSFileError, new_context
 from dynd.membership import Member
 from dynd.server import Peer
 
 log = logging.getLogger("dynd.security")
-
-MIN_TLS_VERSION = ssl.TLSVersion.TLSv1_2
-
 
 class TLSSetupError(ValueError):
     """A TLS file that is missing, unreadable or not a usable PEM (dynd exits 2)."""
@@ -56,31 +54,24 @@ def check_files(tls: TLSConfig) -> None:
 
 def server_context(tls: TLSConfig) -> ssl.SSLContext:
     """The listener's context: this node's certificate, and a client certificate required."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    _load(context, tls)
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    return _context(tls, server_side=True)
 
 
 def client_context(tls: TLSConfig) -> ssl.SSLContext:
     """The context a node dials peers with: it presents its own certificate and checks the
     peer's against the CA and the host of the peer's address."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    _load(context, tls)
-    return context
+    return _context(tls, server_side=False)
 
 
-def _load(context: ssl.SSLContext, tls: TLSConfig) -> None:
-    context.minimum_version = MIN_TLS_VERSION
+def _context(tls: TLSConfig, *, server_side: bool) -> ssl.SSLContext:
     try:
-        context.load_verify_locations(cafile=tls.ca)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSSetupError(f"[tls] ca = {tls.ca!r}: cannot load CA certificates: {exc}") from exc
-    try:
-        context.load_cert_chain(tls.cert, tls.key)
-    except (OSError, ssl.SSLError) as exc:
+        return new_context(server_side=server_side, ca=tls.ca, cert=tls.cert, key=tls.key)
+    except TLSFileError as exc:
+        if exc.setting == "ca":
+            raise TLSSetupError(f"[tls] ca = {tls.ca!r}: cannot load CA certificates: "
+                                f"{exc.cause}") from exc
         raise TLSSetupError(f"[tls] cert = {tls.cert!r}, key = {tls.key!r}: cannot load the "
-                            f"certificate and its key (do they match?): {exc}") from exc
+                            f"certificate and its key (do they match?): {exc.cause}") from exc
 
 
 def authorize(request: Request, peer: Peer, tls: TLSConfig | None,
