@@ -241,6 +241,18 @@ class SimCluster:
                           ) -> dict[str, Any]:
         return await self.network.call(client, addr, op, fields, CLIENT_TIMEOUT)
 
+    async def read_values(self, addr: str, bucket: str, key: bytes) -> list[bytes]:
+        """The live values a get through ``addr`` answers (client "c")."""
+        read = await self.client_call("c", addr, "get", bucket=bucket, key=key)
+        return [v["value"] for v in read["values"]]
+
+    async def delete_what_is_read(self, addr: str, bucket: str, key: bytes) -> None:
+        """Delete ``key`` through ``addr`` with the context a get there answers, as
+        ``dynctl delete`` does."""
+        read = await self.client_call("c", addr, "get", bucket=bucket, key=key)
+        await self.client_call("c", addr, "delete", bucket=bucket, key=key,
+                               context=read["context"])
+
     # ---- workload -------------------------------------------------------------------
 
     async def client(self, index: int, stop: trio.Event) -> None:

@@ -20,7 +20,7 @@ import trio.testing
 from dynd import membership
 from dynd.node import Node
 from dynd.ring import partition_of
-from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
+from tests.sim.harness import BUCKET, Scenario, SimNode, settled_cluster, until
 from tests.sim.network import LinkFaults
 
 SCENARIO = Scenario(nodes=5, ring_size=16, faults=LinkFaults(), tombstone_grace=20.0,
@@ -35,17 +35,6 @@ def _keys_on(node: Node, primary: str, count: int) -> list[bytes]:
     """``count`` keys whose partition has ``primary`` among its primaries."""
     return [key for i in range(10_000) if primary in node.view.routing().primaries(
         partition_of(BUCKET, key := f"k{i}".encode(), SCENARIO.ring_size))][:count]
-
-
-async def _delete(cluster: SimCluster, addr: str, key: bytes) -> None:
-    read = await cluster.client_call("c", addr, "get", bucket=BUCKET, key=key)
-    await cluster.client_call("c", addr, "delete", bucket=BUCKET, key=key,
-                              context=read["context"])
-
-
-async def _read(cluster: SimCluster, addr: str, key: bytes) -> list[bytes]:
-    read = await cluster.client_call("c", addr, "get", bucket=BUCKET, key=key)
-    return [v["value"] for v in read["values"]]
 
 
 async def test_a_leaver_holding_hints_has_not_left_and_stops_the_reap(
@@ -72,7 +61,7 @@ async def test_a_leaver_holding_hints_has_not_left_and_stops_the_reap(
         await cluster.client_call("admin", admin.addr, "cluster_commit")
         await until("transfers done", lambda: some.view.state.epoch == 2
                     and not membership.pending_transfers(some.view.state))
-        await _delete(cluster, admin.addr, key)
+        await cluster.delete_what_is_read(admin.addr, BUCKET, key)
         primaries = [nodes[p] for p in some.view.routing().primaries(partition)]
         # Past the grace, and through two anti-entropy periods (each may reap).
         await trio.sleep(SCENARIO.tombstone_grace + 2 * SCENARIO.antientropy_period)
@@ -92,7 +81,7 @@ async def test_a_leaver_holding_hints_has_not_left_and_stops_the_reap(
         assert check["converged"], check
         await until("the tombstone reaped", lambda: all(
             p.replica.get(partition, BUCKET, key) is None for p in primaries))
-        assert await _read(cluster, admin.addr, key) == []
+        assert await cluster.read_values(admin.addr, BUCKET, key) == []
 
 
 async def test_hints_for_a_replaced_dead_node_go_to_the_current_primaries(
@@ -133,9 +122,9 @@ async def test_hints_for_a_replaced_dead_node_go_to_the_current_primaries(
 
         key = keys[0]
         partition = partition_of(BUCKET, key, SCENARIO.ring_size)
-        await _delete(cluster, admin.addr, key)
+        await cluster.delete_what_is_read(admin.addr, BUCKET, key)
         await trio.sleep(SCENARIO.tombstone_grace + 5)
         primaries = [live[p] for p in some.view.routing().primaries(partition)]
         await until("the tombstone reaped", lambda: all(
             p.replica.get(partition, BUCKET, key) is None for p in primaries))
-        assert await _read(cluster, admin.addr, key) == []
+        assert await cluster.read_values(admin.addr, BUCKET, key) == []

@@ -53,17 +53,6 @@ async def _put(cluster: SimCluster, addr: str, key: bytes) -> None:
     await cluster.client_call("c", addr, "put", bucket=BUCKET, key=key, value=b"OLD")
 
 
-async def _delete(cluster: SimCluster, addr: str, key: bytes) -> None:
-    read = await cluster.client_call("c", addr, "get", bucket=BUCKET, key=key)
-    await cluster.client_call("c", addr, "delete", bucket=BUCKET, key=key,
-                              context=read["context"])
-
-
-async def _read(cluster: SimCluster, addr: str, key: bytes) -> list[bytes]:
-    read = await cluster.client_call("c", addr, "get", bucket=BUCKET, key=key)
-    return [v["value"] for v in read["values"]]
-
-
 async def test_no_reap_while_a_future_primary_may_miss_the_tombstone(
         autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
     async with settled_cluster(SCENARIO, autojump_clock, "dynd-reap-pending-") as (
@@ -91,7 +80,7 @@ async def test_no_reap_while_a_future_primary_may_miss_the_tombstone(
         await trio.sleep(1)
         assert y.replica.get(partition, BUCKET, key) is not None  # the future owner's copy
         cluster.network.block(coordinator.addr, y.addr)  # the delete's write to Y is lost
-        await _delete(cluster, coordinator.addr, key)
+        await cluster.delete_what_is_read(coordinator.addr, BUCKET, key)
         await trio.sleep(2)
         cluster.network.heal()
         await trio.sleep(SCENARIO.tombstone_grace + 5)
@@ -99,7 +88,7 @@ async def test_no_reap_while_a_future_primary_may_miss_the_tombstone(
         released.set()
         await until("transfers done", lambda: not membership.pending_transfers(some.view.state))
         await trio.sleep(3 * SCENARIO.antientropy_period)
-        values = await _read(cluster, sims[0].addr, key)
+        values = await cluster.read_values(sims[0].addr, BUCKET, key)
     assert values == [], values
 
 
@@ -129,7 +118,7 @@ async def _handed_over_after_reap(
                      keep_away)
         await until("transfers done", lambda: not membership.pending_transfers(some.view.state))
         assert membership.member_status(some.view.state, LEAVER) == "removed"
-        await _delete(cluster, admin.addr, key)
+        await cluster.delete_what_is_read(admin.addr, BUCKET, key)
         await trio.sleep(SCENARIO.tombstone_grace + 5)
         primaries = [nodes[p] for p in some.view.routing().primaries(partition)]
         assert await primaries[0].antientropy.reap_tombstones(partition) == 1
@@ -137,7 +126,7 @@ async def _handed_over_after_reap(
         await until("the leaver dropped its copy", lambda: leaver.node is not None and (
             leaver.node.replica.get(partition, BUCKET, key) is None))
         await trio.sleep(5)
-        values = await _read(cluster, admin.addr, key)
+        values = await cluster.read_values(admin.addr, BUCKET, key)
         return values, all(p.replica.get(partition, BUCKET, key) is None
                            for p in primaries)
 
