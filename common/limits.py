@@ -10,10 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_N = 16  # replicas per key (a bucket's n), so also the largest r and w
+# An item's sort key: 1..1024 bytes, compared bytewise (DESIGN-items 2.1).
+MAX_SORT_KEY_BYTES = 1024
 # What a replica request (p_put) adds to the stored object besides the key and the bucket
-# name: field names, protocol version, request id, partition and hint_for (a node id of at
-# most 64 characters). 146 bytes at most when measured; the rest is room to spare.
-REPLICA_ENVELOPE_BYTES = 512
+# name: field names, protocol version, request id, partition, hint_for (a node id of at
+# most 64 characters) and an item's sort key. 146 bytes at most when measured without the
+# sort key; 512 leaves room to spare beside it.
+REPLICA_ENVELOPE_BYTES = 512 + MAX_SORT_KEY_BYTES
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import DynError, ProtocolError, Rejected, error_from_wire
-from common.limits import MAX_N, Limits
+from common.limits import MAX_N, MAX_SORT_KEY_BYTES, Limits
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_ID = 2**63 - 1
@@ -36,21 +36,22 @@ _NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 _Type = type | tuple[type, ...]
 _BUCKET = (str, True)
 _KEY = (bytes, True)
+_SK = (bytes, False)  # an item's sort key; absent for a plain key (DESIGN-items 2.1)
 _PARTITION = (int, True)
 
 SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     # Client ops.
     "ping": {},
-    "get": {"bucket": _BUCKET, "key": _KEY, "r": (int, False), "pr": (int, False)},
-    "put": {"bucket": _BUCKET, "key": _KEY, "value": (bytes, True), "context": (str, False),
-            "w": (int, False), "pw": (int, False)},
-    "delete": {"bucket": _BUCKET, "key": _KEY, "context": (str, False), "w": (int, False),
-               "pw": (int, False)},
+    "get": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "r": (int, False), "pr": (int, False)},
+    "put": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "value": (bytes, True),
+            "context": (str, False), "w": (int, False), "pw": (int, False)},
+    "delete": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "context": (str, False),
+               "w": (int, False), "pw": (int, False)},
     "bucket_set": {"name": (str, True), "n": (int, False), "r": (int, False), "w": (int, False),
                    "pr": (int, False), "pw": (int, False)},
     "bucket_get": {"name": (str, True)},
     "bucket_list": {},
-    "replicas": {"bucket": _BUCKET, "key": _KEY},
+    "replicas": {"bucket": _BUCKET, "key": _KEY, "sk": _SK},
     "cluster_join": {"seed": (str, True)},
     "cluster_leave": {"node": (str, False)},
     "cluster_remove": {"node": (str, True)},
@@ -68,8 +69,9 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "repair": {"bucket": (str, False), "partition": (int, False)},
     "stats": {},
     # Peer ops.
-    "p_get": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION, "hint_for": (str, False)},
-    "p_put": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION,
+    "p_get": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "partition": _PARTITION,
+              "hint_for": (str, False)},
+    "p_put": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "partition": _PARTITION,
               "clock": (bytes, True), "hint_for": (str, False)},
     "p_forward": {"req": (dict, True), "via": (list, True)},
     "p_gossip": {"state": (dict, False), "heartbeats": (dict, False), "digest": (bytes, False)},
@@ -78,7 +80,8 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "p_tree": {"partition": _PARTITION, "level": (int, True), "indices": (list, True)},
     "p_segments": {"partition": _PARTITION, "segments": (list, True)},
     "p_status": {},
-    "p_reap": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION, "clock": (bytes, True)},
+    "p_reap": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "partition": _PARTITION,
+               "clock": (bytes, True)},
 }
 
 PEER_OPS = frozenset(op for op in SCHEMA if op.startswith("p_"))
@@ -192,6 +195,13 @@ def _check_key(name: str, key: bytes, limits: Limits) -> None:
         raise Rejected(f"{name} of {len(key)} bytes exceeds limit {limits.max_key_bytes}")
 
 
+def _check_sort_key(name: str, sk: bytes, limits: Limits) -> None:
+    """1..MAX_SORT_KEY_BYTES: an empty one would be the plain key's storage key."""
+    if not 1 <= len(sk) <= MAX_SORT_KEY_BYTES:
+        raise Rejected(f"{name} (sort key) must be 1..{MAX_SORT_KEY_BYTES} bytes, "
+                       f"not {len(sk)}")
+
+
 def _check_value(name: str, value: bytes, limits: Limits) -> None:
     if len(value) > limits.max_value_bytes:
         raise Rejected(f"{name} of {len(value)} bytes exceeds limit {limits.max_value_bytes}")
@@ -239,10 +249,14 @@ def _check_index_list(name: str, indices: list[Any], limits: Limits) -> None:
 
 
 def _check_after(name: str, after: list[Any], limits: Limits) -> None:
-    if len(after) != 2 or type(after[0]) is not str or type(after[1]) is not bytes:
-        raise ProtocolError(f"{name} must be [bucket: str, key: bytes]")
+    if (len(after) not in (2, 3) or type(after[0]) is not str
+            or any(type(part) is not bytes for part in after[1:])):
+        raise ProtocolError(f"{name} must be [bucket: str, key: bytes] or "
+                            f"[bucket: str, key: bytes, sk: bytes]")
     _check_bucket(f"{name}[0]", after[0], limits)
     _check_key(f"{name}[1]", after[1], limits)
+    if len(after) == 3:
+        _check_sort_key(f"{name}[2]", after[2], limits)
 
 
 def _check_via(name: str, via: list[Any], limits: Limits) -> None:
@@ -262,6 +276,7 @@ _check_non_negative = _in_range(0, None)
 # Limit and naming checks by field name; a field means the same thing in every op.
 _VALUE_CHECKS: dict[str, Callable[[str, Any, Limits], None]] = {
     "key": _check_key,
+    "sk": _check_sort_key,
     "value": _check_value,
     "bucket": _check_bucket,
     "name": _check_bucket,

@@ -23,10 +23,10 @@ import trio
 from click.shell_completion import get_completion_class
 
 from common.errors import Conflict, DynError, NotFound, Unavailable, UsageError
-from common.limits import MAX_N
+from common.limits import MAX_N, MAX_SORT_KEY_BYTES
 from dynctl import devcluster
 from dynctl.bench.command import register_bench
-from dynctl.client import DEFAULT_ADDR, LIMITS, Client, Object
+from dynctl.client import DEFAULT_ADDR, LIMITS, Client, Object, as_sort_key
 from dynctl.output import (
     Outcome,
     Output,
@@ -169,8 +169,10 @@ KEY = RawArgument(LIMITS.max_key_bytes)
 VALUE = RawArgument(LIMITS.max_value_bytes)
 
 
-def _shown(key: bytes) -> str:
-    return repr(text_or_base64(key)[0])
+def _shown(key: bytes, sk: bytes | None = None) -> str:
+    """How a message names a key, or an item: the key and its sort key."""
+    shown = repr(text_or_base64(key)[0])
+    return shown if sk is None else f"{shown} sort key {text_or_base64(sk)[0]!r}"
 
 
 def _rows(records: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> list[list[Any]]:
@@ -191,6 +193,40 @@ w_option = click.option("--w", "w", type=click.IntRange(min=1), metavar="W",
 pr_option = click.option("--pr", "pr", type=click.IntRange(min=0), metavar="PR",
                          help="Replies of the read that must come from the key's primaries, "
                               "not fallbacks, else exit 4 (default: the bucket's PR).")
+def _sort_key_given(ctx: click.Context, param: click.Parameter, value: str | None
+                    ) -> bytes | None:
+    """--sk as its UTF-8 bytes, --sk-hex decoded; giving both is a usage error (exit 2)."""
+    if value is None:
+        return None
+    other = "sk_hex" if param.name == "sk" else "sk"
+    if ctx.params.get(other) is not None:
+        raise click.UsageError("--sk and --sk-hex exclude each other")
+    if param.name == "sk":
+        return value.encode("utf-8", "surrogateescape")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not hex", ctx, param) from None
+
+
+def sort_key_options(body: Callable[..., Awaitable[Outcome]]
+                     ) -> Callable[..., Awaitable[Outcome]]:
+    """--sk / --sk-hex: the command acts on the key's item of that sort key; ``body``
+    gets it as ``sk`` (None: the plain key). Put right above the ``def``."""
+
+    @functools.wraps(body)
+    async def with_sort_key(client: Any, *, sk: bytes | None, sk_hex: bytes | None,
+                            **params: Any) -> Outcome:
+        return await body(client, sk=as_sort_key(sk if sk_hex is None else sk_hex), **params)
+
+    limit = f"1..{MAX_SORT_KEY_BYTES} bytes"
+    hex_option = click.option("--sk-hex", "sk_hex", metavar="HEX", callback=_sort_key_given,
+                              help=f"The sort key as hex digits ({limit}).")
+    text_option = click.option("--sk", "sk", metavar="SK", callback=_sort_key_given,
+                               help=f"Sort key of the item under KEY, UTF-8 ({limit}).")
+    return text_option(hex_option(with_sort_key))
+
+
 pw_option = click.option("--pw", "pw", type=click.IntRange(min=0), metavar="PW",
                          help="Acknowledgements that must come from the key's primaries, "
                               "not fallbacks, else exit 4 (default: the bucket's PW).")
@@ -262,19 +298,20 @@ def _object_document(obj: Object) -> dict[str, Any]:
 @pr_option
 @click.option("--all", "show_all", is_flag=True,
               help="Print every sibling, each followed by a newline.")
+@sort_key_options
 async def get(client: Client, key: bytes, bucket: str, r: int | None, pr: int | None,
-              show_all: bool) -> Outcome:
+              show_all: bool, sk: bytes | None) -> Outcome:
     """Print the value of KEY ('-': read the key from stdin) as raw bytes.
 
     Exit 1 when the key is missing or deleted, 3 when it has several siblings (with --all
     they are printed, one per line, and the exit code is still 3).
     """
-    obj = await client.get(key, bucket=bucket, r=r, pr=pr)
+    obj = await client.get(key, bucket=bucket, r=r, pr=pr, sk=sk)
     error: DynError | None = None
     if not obj.values:
-        error = NotFound(f"key {_shown(key)} not found in bucket {bucket!r}")
+        error = NotFound(f"key {_shown(key, sk)} not found in bucket {bucket!r}")
     elif len(obj.values) > 1:
-        error = Conflict(f"key {_shown(key)} has {len(obj.values)} siblings; "
+        error = Conflict(f"key {_shown(key, sk)} has {len(obj.values)} siblings; "
                          f"see them with `dynctl get --all`, settle with `dynctl resolve`")
 
     def render(out: Output) -> None:
@@ -300,16 +337,19 @@ def _check_put(context: str | None, blind: bool, **_: Any) -> None:
 @w_option
 @pr_option
 @pw_option
+@sort_key_options
 async def put(client: Client, key: bytes, value: bytes, bucket: str, context: str | None,
-              blind: bool, w: int | None, pr: int | None, pw: int | None) -> Outcome:
+              blind: bool, w: int | None, pr: int | None, pw: int | None,
+              sk: bytes | None) -> Outcome:
     """Write VALUE ('-': raw bytes from stdin) under KEY; prints the new context.
 
     Without --context the key is read first (with the bucket's R, and PR) and the write
     supersedes every sibling that read saw.
     """
     if context is None and not blind:
-        context = (await client.get(key, bucket=bucket, pr=pr)).context or None
-    new_context = await client.put(key, value, bucket=bucket, context=context, w=w, pw=pw)
+        context = (await client.get(key, bucket=bucket, pr=pr, sk=sk)).context or None
+    new_context = await client.put(key, value, bucket=bucket, context=context, w=w, pw=pw,
+                                   sk=sk)
     document = {"context": new_context}
     return Outcome(document, lambda out: out.fields(document))
 
@@ -322,13 +362,15 @@ async def put(client: Client, key: bytes, value: bytes, bucket: str, context: st
 @w_option
 @pr_option
 @pw_option
+@sort_key_options
 async def delete(client: Client, key: bytes, bucket: str, context: str | None,
-                 w: int | None, pr: int | None, pw: int | None) -> Outcome:
+                 w: int | None, pr: int | None, pw: int | None, sk: bytes | None) -> Outcome:
     """Delete KEY: write a tombstone that supersedes what was read (or CTX saw).
 
     Deleting a missing key succeeds.
     """
-    new_context = await client.delete(key, bucket=bucket, context=context, w=w, pr=pr, pw=pw)
+    new_context = await client.delete(key, bucket=bucket, context=context, w=w, pr=pr, pw=pw,
+                                      sk=sk)
     document = {"context": new_context}
     return Outcome(document, lambda out: out.fields(document))
 
@@ -351,9 +393,10 @@ def _check_resolve(pick_index: int | None, value: bytes | None, merge: str | Non
 @w_option
 @pr_option
 @pw_option
+@sort_key_options
 async def resolve(client: Client, key: bytes, bucket: str, pick_index: int | None,
                   value: bytes | None, merge: str | None, w: int | None, pr: int | None,
-                  pw: int | None) -> Outcome:
+                  pw: int | None, sk: bytes | None) -> Outcome:
     """Settle the siblings of KEY into one value that supersedes all of them.
 
     union-lines: sorted set union of the lines; json-union: recursive union of JSON objects
@@ -361,12 +404,12 @@ async def resolve(client: Client, key: bytes, bucket: str, pick_index: int | Non
     written_at wins. A key without a conflict is left as it is (exit 0). --pick with an
     INDEX beyond the siblings is exit 5.
     """
-    obj = await client.get(key, bucket=bucket, pr=pr)
+    obj = await client.get(key, bucket=bucket, pr=pr, sk=sk)
     siblings = len(obj.values)
     if siblings < 2:
         document = {"resolved": False, "siblings": siblings, "context": obj.context}
         return Outcome(document, lambda out: out.line(
-            f"nothing to resolve: key {_shown(key)} has {siblings} value(s)"))
+            f"nothing to resolve: key {_shown(key, sk)} has {siblings} value(s)"))
     if pick_index is not None:
         resolved = pick(obj.values, pick_index)
     elif value is not None:
@@ -375,18 +418,21 @@ async def resolve(client: Client, key: bytes, bucket: str, pick_index: int | Non
         assert merge is not None
         resolved = STRATEGIES[merge](obj.values)
     new_context = await client.put(key, resolved, bucket=bucket, context=obj.context, w=w,
-                                   pw=pw)
+                                   pw=pw, sk=sk)
     document = {"resolved": True, "siblings": siblings, "context": new_context}
     return Outcome(document, lambda out: out.line(
-        f"resolved {siblings} siblings of {_shown(key)}; context={new_context}"))
+        f"resolved {siblings} siblings of {_shown(key, sk)}; context={new_context}"))
 
 
 @command(main, "replicas", "dynctl replicas cart:42", "dynctl --json replicas -b users alice")
 @click.argument("key", type=KEY)
 @bucket_option
-async def replicas(client: Client, key: bytes, bucket: str) -> Outcome:
-    """Show the local copy of KEY on every node of its preference list."""
-    result = await client.call("replicas", bucket=bucket, key=key)
+@sort_key_options
+async def replicas(client: Client, key: bytes, bucket: str, sk: bytes | None) -> Outcome:
+    """Show the local copy of KEY (or of its item --sk) on every node of its preference
+    list."""
+    item = {} if sk is None else {"sk": sk}
+    result = await client.call("replicas", bucket=bucket, key=key, **item)
     columns = ["node", "role", "found", "siblings", "context", "reachable"]
     rows = _rows(result.get("replicas", []), columns)
     return Outcome({"replicas": result.get("replicas", [])}, lambda out: out.table(

@@ -58,6 +58,7 @@ from common.errors import (
     Rejected,
     Unavailable,
 )
+from common.limits import MAX_SORT_KEY_BYTES
 from common.wire.connection import (
     LIMITS,
     ClientConfigError,
@@ -113,6 +114,16 @@ def as_bytes(data: bytes | str, what: str, limit: int) -> bytes:
     return data
 
 
+def as_sort_key(sk: bytes | str | None) -> bytes | None:
+    """An item's sort key as bytes (None: the plain key), refused unless 1..1024 bytes."""
+    if sk is None:
+        return None
+    sk = as_bytes(sk, "sort key", MAX_SORT_KEY_BYTES)
+    if not sk:
+        raise Rejected(f"a sort key must be 1..{MAX_SORT_KEY_BYTES} bytes, not empty")
+    return sk
+
+
 class WrittenContexts:
     """The context this client's last put or delete of a key answered, for the ``limit``
     keys written most recently (least recently written forgotten first)."""
@@ -121,23 +132,24 @@ class WrittenContexts:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ClientConfigError(f"remembered_writes must be an integer >= 0, not {limit!r}")
         self.limit = limit
-        self._contexts: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+        self._contexts: OrderedDict[tuple[str, bytes, bytes | None], str] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._contexts)
 
-    def remember(self, bucket: str, key: bytes, context: str) -> None:
+    def remember(self, bucket: str, key: bytes, context: str, sk: bytes | None = None) -> None:
         if not self.limit:
             return
-        self._contexts[(bucket, key)] = context
-        self._contexts.move_to_end((bucket, key))
+        self._contexts[(bucket, key, sk)] = context
+        self._contexts.move_to_end((bucket, key, sk))
         if len(self._contexts) > self.limit:
             self._contexts.popitem(last=False)
 
-    def covered_by(self, bucket: str, key: bytes, context: str) -> bool:
-        """Whether a read answering ``context`` saw this client's last write of the key
+    def covered_by(self, bucket: str, key: bytes, context: str, sk: bytes | None = None
+                   ) -> bool:
+        """Whether a read answering ``context`` saw this client's last write of the item
         (True when none is remembered)."""
-        written = self._contexts.get((bucket, key))
+        written = self._contexts.get((bucket, key, sk))
         if written is None or written == context:
             return True
         try:
@@ -195,8 +207,10 @@ class Client:
     # -- the key-value API ---------------------------------------------------------------
 
     async def get(self, key: bytes | str, *, bucket: str = "default",
-                  r: int | None = None, pr: int | None = None) -> Object:
-        """Read a key; a missing key is ``Object(found=False)``, not an exception.
+                  r: int | None = None, pr: int | None = None,
+                  sk: bytes | str | None = None) -> Object:
+        """Read a key, or with ``sk`` the key's item of that sort key; a missing one is
+        ``Object(found=False)``, not an exception.
 
         ``pr``: how many of the replies must come from the key's primaries (default the
         bucket's PR); Unavailable when fewer can. An answer that misses this client's own
@@ -204,9 +218,10 @@ class Client:
         """
         deadline = trio.current_time() + self.timeout
         key = as_bytes(key, "key", LIMITS.max_key_bytes)
-        fields = _present(bucket=bucket, key=key, r=r, pr=pr)
+        sk = as_sort_key(sk)
+        fields = _present(bucket=bucket, key=key, sk=sk, r=r, pr=pr)
         first = _parse_object(await self._call_before(deadline, "get", fields))
-        if self.written.covered_by(bucket, key, first.context):
+        if self.written.covered_by(bucket, key, first.context, sk):
             return first
         return await self._read_own_write(deadline, fields, first)
 
@@ -224,8 +239,9 @@ class Client:
 
     async def put(self, key: bytes | str, value: bytes | str, *, bucket: str = "default",
                   context: str | None = None, w: int | None = None,
-                  pw: int | None = None) -> str:
-        """Write a value and return the new context.
+                  pw: int | None = None, sk: bytes | str | None = None) -> str:
+        """Write a value (with ``sk``: the key's item of that sort key) and return the new
+        context.
 
         ``context`` is what a get returned: the write supersedes exactly the siblings that
         context covers. ``None`` is a blind write, a new sibling beside any existing ones.
@@ -233,28 +249,32 @@ class Client:
         bucket's PW); Unavailable when fewer can.
         """
         key = as_bytes(key, "key", LIMITS.max_key_bytes)
-        fields = _present(bucket=bucket, key=key,
+        sk = as_sort_key(sk)
+        fields = _present(bucket=bucket, key=key, sk=sk,
                           value=as_bytes(value, "value", LIMITS.max_value_bytes),
                           context=context, w=w, pw=pw)
         written = _context_of(await self.call("put", **fields))
-        self.written.remember(bucket, key, written)
+        self.written.remember(bucket, key, written, sk)
         return written
 
     async def delete(self, key: bytes | str, *, bucket: str = "default",
                      context: str | None = None, w: int | None = None,
-                     pr: int | None = None, pw: int | None = None) -> str:
-        """Write a tombstone and return the new context.
+                     pr: int | None = None, pw: int | None = None,
+                     sk: bytes | str | None = None) -> str:
+        """Write a tombstone (with ``sk``: of the key's item of that sort key) and return
+        the new context.
 
         With ``context=None`` the key is read first (with ``pr``) and the tombstone
         supersedes what was read (a blind tombstone would leave every value visible beside
         it).
         """
         key = as_bytes(key, "key", LIMITS.max_key_bytes)
+        sk = as_sort_key(sk)
         if context is None:
-            context = (await self.get(key, bucket=bucket, pr=pr)).context or None
-        fields = _present(bucket=bucket, key=key, context=context, w=w, pw=pw)
+            context = (await self.get(key, bucket=bucket, pr=pr, sk=sk)).context or None
+        fields = _present(bucket=bucket, key=key, sk=sk, context=context, w=w, pw=pw)
         written = _context_of(await self.call("delete", **fields))
-        self.written.remember(bucket, key, written)
+        self.written.remember(bucket, key, written, sk)
         return written
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
@@ -323,18 +343,20 @@ class SyncClient:
             raise state["error"]
 
     def get(self, key: bytes | str, *, bucket: str = "default", r: int | None = None,
-            pr: int | None = None) -> Object:
-        return self._run(self._client.get, key, bucket=bucket, r=r, pr=pr)
+            pr: int | None = None, sk: bytes | str | None = None) -> Object:
+        return self._run(self._client.get, key, bucket=bucket, r=r, pr=pr, sk=sk)
 
     def put(self, key: bytes | str, value: bytes | str, *, bucket: str = "default",
-            context: str | None = None, w: int | None = None, pw: int | None = None) -> str:
+            context: str | None = None, w: int | None = None, pw: int | None = None,
+            sk: bytes | str | None = None) -> str:
         return self._run(self._client.put, key, value, bucket=bucket, context=context, w=w,
-                         pw=pw)
+                         pw=pw, sk=sk)
 
     def delete(self, key: bytes | str, *, bucket: str = "default", context: str | None = None,
-               w: int | None = None, pr: int | None = None, pw: int | None = None) -> str:
+               w: int | None = None, pr: int | None = None, pw: int | None = None,
+               sk: bytes | str | None = None) -> str:
         return self._run(self._client.delete, key, bucket=bucket, context=context, w=w,
-                         pr=pr, pw=pw)
+                         pr=pr, pw=pw, sk=sk)
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         return self._run(self._client.call, op, **fields)

@@ -17,6 +17,7 @@ import trio
 from common.errors import DynError, Rejected
 from dynd import membership
 from dynd.cluster import ClusterView
+from dynd.features import Features
 from dynd.identity import Identity
 from dynd.liveness import Liveness
 from dynd.membership import Change, ClusterState, Member, MembershipError
@@ -41,7 +42,7 @@ class Admin:
     def __init__(self, view: ClusterView, identity: Identity, storage: Storage,
                  liveness: Liveness, peers: Peers, *, push_gossip: Callable[[], None],
                  transfer_rows: Callable[[], list[dict[str, Any]]],
-                 exchange_rows: Callable[[], list[dict[str, Any]]]) -> None:
+                 exchange_rows: Callable[[], list[dict[str, Any]]], features: Features) -> None:
         """``transfer_rows``, ``exchange_rows``: the transfers and anti-entropy exchanges
         ``status`` shows (Transfers.rows, AntiEntropy.status_rows)."""
         self.view = view
@@ -52,6 +53,7 @@ class Admin:
         self.push_gossip = push_gossip
         self.transfer_rows = transfer_rows
         self.exchange_rows = exchange_rows
+        self.features = features
 
     async def _change(self, state: ClusterState) -> None:
         """Adopt, wait until durable, then tell every member."""
@@ -219,7 +221,8 @@ class Admin:
 
     async def op_p_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"epoch": self.view.state.epoch,
-                "pending_transfers": len(membership.pending_transfers(self.view.state))}
+                "pending_transfers": len(membership.pending_transfers(self.view.state)),
+                "features": self.features.wire()}
 
     async def op_cluster_check(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Has every reachable member the same epoch, with no transfer pending and no
@@ -236,6 +239,7 @@ class Admin:
                 return
             epochs[member_id] = reply["epoch"]
             pending[member_id] = reply["pending_transfers"]
+            self.features.record(member_id, reply.get("features", []))
 
         async with trio.open_nursery() as nursery:
             for member_id, member in self.view.state.members.items():

@@ -48,6 +48,22 @@ from dynd.storage import Storage
 log = logging.getLogger("dynd.antientropy")
 
 
+def _segment_item(kid: bytes, digest: bytes) -> list[Any]:
+    """One item of a p_segments reply: ``[bucket, key, digest]``, and the sort key after
+    them for an item that has one (the plain form is what nodes without sort keys read)."""
+    bucket, key, sk = split_key_id(kid)
+    return [bucket, key, digest] if sk is None else [bucket, key, digest, sk]
+
+
+def _remote_digests(items: Any) -> dict[bytes, bytes]:
+    """key id -> digest of a peer's p_segments items (see _segment_item)."""
+    try:
+        return {key_id(item[0], item[1], item[3] if len(item) == 4 else None): item[2]
+                for item in items}
+    except (TypeError, IndexError, AttributeError) as exc:
+        raise Rejected(f"bad p_segments answer: {exc}") from None
+
+
 @dataclass
 class ExchangeRecord:
     partition: int
@@ -98,13 +114,14 @@ class AntiEntropy:
 
     async def op_p_segments(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         items = await self._segment_digests(fields["partition"], fields["segments"])
-        return {"items": [[*split_key_id(kid), digest] for kid, digest in items.items()]}
+        return {"items": [_segment_item(kid, digest) for kid, digest in items.items()]}
 
     async def op_p_reap(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         clock = clock_from_peer(fields["clock"])
         if clock is None or not dvvset.is_tombstone(clock):
             raise Rejected("p_reap needs a tombstone clock")
-        ticket = self.replica.reap(fields["partition"], fields["bucket"], fields["key"], clock)
+        ticket = self.replica.reap(fields["partition"], fields["bucket"], fields["key"], clock,
+                                   fields.get("sk"))
         if ticket is not None:
             await ticket.wait()
         return {"reaped": ticket is not None}
@@ -114,8 +131,8 @@ class AntiEntropy:
         wanted = set(segments)
         size = self.replica.tree(partition).segments
         found: dict[bytes, bytes] = {}
-        async for bucket, key, raw in self.storage.iter_partition(partition):
-            kid = key_id(bucket, key)
+        async for bucket, key, sk, raw in self.storage.iter_partition(partition):
+            kid = key_id(bucket, key, sk)
             if merkle.key_segment(kid, size) in wanted:
                 found[kid] = dvvset.digest_encoded(raw)
         return found
@@ -158,16 +175,16 @@ class AntiEntropy:
         local = await self._segment_digests(partition, segments)
         reply = await self.call(peer, "p_segments", {"partition": partition,
                                                           "segments": segments})
-        remote = {key_id(b, k): d for b, k, d in reply["items"]}
+        remote = _remote_digests(reply["items"])
         only_local, only_remote, different = merkle.diff_keys(local, remote)
         if handover:
             only_local = [kid for kid in only_local if not self._maybe_reaped(partition, kid)]
         repaired = 0
         for kid in [*only_local, *only_remote, *different]:
-            b, k = split_key_id(kid)
+            b, k, sk = split_key_id(kid)
             if bucket is not None and b != bucket:
                 continue
-            size = await self._repair_key(partition, peer, b, k)
+            size = await self._repair_key(partition, peer, b, k, sk)
             repaired += 1
             self.stats.count("antientropy_repaired")
             config = self.config
@@ -176,17 +193,18 @@ class AntiEntropy:
         self.stats.count("antientropy_compared", compared)
         return compared, repaired
 
-    async def _repair_key(self, partition: int, peer: str, bucket: str, key: bytes) -> int:
+    async def _repair_key(self, partition: int, peer: str, bucket: str, key: bytes,
+                          sk: bytes | None) -> int:
         """Merge both copies into both replicas; returns the merged object's size in bytes."""
         target = Target(peer, peer, "primary")
-        theirs = await self.access.get(target, partition, bucket, key)
-        ours = self.replica.get(partition, bucket, key)
+        theirs = await self.access.get(target, partition, bucket, key, sk)
+        ours = self.replica.get(partition, bucket, key, None, sk)
         clocks = [c for c in (ours, theirs) if c is not None]
         merged = dvvset.merge_all(clocks)
         if ours is None or not dvvset.equal(ours, merged):
-            await self.access.store(partition, bucket, key, merged, None)
+            await self.access.store(partition, bucket, key, merged, None, sk)
         if theirs is None or not dvvset.equal(theirs, merged):
-            await self.access.put(target, partition, bucket, key, merged)
+            await self.access.put(target, partition, bucket, key, merged, sk)
         return sum(len(s.value or b"") for s in dvvset.values(merged))
 
     async def repair_partition(self, partition: int, bucket: str | None = None) -> tuple[int, int]:
@@ -250,7 +268,8 @@ class AntiEntropy:
 
     def _maybe_reaped(self, partition: int, kid: bytes) -> bool:
         """Our copy of a key is old enough that a delete of it may have been reaped."""
-        clock = self.replica.get(partition, *split_key_id(kid))
+        bucket, key, sk = split_key_id(kid)
+        clock = self.replica.get(partition, bucket, key, None, sk)
         return clock is not None and self._past_grace(clock, int(self.wall() * 1000))
 
     async def reap_tombstones(self, partition: int) -> int:
@@ -270,16 +289,16 @@ class AntiEntropy:
         if any(p not in primaries for p in future):
             return 0
         now_ms = int(self.wall() * 1000)
-        candidates: list[tuple[str, bytes, DVVSet]] = []
-        async for bucket, key, raw in self.storage.iter_partition(partition):
+        candidates: list[tuple[str, bytes, bytes | None, DVVSet]] = []
+        async for bucket, key, sk, raw in self.storage.iter_partition(partition):
             clock = dvvset.decode_stored(raw)
             if dvvset.is_tombstone(clock) and self._past_grace(clock, now_ms):
-                candidates.append((bucket, key, clock))
+                candidates.append((bucket, key, sk, clock))
         if not candidates or not await self._no_hints_anywhere():
             return 0
         reaped = 0
-        for bucket, key, clock in candidates:
-            if await self._reap_everywhere(partition, primaries, bucket, key, clock):
+        for bucket, key, sk, clock in candidates:
+            if await self._reap_everywhere(partition, primaries, bucket, key, sk, clock):
                 reaped += 1
         if reaped:
             self.stats.count("tombstones_reaped", reaped)
@@ -305,11 +324,11 @@ class AntiEntropy:
         return True
 
     async def _reap_everywhere(self, partition: int, primaries: list[str], bucket: str,
-                               key: bytes, clock: DVVSet) -> bool:
+                               key: bytes, sk: bytes | None, clock: DVVSet) -> bool:
         for primary in primaries:
             try:
                 theirs = await self.access.get(Target(primary, primary, "primary"),
-                                                     partition, bucket, key)
+                                                     partition, bucket, key, sk)
             except DynError:
                 return False
             if theirs is None or not dvvset.equal(theirs, clock):
@@ -317,13 +336,15 @@ class AntiEntropy:
         wire = dvvset.encode(clock)
         for primary in primaries:
             if primary == self.node_id:
-                ticket = self.replica.reap(partition, bucket, key, clock)
+                ticket = self.replica.reap(partition, bucket, key, clock, sk)
                 if ticket is not None:
                     await ticket.wait()
                 continue
             try:
-                await self.call(primary, "p_reap", {"partition": partition, "bucket": bucket,
-                                                         "key": key, "clock": wire})
+                fields = {"partition": partition, "bucket": bucket, "key": key, "clock": wire}
+                if sk is not None:
+                    fields["sk"] = sk
+                await self.call(primary, "p_reap", fields)
             except DynError:
                 return False
         return True

@@ -190,7 +190,7 @@ class Coordinator:
                 fan.expire()
 
     def start_get(self, bucket: str, key: bytes, r: int | None, reply: Reply, *,
-                  pr: int | None = None) -> bool:
+                  pr: int | None = None, sk: bytes | None = None) -> bool:
         """Begin a get: ``reply`` comes once R replies, PR of them from primaries (or the
         failures that make that impossible) are in, from whichever callback completes
         them. Raises what makes the request impossible to start (a bad r). True: it
@@ -220,7 +220,7 @@ class Coordinator:
         for target in place.targets:
             if target.node == self.node_id:
                 local_raw = self.replica.get_encoded(place.partition, bucket, key,
-                                                          target.hint_for)
+                                                     target.hint_for, sk)
                 local = None if local_raw is None else dvvset.decode_stored(local_raw)
                 core.add_reply(target.node, local, fallback=target.role == "fallback",
                                incomplete=self.read_incomplete(place.partition,
@@ -244,20 +244,21 @@ class Coordinator:
 
         def finished() -> None:
             decide()
-            self._read_repair(place, bucket, key, core)
+            self._read_repair(place, bucket, key, sk, core)
 
         fan = _FanOut(self, finished)
         for target in place.targets:
             if target.node != self.node_id:
                 fan.send(target.node, "p_get",
-                         replica_fields(target, place.partition, bucket, key),
+                         replica_fields(target, place.partition, bucket, key, sk),
                          partial(replied, target))
         fan.arm()
         if core.settled():
             decide()
         return True
 
-    def _read_repair(self, place: Placement, bucket: str, key: bytes, core: GetCore) -> None:
+    def _read_repair(self, place: Placement, bucket: str, key: bytes, sk: bytes | None,
+                     core: GetCore) -> None:
         """Every replica that answered with less than the merged object gets it (in the
         background, best effort: anti-entropy catches what this misses)."""
         merged = core.merged()
@@ -271,17 +272,17 @@ class Coordinator:
             self.stats.count("read_repair")
             target = by_node[node]
             if node == self.node_id:
-                self.access.stage(place.partition, bucket, key, merged, target.hint_for)
+                self.access.stage(place.partition, bucket, key, merged, target.hint_for, sk)
             else:
-                fields = replica_fields(target, place.partition, bucket, key,
-                                                  clock=dvvset.encode(merged))
+                fields = replica_fields(target, place.partition, bucket, key, sk,
+                                        clock=dvvset.encode(merged))
                 fan.send(node, "p_put", fields, lambda result, error: None)
         fan.arm()
 
     def start_put(
         self, bucket: str, key: bytes, value: bytes | None,
         client_context: Callable[[], dict[str, int]], w: int | None, reply: Reply, *,
-        pw: int | None = None,
+        pw: int | None = None, sk: bytes | None = None,
     ) -> bool:
         """Coordinate a put (value) or delete (value None) here if this node is a primary
         of the key: ``reply`` comes once W replicas hold it. False, with nothing done (not
@@ -292,7 +293,7 @@ class Coordinator:
             return False
         _, pw = self.view.routing().primary_quorums(bucket, w=w, pw=pw)
         self._write_here(place, me, bucket, key, value, client_context(), w_needed, reply,
-                         pw=pw)
+                         pw=pw, sk=sk)
         return True
 
     def _write_placement(self, bucket: str, key: bytes, w: int | None
@@ -309,6 +310,7 @@ class Coordinator:
         self, bucket: str, key: bytes, value: bytes | None, client_context: dict[str, int],
         w: int | None, forward: Callable[[str], Awaitable[dict[str, Any]]] | None,
         came_through: Collection[str] = (), *, pw: int | None = None,
+        sk: bytes | None = None,
     ) -> dict[str, Any]:
         """Coordinate a put or delete wherever it arrived: forwarded to a primary when
         this node is none (unless ``forward`` is None: no forwarding hop left), never to a
@@ -336,14 +338,14 @@ class Coordinator:
                               f"({', '.join(t.node for t in place.targets) or 'none up'})"
                               f"{hops}")
         result = await answered(partial(self._write_here, place, me, bucket, key, value,
-                                        client_context, w_needed, pw=pw))
+                                        client_context, w_needed, pw=pw, sk=sk))
         assert result is not None
         return result
 
     def _write_here(
         self, place: Placement, me: Target, bucket: str, key: bytes,
         value: bytes | None, client_context: dict[str, int], w: int, reply: Reply, *,
-        pw: int = 0,
+        pw: int = 0, sk: bytes | None = None,
     ) -> bool:
         """Mint the write's dot on this node's copy (a hint when this node is a fallback
         of the key), store it, replicate it; ``reply`` once W acknowledged, PW of them
@@ -357,7 +359,7 @@ class Coordinator:
         actor = self.minting_actor(hint_for)
         clock, encoded, ticket = self.replica.coordinate(
             place.partition, bucket, key, value, client_context, actor,
-            int(self.wall() * 1000), hint_for,
+            int(self.wall() * 1000), hint_for, sk,
         )
         if hint_for is not None:  # counted once stored: a refused write stores nothing
             self.stats.count("hint_stored")
@@ -390,8 +392,7 @@ class Coordinator:
             check()
 
         def replicate(target: Target, counted: bool) -> None:
-            fields = replica_fields(target, place.partition, bucket, key,
-                                              clock=encoded)
+            fields = replica_fields(target, place.partition, bucket, key, sk, clock=encoded)
             fan.send(target.node, "p_put", fields, partial(acked, target, counted))
 
         def acked(target: Target, counted: bool, result: dict[str, Any] | None,

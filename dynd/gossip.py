@@ -25,6 +25,7 @@ from common.errors import DynError, Rejected
 from dynd import membership
 from dynd.cluster import ClusterView
 from dynd.detector import PhiAccrualDetector
+from dynd.features import Features
 from dynd.identity import Identity
 from dynd.membership import MembershipError
 from dynd.server import Peer
@@ -43,8 +44,8 @@ class Gossip:
     OPS = ("p_gossip",)
 
     def __init__(self, view: ClusterView, identity: Identity, detector: PhiAccrualDetector,
-                 transport: Transport, config: Config, *, addr: str, rng: random.Random,
-                 on_disk_recovered: Callable[[int], None]) -> None:
+                 transport: Transport, config: Config, features: Features, *, addr: str,
+                 rng: random.Random, on_disk_recovered: Callable[[int], None]) -> None:
         """``on_disk_recovered(epoch)``: this node took its state back from a seed
         (recover_identity) in ``epoch``."""
         self.view = view
@@ -55,6 +56,7 @@ class Gossip:
         self.addr = addr
         self.rng = rng
         self.on_disk_recovered = on_disk_recovered
+        self.features = features
         self.counter = 0
         self.heartbeats: dict[str, Heartbeat] = {}
         self.rounds = 0
@@ -123,7 +125,8 @@ class Gossip:
         if "state" in fields:
             self._merge(fields["state"])
         self._absorb_heartbeats(fields.get("heartbeats"))
-        reply: dict[str, Any] = {"heartbeats": self._heartbeat_wire(), "digest": self._digest()}
+        reply: dict[str, Any] = {"heartbeats": self._heartbeat_wire(), "digest": self._digest(),
+                                 "features": self.features.wire()}
         if "state" not in fields and fields.get("digest") != reply["digest"]:
             reply["state"] = membership.to_wire(self.view.state)
         return reply
@@ -149,10 +152,18 @@ class Gossip:
         if "state" in reply:
             self._merge(reply["state"])
         self._absorb_heartbeats(reply.get("heartbeats"))
+        self._record_features(addr, reply.get("features"))
         if reply.get("digest") != self._digest():
             push = {"state": membership.to_wire(self.view.state),
                     "heartbeats": self._heartbeat_wire()}
             await self._send(addr, push, timeout)
+
+    def _record_features(self, addr: str, wire: Any) -> None:
+        """What the member at ``addr`` said it supports (nothing: it predates features)."""
+        for member in self.view.state.members.values():
+            if member.addr == addr and member.status != "removed":
+                self.features.record(member.id, [] if wire is None else wire)
+                return
 
     async def _send(self, addr: str, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         self.bytes_sent += len(cbor2.dumps(message))

@@ -48,8 +48,8 @@ class Handover:
                 if self.view.state.epoch != epoch or partition in self._owned():
                     return False  # the ring moved on meanwhile: decide again next time
                 batch = Batch()
-                for bucket, key, _ in rows:
-                    batch.delete(partition, bucket, key)
+                for bucket, key, sk, _ in rows:
+                    batch.delete(partition, bucket, key, sk)
                 await self.storage.write(batch)
                 dropped += len(rows)
             self.replica.drop_tree(partition)

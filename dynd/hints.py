@@ -23,9 +23,12 @@ from dynd import membership
 from dynd.cluster import ClusterView
 from dynd.metrics import Stats
 from dynd.peers import Peers
-from dynd.replica_access import ReplicaAccess
+from dynd.replica_access import ReplicaAccess, replica_fields
+from dynd.ring import Target
 from dynd.server import Peer
 from dynd.storage import SCAN_PAGE, Batch, Storage
+
+_PRIMARY = Target("", "", "primary")  # a hint goes to its recipient's own copy, not a hint
 
 log = logging.getLogger("dynd.hints")
 
@@ -97,29 +100,29 @@ class Hints:
                     if t != self.node_id and not membership.takes_replicas(state, t)]
         moved = 0
         for target in departed:
-            after: tuple[int, str, bytes] | None = None
+            after: tuple[int, str, bytes, bytes | None] | None = None
             while rows := self.storage.scan_hints(target, SCAN_PAGE, after):
                 copied, tickets = [], []
-                for _, partition, bucket, key, raw in rows:
+                for _, partition, bucket, key, sk, raw in rows:
                     primaries = self.view.routing().primaries(partition)
                     recipients = [p for p in primaries if p != target]
                     clock = dvvset.decode_stored(raw)
-                    tickets += [self.access.stage(partition, bucket, key, clock, p)
+                    tickets += [self.access.stage(partition, bucket, key, clock, p, sk)
                                 for p in recipients]
                     if recipients:  # else it waits until the ring has moved on
-                        copied.append((partition, bucket, key, raw))
+                        copied.append((partition, bucket, key, sk, raw))
                 for ticket in tickets:
                     if ticket is not None:
                         await ticket.wait()
                 batch = Batch()
-                for partition, bucket, key, raw in copied:
-                    if self.storage.get_hint(target, partition, bucket, key) == raw:
-                        batch.delete_hint(target, partition, bucket, key)
+                for partition, bucket, key, sk, raw in copied:
+                    if self.storage.get_hint(target, partition, bucket, key, sk) == raw:
+                        batch.delete_hint(target, partition, bucket, key, sk)
                 if len(batch):
                     self.storage.stage(batch)
                     self.release_hints()  # see Identity.fallback_actor
                 moved += len(batch)
-                after = rows[-1][1:4]
+                after = rows[-1][1:5]
         if moved:
             log.info("event=hints_redirected node=%s targets=%s hints=%d", self.node_id,
                      ",".join(departed), moved)
@@ -133,24 +136,23 @@ class Hints:
             rows = self.storage.scan_hints(target, limit=config.batch_keys)
             if not rows:
                 return delivered
-            for _, partition, bucket, key, raw in rows:
+            for _, partition, bucket, key, sk, raw in rows:
                 recipients = self._hint_recipients(target, partition)
                 try:
                     for recipient in recipients:
                         if recipient == self.node_id:
                             await self.access.store(
-                                partition, bucket, key, dvvset.decode_stored(raw), None)
+                                partition, bucket, key, dvvset.decode_stored(raw), None, sk)
                         else:
-                            await self.call(recipient, "p_put", {  # stored: wire form
-                                "bucket": bucket, "key": key, "partition": partition,
-                                "clock": raw})
+                            await self.call(recipient, "p_put", replica_fields(
+                                _PRIMARY, partition, bucket, key, sk, clock=raw))  # wire form
                 except DynError as exc:
                     log.info("event=hint_delivery_paused node=%s target=%s error=%r",
                              self.node_id, target, exc.message)
                     return delivered
-                if self.storage.get_hint(target, partition, bucket, key) == raw:
+                if self.storage.get_hint(target, partition, bucket, key, sk) == raw:
                     batch = Batch()
-                    batch.delete_hint(target, partition, bucket, key)
+                    batch.delete_hint(target, partition, bucket, key, sk)
                     self.storage.stage(batch)
                     self.release_hints()  # see Identity.fallback_actor
                 delivered += 1

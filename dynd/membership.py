@@ -60,6 +60,7 @@ MAX_ADDR_CHARS = 255
 MAX_BUCKET_NAME_BYTES = 64
 MAX_COUNTER = 2**63 - 1
 MAX_STAGED = 2 * MAX_MEMBERS  # one membership change and one tokens change per member
+MAX_FEATURES = 64  # names in a state's activated features (a few exist)
 
 
 class MembershipError(ValueError):
@@ -176,6 +177,9 @@ class ClusterState:
     staged_version: int
     staged_by: str
     buckets: FrozenMap[str, BucketProps]
+    # Features every non-removed member reported supporting once (DESIGN-items 1.2):
+    # grow-only, so a member down for a while does not switch one off again.
+    features: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -736,7 +740,27 @@ def reconcile(a: ClusterState, b: ClusterState) -> ClusterState:
         members=FrozenMap(members), owners=ring_side.owners,
         next_owners=ring_side.next_owners, transfers=ring_side.transfers, done=done,
         staged=staged_side.staged, staged_version=staged_side.staged_version,
-        staged_by=staged_side.staged_by, buckets=FrozenMap(buckets))
+        staged_by=staged_side.staged_by, buckets=FrozenMap(buckets),
+        features=a.features | b.features)
+
+
+# -------------------------------------------------------------------- features
+
+
+def lacking_feature(state: ClusterState, reported: Mapping[str, frozenset[str]],
+                    feature: str) -> list[str]:
+    """The members that are not removed and have not reported supporting ``feature``."""
+    return sorted(node for node, member in state.members.items()
+                  if member.status != "removed" and feature not in reported.get(node, ()))
+
+
+def activate_features(state: ClusterState, reported: Mapping[str, frozenset[str]]
+                      ) -> ClusterState:
+    """``state`` with every feature that each non-removed member has reported added to its
+    activated ``features`` (the same object when none is new)."""
+    offered = frozenset().union(*reported.values()) - state.features
+    new = {f for f in offered if not lacking_feature(state, reported, f)}
+    return replace(state, features=state.features | new) if new else state
 
 
 # -------------------------------------------------------------------- wire
@@ -750,12 +774,15 @@ _BUCKET_OPTIONAL_KEYS = ("pr", "pw")
 _STATE_KEYS = ("format", "cluster_id", "ring_size", "epoch", "members", "owners",
                "next_owners", "transfers", "done", "staged", "staged_version", "staged_by",
                "buckets")
+# Written only once non-empty, as the bucket's optional keys: nodes that predate it read
+# the state, and compute the same digest, until a feature is activated.
+_STATE_OPTIONAL_KEYS = ("features",)
 
 
 def to_wire(state: ClusterState) -> dict[str, Any]:
     """A CBOR-friendly dict; node ids in the ring are indexes into ``members``."""
     index = {node: i for i, node in enumerate(state.members)}
-    return {
+    wire = {
         "format": WIRE_FORMAT,
         "cluster_id": state.cluster_id,
         "ring_size": state.ring_size,
@@ -772,6 +799,9 @@ def to_wire(state: ClusterState) -> dict[str, Any]:
         "staged_by": state.staged_by,
         "buckets": [_bucket_to_wire(b) for b in state.buckets.values()],
     }
+    if state.features:
+        wire["features"] = sorted(state.features)
+    return wire
 
 
 def _bucket_to_wire(props: BucketProps) -> dict[str, Any]:
@@ -876,7 +906,7 @@ def _buckets_from_wire(obj: Any) -> dict[str, BucketProps]:
 def from_wire(obj: Any) -> ClusterState:
     """Rebuild and fully validate a state received from a peer (hostile input):
     anything malformed raises MembershipError."""
-    wire = _check_map(obj, _STATE_KEYS, "cluster state")
+    wire = _check_map(obj, _STATE_KEYS, "cluster state", _STATE_OPTIONAL_KEYS)
     _check_int(wire["format"], "cluster state format", WIRE_FORMAT, WIRE_FORMAT)
     cluster_id = _check_name(wire["cluster_id"], "cluster id")
     ring_size = _check_int(wire["ring_size"], "ring size", 1)
@@ -902,7 +932,13 @@ def from_wire(obj: Any) -> ClusterState:
         staged=_staged_from_wire(wire["staged"], members, ring_size),
         staged_version=_check_int(wire["staged_version"], "staged_version"),
         staged_by=_check_name(wire["staged_by"], "staged_by", empty_ok=True),
-        buckets=FrozenMap(_buckets_from_wire(wire["buckets"])))
+        buckets=FrozenMap(_buckets_from_wire(wire["buckets"])),
+        features=_features_from_wire(wire.get("features", [])))
+
+
+def _features_from_wire(obj: Any) -> frozenset[str]:
+    return frozenset(_check_name(name, "feature")
+                     for name in _check_list(obj, "features", MAX_FEATURES))
 
 
 def digest(state: ClusterState) -> bytes:

@@ -28,6 +28,7 @@ from dynd.cluster import ClusterView, stored_state
 from dynd.coordinator import Coordinator
 from dynd.detector import PhiAccrualDetector
 from dynd.dispatch import Dispatcher
+from dynd.features import SUPPORTED, Features
 from dynd.gossip import Gossip
 from dynd.handover import Handover
 from dynd.hints import Hints
@@ -49,7 +50,10 @@ class Node:
     def __init__(
         self, config: Config, storage: Storage, transport: Transport, *, addr: str,
         wall: Callable[[], float] = time.time, rng: random.Random | None = None,
+        features: frozenset[str] = SUPPORTED,
     ) -> None:
+        """``features``: what this node reports supporting (a test's stand-in for a node
+        of an older version reports less)."""
         rng = rng or random.Random()
         self.config = config
         self.storage = storage
@@ -67,6 +71,7 @@ class Node:
                                 membership.new_cluster(f"{self.id}-{rng.getrandbits(64):016x}",
                                                        self.identity.member(config.zone, "valid"),
                                                        config.ring_size))
+        self.features = Features(self.id, self.view, features)
         self.liveness = Liveness(self.id, PhiAccrualDetector(
             threshold=config.detector.phi_threshold,
             min_std_seconds=config.detector.min_std,
@@ -93,7 +98,8 @@ class Node:
             is_up=self.liveness.is_up, release_hints=self.identity.release_hints,
             push_gossip=push_gossip)
         self.gossip = Gossip(self.view, self.identity, self.liveness.detector, transport, config,
-                             addr=addr, rng=rng, on_disk_recovered=self.transfers.mark_pulled)
+                             self.features, addr=addr, rng=rng,
+                             on_disk_recovered=self.transfers.mark_pulled)
         self.coordinator = Coordinator(
             self.id, self.view, self.liveness, self.peers, self.replica, access, self.stats,
             minting_actor=self.identity.minting_actor,
@@ -101,10 +107,11 @@ class Node:
             request_timeout=config.limits.request_timeout, wall=wall)
         requests = Requests(self.id, self.view, self.coordinator, self.replica, access,
                             self.peers, self.stats, config,
-                            read_incomplete=self.transfers.read_incomplete)
+                            read_incomplete=self.transfers.read_incomplete,
+                            require_feature=self.features.require)
         admin = Admin(self.view, self.identity, storage, self.liveness, self.peers,
                       push_gossip=push_gossip, transfer_rows=self.transfers.rows,
-                      exchange_rows=self.antientropy.status_rows)
+                      exchange_rows=self.antientropy.status_rows, features=self.features)
         self.gauges = NodeCollector(self.view, self.liveness, storage, self.stats,
                                     gossip_totals=self.gossip.totals,
                                     last_exchange=self.antientropy.last_exchange)
@@ -138,6 +145,7 @@ class Node:
                 await self.gossip.recover_identity()
             await self.identity.confirm_kept_actor(self.view, self.peers)
             await self.identity.persist(self.view)
+            self.features.activate()  # a one-node cluster has every member's report: its own
             for partition in sorted(self.view.routing().owned_partitions(self.id)):
                 await self.replica.rebuild_tree(partition)
                 await trio.sleep(0)

@@ -18,16 +18,28 @@ from common.limits import Limits
 from dynd.merkle import PartitionTree
 from dynd.storage import Batch, Storage, Ticket, data_key
 
+_SORT_KEY_FLAG = 0x80  # bucket names are at most 64 bytes: their length byte is below it
 
-def key_id(bucket: str, key: bytes) -> bytes:
-    """The identity of an object inside one partition's hash tree."""
+
+def key_id(bucket: str, key: bytes, sk: bytes | None = None) -> bytes:
+    """The identity of an item inside one partition's hash tree: ``len(bucket) | bucket |
+    key`` for a plain key (the ids, hence the trees, of nodes that predate sort keys),
+    ``0x80 | len(bucket) | bucket | len(key) (2) | key | sk`` for an item with one."""
     raw = bucket.encode()
-    return bytes([len(raw)]) + raw + key
+    if sk is None:
+        return bytes([len(raw)]) + raw + key
+    return b"".join((bytes([_SORT_KEY_FLAG | len(raw)]), raw, len(key).to_bytes(2, "big"),
+                     key, sk))
 
 
-def split_key_id(kid: bytes) -> tuple[str, bytes]:
-    size = kid[0]
-    return kid[1 : 1 + size].decode(), kid[1 + size :]
+def split_key_id(kid: bytes) -> tuple[str, bytes, bytes | None]:
+    """(bucket, key, sort key or None) of a key_id."""
+    size = kid[0] & ~_SORT_KEY_FLAG
+    bucket = kid[1 : 1 + size].decode()
+    if not kid[0] & _SORT_KEY_FLAG:
+        return bucket, kid[1 + size :], None
+    key_end = 3 + size + int.from_bytes(kid[1 + size : 3 + size], "big")
+    return bucket, kid[3 + size : key_end], kid[key_end:]
 
 
 @dataclass
@@ -94,9 +106,9 @@ class Replica:
         rebuild = _TreeRebuild(PartitionTree(self.segments))
         self._rebuilds.setdefault(partition, []).append(rebuild)
         try:
-            async for bucket, key, raw in self.storage.iter_partition(partition):
-                rebuild.tree.update(key_id(bucket, key), None, dvvset.digest_encoded(raw))
-                rebuild.read_up_to = data_key(partition, bucket, key)
+            async for bucket, key, sk, raw in self.storage.iter_partition(partition):
+                rebuild.tree.update(key_id(bucket, key, sk), None, dvvset.digest_encoded(raw))
+                rebuild.read_up_to = data_key(partition, bucket, key, sk)
         finally:
             self._rebuilds[partition].remove(rebuild)
             if not self._rebuilds[partition]:
@@ -113,14 +125,14 @@ class Replica:
         """Forget the tree of a partition whose copy was deleted."""
         self.trees.pop(partition, None)
 
-    def _update_trees(self, partition: int, bucket: str, key: bytes,
+    def _update_trees(self, partition: int, bucket: str, key: bytes, sk: bytes | None,
                       old_digest: bytes | None, new_digest: bytes | None) -> None:
         """Fold one write into the partition's tree and into every rebuild of it that has
         read the key already (see rebuild_tree)."""
-        kid = key_id(bucket, key)
+        kid = key_id(bucket, key, sk)
         self.tree(partition).update(kid, old_digest, new_digest)
         for rebuild in self._rebuilds.get(partition, ()):
-            if data_key(partition, bucket, key) <= rebuild.read_up_to:
+            if data_key(partition, bucket, key, sk) <= rebuild.read_up_to:
                 rebuild.tree.update(kid, old_digest, new_digest)
 
     def own_actor_in(self, partition: int) -> str:
@@ -145,24 +157,26 @@ class Replica:
         self._renewals[partition] = max(self._renewals.values(), default=0) + 1
 
     def get(
-        self, partition: int, bucket: str, key: bytes, hint_for: str | None = None
+        self, partition: int, bucket: str, key: bytes, hint_for: str | None = None,
+        sk: bytes | None = None,
     ) -> DVVSet | None:
         """Our copy: the data copy, or with `hint_for` the hint held for that primary."""
-        raw = self.get_encoded(partition, bucket, key, hint_for)
+        raw = self.get_encoded(partition, bucket, key, hint_for, sk)
         return None if raw is None else dvvset.decode_stored(raw)
 
     def get_encoded(
-        self, partition: int, bucket: str, key: bytes, hint_for: str | None = None
+        self, partition: int, bucket: str, key: bytes, hint_for: str | None = None,
+        sk: bytes | None = None,
     ) -> bytes | None:
         """Our copy as stored (``dvvset.encode`` form): what a peer's p_get is sent as is."""
         if hint_for is None:
-            return self.storage.get(partition, bucket, key)
-        return self.storage.get_hint(hint_for, partition, bucket, key)
+            return self.storage.get(partition, bucket, key, sk)
+        return self.storage.get_hint(hint_for, partition, bucket, key, sk)
 
     def coordinate(
         self, partition: int, bucket: str, key: bytes, value: bytes | None,
         client_context: dict[str, int], actor: str, written_at: int,
-        hint_for: str | None = None,
+        hint_for: str | None = None, sk: bytes | None = None,
     ) -> tuple[DVVSet, bytes, Ticket]:
         """Mint a new dot for a client write on this node (the coordinating replica): the
         new clock, encoded once (stored here and sent to the other replicas as it is), and
@@ -171,7 +185,7 @@ class Replica:
         A coordinator that is itself a fallback keeps its copy as a hint. This node's
         own ``actor`` is minted as ``own_actor_in(partition)``.
         """
-        stored_raw = self.get_encoded(partition, bucket, key, hint_for)
+        stored_raw = self.get_encoded(partition, bucket, key, hint_for, sk)
         stored = None if stored_raw is None else dvvset.decode_stored(stored_raw)
         client = dvvset.new(Sibling(value, written_at), client_context)
         floor = 0
@@ -184,9 +198,9 @@ class Replica:
         encoded = dvvset.encode(result)
         self._refuse_unreplicable(result, encoded)
         if hint_for is not None:  # minted on the hint copy as stored: nothing to merge
-            batch = Batch().put_hint(hint_for, partition, bucket, key, encoded)
+            batch = Batch().put_hint(hint_for, partition, bucket, key, encoded, sk)
             return result, encoded, self.storage.stage(batch)
-        return result, encoded, self._store(partition, bucket, key, stored_raw, encoded)
+        return result, encoded, self._store(partition, bucket, key, sk, stored_raw, encoded)
 
     def _refuse_unreplicable(self, result: DVVSet, encoded: bytes) -> None:
         """Refuse a write, before anything is stored, that would leave an object the
@@ -206,48 +220,53 @@ class Replica:
                        f"writing more")
 
     def merge(
-        self, partition: int, bucket: str, key: bytes, incoming: DVVSet
+        self, partition: int, bucket: str, key: bytes, incoming: DVVSet,
+        sk: bytes | None = None,
     ) -> tuple[DVVSet, Ticket | None]:
         """Sync a replica's copy into ours; no write when it brings nothing new."""
-        stored_raw = self.get_encoded(partition, bucket, key)
+        stored_raw = self.get_encoded(partition, bucket, key, None, sk)
         stored = None if stored_raw is None else dvvset.decode_stored(stored_raw)
         merged = incoming if stored is None else dvvset.sync(stored, incoming)
         if stored is not None and dvvset.equal(stored, merged):
             return stored, None
-        return merged, self._store(partition, bucket, key, stored_raw, dvvset.encode(merged))
+        return merged, self._store(partition, bucket, key, sk, stored_raw,
+                                   dvvset.encode(merged))
 
     def _store(
-        self, partition: int, bucket: str, key: bytes, old_raw: bytes | None, encoded: bytes
+        self, partition: int, bucket: str, key: bytes, sk: bytes | None,
+        old_raw: bytes | None, encoded: bytes,
     ) -> Ticket:
         """Stage ``encoded`` over the copy stored as ``old_raw``; digests hash the stored
         bytes (``encode`` is canonical, so they are ``dvvset.digest`` of the clocks)."""
         batch = Batch()
-        batch.put(partition, bucket, key, encoded)
+        batch.put(partition, bucket, key, encoded, sk)
         ticket = self.storage.stage(batch)
-        self._update_trees(partition, bucket, key,
+        self._update_trees(partition, bucket, key, sk,
                            None if old_raw is None else dvvset.digest_encoded(old_raw),
                            dvvset.digest_encoded(encoded))
         return ticket
 
-    def reap(self, partition: int, bucket: str, key: bytes, expected: DVVSet) -> Ticket | None:
+    def reap(self, partition: int, bucket: str, key: bytes, expected: DVVSet,
+             sk: bytes | None = None) -> Ticket | None:
         """Delete a tombstone, but only if it is still exactly what was agreed to be reaped."""
-        stored = self.get(partition, bucket, key)
+        stored = self.get(partition, bucket, key, None, sk)
         if stored is None or not dvvset.equal(stored, expected):
             return None
         self.dot_floor = max(self.dot_floor,
                              dvvset.join(stored).get(self.own_actor_in(partition), 0))
         batch = Batch()
-        batch.delete(partition, bucket, key)
+        batch.delete(partition, bucket, key, sk)
         ticket = self.storage.stage(batch)
-        self._update_trees(partition, bucket, key, dvvset.digest(stored), None)
+        self._update_trees(partition, bucket, key, sk, dvvset.digest(stored), None)
         return ticket
 
     def store_hint(
-        self, target: str, partition: int, bucket: str, key: bytes, incoming: DVVSet
+        self, target: str, partition: int, bucket: str, key: bytes, incoming: DVVSet,
+        sk: bytes | None = None,
     ) -> Ticket:
         """Keep a replica for an unreachable primary until it can be handed back."""
-        raw = self.storage.get_hint(target, partition, bucket, key)
+        raw = self.storage.get_hint(target, partition, bucket, key, sk)
         merged = incoming if raw is None else dvvset.sync(dvvset.decode_stored(raw), incoming)
         batch = Batch()
-        batch.put_hint(target, partition, bucket, key, dvvset.encode(merged))
+        batch.put_hint(target, partition, bucket, key, dvvset.encode(merged), sk)
         return self.storage.stage(batch)

@@ -41,10 +41,12 @@ def clock_from_peer(wire: bytes | None) -> DVVSet | None:
 
 
 def replica_fields(target: Target, partition: int, bucket: str, key: bytes,
-                   **extra: Any) -> dict[str, Any]:
+                   sk: bytes | None = None, **extra: Any) -> dict[str, Any]:
     """A replica request's fields for ``target`` (a fallback's name the primary it
-    holds the hint for)."""
+    holds the hint for); ``sk`` only for an item that has one."""
     fields = {"bucket": bucket, "key": key, "partition": partition, **extra}
+    if sk is not None:
+        fields["sk"] = sk
     if target.hint_for is not None:
         fields["hint_for"] = target.hint_for
     return fields
@@ -58,38 +60,42 @@ class ReplicaAccess:
         self.stats = stats
 
     async def get(
-        self, target: Target, partition: int, bucket: str, key: bytes
+        self, target: Target, partition: int, bucket: str, key: bytes,
+        sk: bytes | None = None,
     ) -> DVVSet | None:
         if target.node == self.node_id:
-            return self.replica.get(partition, bucket, key, target.hint_for)
+            return self.replica.get(partition, bucket, key, target.hint_for, sk)
         reply = await self.call(target.node, "p_get",
-                                replica_fields(target, partition, bucket, key))
+                                replica_fields(target, partition, bucket, key, sk))
         return clock_from_peer(reply.get("clock"))
 
     async def put(
-        self, target: Target, partition: int, bucket: str, key: bytes, clock: DVVSet
+        self, target: Target, partition: int, bucket: str, key: bytes, clock: DVVSet,
+        sk: bytes | None = None,
     ) -> None:
         """Store ``clock`` on ``target``."""
         if target.node == self.node_id:
-            await self.store(partition, bucket, key, clock, target.hint_for)
+            await self.store(partition, bucket, key, clock, target.hint_for, sk)
             return
         await self.call(target.node, "p_put", replica_fields(
-            target, partition, bucket, key, clock=dvvset.encode(clock)))
+            target, partition, bucket, key, sk, clock=dvvset.encode(clock)))
 
     async def store(
-        self, partition: int, bucket: str, key: bytes, clock: DVVSet, hint_for: str | None
+        self, partition: int, bucket: str, key: bytes, clock: DVVSet, hint_for: str | None,
+        sk: bytes | None = None,
     ) -> None:
         """``stage`` and wait until it is durable."""
-        ticket = self.stage(partition, bucket, key, clock, hint_for)
+        ticket = self.stage(partition, bucket, key, clock, hint_for, sk)
         if ticket is not None:
             await ticket.wait()
 
     def stage(
-        self, partition: int, bucket: str, key: bytes, clock: DVVSet, hint_for: str | None
+        self, partition: int, bucket: str, key: bytes, clock: DVVSet, hint_for: str | None,
+        sk: bytes | None = None,
     ) -> Ticket | None:
         """Merge a replica's copy into ours (or into the hint held for ``hint_for``); the
         ticket to wait on for durability, None when it brought nothing new."""
         if hint_for is not None and hint_for != self.node_id:
             self.stats.count("hint_stored")
-            return self.replica.store_hint(hint_for, partition, bucket, key, clock)
-        return self.replica.merge(partition, bucket, key, clock)[1]
+            return self.replica.store_hint(hint_for, partition, bucket, key, clock, sk)
+        return self.replica.merge(partition, bucket, key, clock, sk)[1]

@@ -21,6 +21,7 @@ from common.config import Config
 from common.errors import DynError, Rejected, Unavailable
 from dynd.cluster import ClusterView
 from dynd.coordinator import Coordinator
+from dynd.features import SORT_KEYS
 from dynd.metrics import Stats
 from dynd.peers import Peers
 from dynd.replica import Replica
@@ -37,8 +38,10 @@ class Requests:
 
     def __init__(self, node_id: str, view: ClusterView, coordinator: Coordinator,
                  replica: Replica, access: ReplicaAccess, peers: Peers, stats: Stats,
-                 config: Config, *, read_incomplete: Callable[[int, str | None], bool]) -> None:
-        """``read_incomplete(partition, hint_for)``: Transfers.read_incomplete."""
+                 config: Config, *, read_incomplete: Callable[[int, str | None], bool],
+                 require_feature: Callable[[str], None]) -> None:
+        """``read_incomplete(partition, hint_for)``: Transfers.read_incomplete;
+        ``require_feature(name)``: Features.require, raises unless the cluster has it."""
         self.node_id = node_id
         self.view = view
         self.coordinator = coordinator
@@ -48,6 +51,7 @@ class Requests:
         self.stats = stats
         self.config = config
         self.read_incomplete = read_incomplete
+        self.require_feature = require_feature
 
     # ---- client ops ------------------------------------------------------------------
 
@@ -55,7 +59,16 @@ class Requests:
         reply({"node": self.node_id, "epoch": self.view.state.epoch}, None)
         return True
 
+    def _sort_key(self, fields: dict[str, Any]) -> bytes | None:
+        """The request's sort key, once the cluster serves sort keys (else Rejected)."""
+        sk = fields.get("sk")
+        if sk is not None:
+            self.require_feature(SORT_KEYS)
+        return sk
+
     def now_get(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
+        sk = self._sort_key(fields)
+
         def counted(result: dict[str, Any] | None, error: Exception | None) -> None:
             if result is not None:
                 self.stats.siblings.observe(len(result["values"]))
@@ -66,7 +79,7 @@ class Requests:
             reply(result, error)
 
         return self.coordinator.start_get(fields["bucket"], fields["key"], fields.get("r"),
-                                          counted, pr=fields.get("pr"))
+                                          counted, pr=fields.get("pr"), sk=sk)
 
     def now_put(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
         """A put or delete this node is a primary for, coordinated without a task; False
@@ -74,7 +87,8 @@ class Requests:
         value = fields["value"] if op == "put" else None
         return self.coordinator.start_put(fields["bucket"], fields["key"], value,
                                           partial(self._client_context, fields),
-                                          fields.get("w"), reply, pw=fields.get("pw"))
+                                          fields.get("w"), reply, pw=fields.get("pw"),
+                                          sk=self._sort_key(fields))
 
     now_delete = now_put  # the op names which: a delete has no value
 
@@ -89,6 +103,7 @@ class Requests:
     ) -> dict[str, Any]:
         """Coordinate a put or delete that came through the nodes ``via`` (forwarded by
         them, in order): forwarded on while hops remain, never back through them."""
+        sk = self._sort_key(fields)
         client_context = self._client_context(fields)
         op = "put" if value is not None else "delete"
 
@@ -99,7 +114,7 @@ class Requests:
         return await self.coordinator.put(
             fields["bucket"], fields["key"], value, client_context, fields.get("w"),
             forward if len(via) < messages.MAX_FORWARD_HOPS else None, came_through=via,
-            pw=fields.get("pw"),
+            pw=fields.get("pw"), sk=sk,
         )
 
     def _client_context(self, fields: dict[str, Any]) -> dict[str, int]:
@@ -122,7 +137,7 @@ class Requests:
         # The stored bytes as they are: the coordinator validates them (clock_from_peer).
         partition, hint_for = fields["partition"], fields.get("hint_for")
         result: dict[str, Any] = {"clock": self.replica.get_encoded(
-            partition, fields["bucket"], fields["key"], hint_for)}
+            partition, fields["bucket"], fields["key"], hint_for, fields.get("sk"))}
         if self.read_incomplete(partition, hint_for):
             result["incomplete"] = True  # merged by the coordinator, not counted toward R
         reply(result, None)
@@ -133,7 +148,7 @@ class Requests:
         if clock is None or clock.anonymous:
             raise Rejected("p_put needs a stored clock (no anonymous values)")
         ticket = self.access.stage(fields["partition"], fields["bucket"], fields["key"],
-                                   clock, fields.get("hint_for"))
+                                   clock, fields.get("hint_for"), fields.get("sk"))
         if ticket is None:
             reply({}, None)
         else:  # a failed disk is this replica's failure for the coordinator, not a crash
@@ -145,7 +160,7 @@ class Requests:
 
     async def op_replicas(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Every replica's local copy of a key: primaries, and fallbacks holding hints."""
-        bucket, key = fields["bucket"], fields["key"]
+        bucket, key, sk = fields["bucket"], fields["key"], self._sort_key(fields)
         routing = self.view.routing()
         n, _, _ = routing.quorum_sizes(bucket)
         partition = partition_of(bucket, key, routing.ring.ring_size)
@@ -160,7 +175,7 @@ class Requests:
 
         async def ask(target: Target) -> None:
             try:
-                clock = await self.access.get(target, partition, bucket, key)
+                clock = await self.access.get(target, partition, bucket, key, sk)
                 reachable = True
             except DynError:
                 clock, reachable = None, False

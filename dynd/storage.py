@@ -5,9 +5,12 @@ id, cluster state, ...), plus RocksDB's ``default``, unused.
 
 Key layouts (big-endian lengths, so that ordering is byte ordering):
 
-- data: ``partition (4) | len(bucket) (1) | bucket | len(key) (2) | key``. One
-  partition is one contiguous range, so handoff, Merkle builds and repair are
-  range scans; a sort key can later be appended after the key.
+- data: ``partition (4) | len(bucket) (1) | bucket | len(key) (2) | key [| sk]``.
+  One partition is one contiguous range, so handoff, Merkle builds and repair are
+  range scans. An item's sort key comes last and has no length prefix: the key's
+  length says where the key ends, whatever follows is the sort key, so the items
+  of one (bucket, key) are contiguous and ordered bytewise by sort key, and a plain
+  key (no sort key) is exactly the bytes it had before sort keys existed.
 - hints: ``len(target) (1) | target | <data key>``: one target is one range.
 - meta: the UTF-8 name.
 
@@ -58,6 +61,8 @@ _BLOOM_BITS_PER_KEY = 10
 SCAN_PAGE = 256  # rows iter_partition reads between two checkpoints (about 0.4 ms of hashing)
 
 _Op = tuple[str, bytes, bytes | None]  # (column family, raw key, value or None = delete)
+ItemId = tuple[str, bytes, bytes | None]  # (bucket, key, sort key or None): one item
+Row = tuple[str, bytes, bytes | None, bytes]  # (bucket, key, sort key or None, value)
 
 
 class StorageError(Exception):
@@ -92,18 +97,25 @@ def _as_bytes(what: str, value: object) -> bytes:
     raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
 
 
-def data_key(partition: int, bucket: str, key: bytes) -> bytes:
-    """The data column family key of (partition, bucket, key)."""
+def data_key(partition: int, bucket: str, key: bytes, sk: bytes | None = None) -> bytes:
+    """The data column family key of (partition, bucket, key) or of its item ``sk``."""
     key = _as_bytes("key", key)
     raw_bucket = _name_bytes("bucket name", bucket)
     if len(key) > _MAX_KEY_BYTES:
         raise ValueError(f"key is {len(key)} bytes, at most {_MAX_KEY_BYTES}")
+    if sk is None:
+        return b"".join((_partition_prefix(partition), bytes((len(raw_bucket),)), raw_bucket,
+                         len(key).to_bytes(2, "big"), key))
+    sk = _as_bytes("sort key", sk)
+    if not sk:  # b"" would be the plain key's bytes
+        raise ValueError("a sort key must not be empty")
     return b"".join((_partition_prefix(partition), bytes((len(raw_bucket),)), raw_bucket,
-                     len(key).to_bytes(2, "big"), key))
+                     len(key).to_bytes(2, "big"), key, sk))
 
 
-def _decode_data_key(raw: bytes, offset: int = 0) -> tuple[int, str, bytes]:
-    """Inverse of data_key() for the data key starting at ``offset`` of ``raw``."""
+def _decode_data_key(raw: bytes, offset: int = 0) -> tuple[int, str, bytes, bytes | None]:
+    """Inverse of data_key() for the data key starting at ``offset`` of ``raw``:
+    (partition, bucket, key, sort key or None)."""
     try:
         partition = int.from_bytes(raw[offset:offset + 4], "big")
         bucket_end = offset + 5 + raw[offset + 4]
@@ -111,10 +123,11 @@ def _decode_data_key(raw: bytes, offset: int = 0) -> tuple[int, str, bytes]:
         (key_len,) = struct.unpack_from(">H", raw, bucket_end)
     except (IndexError, UnicodeDecodeError, struct.error) as exc:
         raise StorageError(f"corrupt storage key {raw!r}") from exc
-    key = raw[bucket_end + 2:]
+    key_end = bucket_end + 2 + key_len
+    key = raw[bucket_end + 2:key_end]
     if len(key) != key_len:
         raise StorageError(f"corrupt storage key {raw!r}")
-    return partition, bucket, key
+    return partition, bucket, key, raw[key_end:] or None
 
 
 def _hint_prefix(target: str) -> bytes:
@@ -122,12 +135,13 @@ def _hint_prefix(target: str) -> bytes:
     return bytes((len(raw_target),)) + raw_target
 
 
-def hint_key(target: str, partition: int, bucket: str, key: bytes) -> bytes:
+def hint_key(target: str, partition: int, bucket: str, key: bytes,
+             sk: bytes | None = None) -> bytes:
     """The hints column family key of a hint for ``target``."""
-    return _hint_prefix(target) + data_key(partition, bucket, key)
+    return _hint_prefix(target) + data_key(partition, bucket, key, sk)
 
 
-def _decode_hint_key(raw: bytes) -> tuple[str, int, str, bytes]:
+def _decode_hint_key(raw: bytes) -> tuple[str, int, str, bytes, bytes | None]:
     try:
         target = raw[1:1 + raw[0]].decode()
     except (IndexError, UnicodeDecodeError) as exc:
@@ -161,22 +175,26 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ops)
 
-    def put(self, partition: int, bucket: str, key: bytes, value: bytes) -> Batch:
-        self.ops.append((CF_DATA, data_key(partition, bucket, key), _as_bytes("value", value)))
+    def put(self, partition: int, bucket: str, key: bytes, value: bytes,
+            sk: bytes | None = None) -> Batch:
+        self.ops.append((CF_DATA, data_key(partition, bucket, key, sk),
+                         _as_bytes("value", value)))
         return self
 
-    def delete(self, partition: int, bucket: str, key: bytes) -> Batch:
-        self.ops.append((CF_DATA, data_key(partition, bucket, key), None))
+    def delete(self, partition: int, bucket: str, key: bytes, sk: bytes | None = None
+               ) -> Batch:
+        self.ops.append((CF_DATA, data_key(partition, bucket, key, sk), None))
         return self
 
     def put_hint(self, target: str, partition: int, bucket: str, key: bytes,
-                 value: bytes) -> Batch:
-        raw_key = hint_key(target, partition, bucket, key)
+                 value: bytes, sk: bytes | None = None) -> Batch:
+        raw_key = hint_key(target, partition, bucket, key, sk)
         self.ops.append((CF_HINTS, raw_key, _as_bytes("value", value)))
         return self
 
-    def delete_hint(self, target: str, partition: int, bucket: str, key: bytes) -> Batch:
-        self.ops.append((CF_HINTS, hint_key(target, partition, bucket, key), None))
+    def delete_hint(self, target: str, partition: int, bucket: str, key: bytes,
+                    sk: bytes | None = None) -> Batch:
+        self.ops.append((CF_HINTS, hint_key(target, partition, bucket, key, sk), None))
         return self
 
     def put_meta(self, name: str, value: bytes) -> Batch:
@@ -340,11 +358,13 @@ class Storage:
             return staged[0]
         return self._views[cf].get(raw_key)
 
-    def get(self, partition: int, bucket: str, key: bytes) -> bytes | None:
-        return self._lookup(CF_DATA, data_key(partition, bucket, key))
+    def get(self, partition: int, bucket: str, key: bytes, sk: bytes | None = None
+            ) -> bytes | None:
+        return self._lookup(CF_DATA, data_key(partition, bucket, key, sk))
 
-    def get_hint(self, target: str, partition: int, bucket: str, key: bytes) -> bytes | None:
-        return self._lookup(CF_HINTS, hint_key(target, partition, bucket, key))
+    def get_hint(self, target: str, partition: int, bucket: str, key: bytes,
+                 sk: bytes | None = None) -> bytes | None:
+        return self._lookup(CF_HINTS, hint_key(target, partition, bucket, key, sk))
 
     def get_meta(self, name: str) -> bytes | None:
         return self._lookup(CF_META, name.encode())
@@ -395,17 +415,17 @@ class Storage:
             del it  # a live iterator keeps the DB lock after close()
         return found
 
-    def scan_partition(self, partition: int, after: tuple[str, bytes] | None = None,
-                       limit: int | None = None) -> list[tuple[str, bytes, bytes]]:
-        """(bucket, key, value) of one partition in key order, resuming after ``after``."""
+    def scan_partition(self, partition: int, after: ItemId | None = None,
+                       limit: int | None = None) -> list[Row]:
+        """(bucket, key, sort key or None, value) of one partition in storage key order,
+        resuming after the item ``after``."""
         prefix = _partition_prefix(partition)
         low = prefix if after is None else data_key(partition, *after) + b"\x00"
         rows = self._range(CF_DATA, low, _prefix_end(prefix), limit)
         return [(*_decode_data_key(raw)[1:], value) for raw, value in rows]
 
-    async def iter_partition(self, partition: int
-                             ) -> AsyncIterator[tuple[str, bytes, bytes]]:
-        """Every (bucket, key, value) of one partition in key order, read SCAN_PAGE rows
+    async def iter_partition(self, partition: int) -> AsyncIterator[Row]:
+        """Every (bucket, key, sort key, value) of one partition in key order, read SCAN_PAGE rows
         at a time with a checkpoint between two pages (tree builds, repair, reaping).
 
         A 50k-key partition read in one go held the event loop for about 80 ms. The
@@ -419,14 +439,15 @@ class Storage:
                 yield row
             if len(rows) < SCAN_PAGE:
                 return
-            after = (rows[-1][0], rows[-1][1])
+            after = rows[-1][:3]
             await trio.sleep(0)
 
     def scan_hints(self, target: str | None = None, limit: int | None = None,
-                   after: tuple[int, str, bytes] | None = None
-                   ) -> list[tuple[str, int, str, bytes, bytes]]:
-        """(target, partition, bucket, key, value) of hints, for one target or all; with
-        ``target``, resuming after the (partition, bucket, key) ``after``."""
+                   after: tuple[int, str, bytes, bytes | None] | None = None
+                   ) -> list[tuple[str, int, str, bytes, bytes | None, bytes]]:
+        """(target, partition, bucket, key, sort key or None, value) of hints, for one
+        target or all; with ``target``, resuming after the (partition, bucket, key, sort
+        key) ``after``."""
         if target is None:
             low, high = b"", None
         else:

@@ -25,7 +25,7 @@ import trio
 
 from common import dvvset
 from common.config import HandoffConfig
-from common.errors import DynError, Rejected, Unavailable
+from common.errors import DynError, Unavailable
 from dynd import membership
 from dynd.cluster import ClusterView
 from dynd.membership import Transfer
@@ -36,6 +36,17 @@ from dynd.server import Peer
 from dynd.storage import Batch, Storage
 
 log = logging.getLogger("dynd.transfers")
+
+
+def _sort_key_of(item: list[Any], index: int) -> bytes | None:
+    """The sort key a p_fetch item or cursor carries at ``index`` (None: a plain key)."""
+    if len(item) <= index:
+        return None
+    sk = item[index]
+    if type(sk) is not bytes or not sk:
+        raise ValueError(f"a sort key must be non-empty bytes, not {sk!r:.40}")
+    return sk
+
 
 _CURSOR_PREFIX = "xfer:"  # meta names of pull cursors: xfer:<epoch>:<partition>
 _META_PULLED_EPOCH = "pulled_epoch"
@@ -90,15 +101,13 @@ class Transfers:
 
     async def op_p_fetch(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """One page of a partition for a transfer: stored clocks passed through as bytes."""
-        after = fields.get("after")
-        if after is not None and not (
-                isinstance(after, list) and len(after) == 2
-                and isinstance(after[0], str) and isinstance(after[1], bytes)):
-            raise Rejected("p_fetch cursor must be [bucket, key]")
+        after = fields.get("after")  # [bucket, key] or [bucket, key, sk] (validate_request)
         limit = fields["limit"]
         rows = self.storage.scan_partition(
-            fields["partition"], after=None if after is None else (after[0], after[1]), limit=limit)
-        return {"items": [[b, k, raw] for b, k, raw in rows], "done": len(rows) < limit}
+            fields["partition"], limit=limit,
+            after=None if after is None else (after[0], after[1], _sort_key_of(after, 2)))
+        return {"items": [[b, k, raw] if sk is None else [b, k, raw, sk]
+                          for b, k, sk, raw in rows], "done": len(rows) < limit}
 
     async def run(self) -> None:
         """Pull what the current epoch brings; once all its transfers are done, forget the
@@ -223,9 +232,10 @@ class Transfers:
                         fields["after"] = cursor
                     page = await self.call(source, "p_fetch", fields)
                     tickets = []
-                    for bucket, key, raw in page["items"]:
-                        _, ticket = self.replica.merge(partition, bucket, key,
-                                                            dvvset.decode(raw))
+                    for item in page["items"]:
+                        _, ticket = self.replica.merge(partition, item[0], item[1],
+                                                       dvvset.decode(item[2]),
+                                                       _sort_key_of(item, 3))
                         if ticket is not None:
                             tickets.append(ticket)
                     for ticket in tickets:
@@ -233,7 +243,8 @@ class Transfers:
                     progress.keys += len(page["items"])
                     self.stats.count("transfer_keys", len(page["items"]))
                     if page["items"]:
-                        cursor = [page["items"][-1][0], page["items"][-1][1]]
+                        last = page["items"][-1]
+                        cursor = [last[0], last[1], *last[3:]]  # sort key last, if any
                     batch = Batch()
                     batch.put_meta(meta, cbor2.dumps("done" if page["done"] else cursor))
                     await self.storage.write(batch)

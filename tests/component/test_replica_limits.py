@@ -14,7 +14,7 @@ import trio.testing
 
 from common import dvvset
 from common.errors import DynError, ProtocolError, Rejected, Unavailable
-from common.limits import Limits
+from common.limits import MAX_SORT_KEY_BYTES, Limits
 from common.messages import request
 from dynd.node import Node
 from dynd.replica import Replica
@@ -30,7 +30,7 @@ def test_the_largest_replica_request_fits_a_frame() -> None:
     """max_object_bytes leaves room for the rest of the p_put that carries the object."""
     limits = Limits()
     fields = {"bucket": "b" * limits.max_bucket_name_bytes, "key": b"k" * limits.max_key_bytes,
-              "partition": 2**63 - 1, "hint_for": "n" * 64,
+              "partition": 2**63 - 1, "hint_for": "n" * 64, "sk": b"s" * MAX_SORT_KEY_BYTES,
               "clock": b"c" * limits.max_object_bytes}
     body = cbor2.dumps(request("p_put", 2**63 - 1, **fields))
     assert len(body) <= limits.max_frame_bytes

@@ -51,7 +51,7 @@ async def test_staged_writes_are_visible_before_commit(storage: Storage) -> None
     assert not ticket.done
     assert storage.get(1, "b", b"new") == b"staged"
     assert storage.get(1, "b", b"old") is None
-    assert storage.scan_partition(1) == [("b", b"new", b"staged")]
+    assert storage.scan_partition(1) == [("b", b"new", None, b"staged")]
     assert _count(storage, 1) == 1
     assert _staged(storage) == 2
     await ticket.wait()
@@ -72,7 +72,7 @@ async def test_a_restaged_key_stays_in_the_overlay_until_its_own_commit(
         assert store.get(1, "b", b"k") == b"three"
         await second.wait()
         assert store.get(1, "b", b"k") == b"three"  # committing "two" must not unshadow it
-        assert store.scan_partition(1) == [("b", b"k", b"three")]
+        assert store.scan_partition(1) == [("b", b"k", None, b"three")]
         await third.wait()
         assert store.get(1, "b", b"k") == b"three"
         assert _staged(store) == 0
@@ -87,14 +87,14 @@ async def test_scans_stay_in_one_partition_and_resume(storage: Storage) -> None:
             batch.put(partition, "b", b"key%02d" % i, b"p%d-%d" % (partition, i))
     await storage.write(batch)
     rows = storage.scan_partition(7)
-    assert [key for _, key, _ in rows] == [b"key%02d" % i for i in range(10)]
-    assert {value[:2] for _, _, value in rows} == {b"p7"}
+    assert [key for _, key, _, _ in rows] == [b"key%02d" % i for i in range(10)]
+    assert {value[:2] for _, _, _, value in rows} == {b"p7"}
     page1 = storage.scan_partition(7, limit=4)
-    page2 = storage.scan_partition(7, after=page1[-1][:2], limit=4)
-    page3 = storage.scan_partition(7, after=page2[-1][:2], limit=4)
+    page2 = storage.scan_partition(7, after=page1[-1][:3], limit=4)
+    page3 = storage.scan_partition(7, after=page2[-1][:3], limit=4)
     assert page1 + page2 + page3 == rows
     assert len(page3) == 2
-    assert storage.scan_partition(7, after=rows[-1][:2]) == []
+    assert storage.scan_partition(7, after=rows[-1][:3]) == []
     assert storage.scan_partition(7, limit=0) == []
     assert _count(storage, 7) == 10
     assert _count(storage, 9) == 0
@@ -104,16 +104,17 @@ async def test_scan_orders_buckets_and_merges_staged_writes(storage: Storage) ->
     await storage.write(Batch().put(2, "bb", b"a", b"1").put(2, "a", b"z", b"2")
                         .put(2, "a", b"b", b"3"))
     storage.stage(Batch().put(2, "a", b"c", b"4").delete(2, "a", b"z").put(2, "bb", b"a", b"5"))
-    assert storage.scan_partition(2) == [("a", b"b", b"3"), ("a", b"c", b"4"),
-                                         ("bb", b"a", b"5")]
-    assert storage.scan_partition(2, after=("a", b"b"), limit=1) == [("a", b"c", b"4")]
+    assert storage.scan_partition(2) == [("a", b"b", None, b"3"), ("a", b"c", None, b"4"),
+                                         ("bb", b"a", None, b"5")]
+    assert storage.scan_partition(2, after=("a", b"b", None), limit=1) == [
+        ("a", b"c", None, b"4")]
 
 
 async def test_first_and_last_partition(storage: Storage) -> None:
     last = 2**32 - 1
     await storage.write(Batch().put(0, "b", b"k", b"first").put(last, "b", b"k", b"last"))
-    assert storage.scan_partition(0) == [("b", b"k", b"first")]
-    assert storage.scan_partition(last) == [("b", b"k", b"last")]
+    assert storage.scan_partition(0) == [("b", b"k", None, b"first")]
+    assert storage.scan_partition(last) == [("b", b"k", None, b"last")]
 
 
 async def test_hints_per_target_and_counts(storage: Storage) -> None:
@@ -122,8 +123,9 @@ async def test_hints_per_target_and_counts(storage: Storage) -> None:
                         .put_hint("n10", 5, "b", b"k1", b"h3"))
     assert storage.get_hint("n1", 5, "b", b"k1") == b"h1"
     assert storage.get_hint("n2", 5, "b", b"k1") is None
-    assert storage.scan_hints("n1") == [("n1", 5, "b", b"k1", b"h1"), ("n1", 6, "b", b"k2", b"h2")]
-    assert storage.scan_hints("n10") == [("n10", 5, "b", b"k1", b"h3")]
+    assert storage.scan_hints("n1") == [("n1", 5, "b", b"k1", None, b"h1"),
+                                        ("n1", 6, "b", b"k2", None, b"h2")]
+    assert storage.scan_hints("n10") == [("n10", 5, "b", b"k1", None, b"h3")]
     assert len(storage.scan_hints()) == 3
     assert len(storage.scan_hints(limit=2)) == 2
     assert storage.hint_counts() == {"n1": 2, "n10": 1}
@@ -346,7 +348,7 @@ def test_reads_match_a_dict_whatever_is_staged(ops: list) -> None:
                     store.stage(Batch().delete(*address))
                     model.pop(address, None)
                 for partition in (0, 1, 2):
-                    expected = sorted((b, k, v) for (p, b, k), v in model.items()
+                    expected = sorted((b, k, None, v) for (p, b, k), v in model.items()
                                       if p == partition)
                     rows = store.scan_partition(partition)
                     assert sorted(rows) == expected

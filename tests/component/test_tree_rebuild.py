@@ -26,8 +26,8 @@ def _write(replica: Replica, key: bytes, value: bytes) -> None:
 def _tree_of_storage(storage: Storage) -> PartitionTree:
     """The tree a rebuild with nothing going on would give: every stored row, as it is now."""
     return PartitionTree.build(
-        [(key_id(b, k), dvvset.digest_encoded(raw))
-         for b, k, raw in storage.scan_partition(PARTITION)], segments=1024)
+        [(key_id(b, k, sk), dvvset.digest_encoded(raw))
+         for b, k, sk, raw in storage.scan_partition(PARTITION)], segments=1024)
 
 
 async def test_a_rebuild_yields_and_folds_in_the_writes_made_meanwhile(tmp_path: Path) -> None:

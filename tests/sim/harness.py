@@ -37,6 +37,7 @@ import trio.testing
 from common.config import Config
 from common.errors import DynError
 from dynd import membership
+from dynd.features import SUPPORTED
 from dynd.node import Node
 from dynd.storage import Storage, StorageError
 from tests.sim import checkers
@@ -100,6 +101,7 @@ class SimNode:
         self.path = os.path.join(cluster.root, node_id)
         self.node: Node | None = None
         self.skew = 0.0  # seconds added to this node's wall clock
+        self.features = SUPPORTED  # what its next life reports (less: an older version)
         self.lives = 0
         self._scope = trio.CancelScope()
         self._stopped = trio.Event()
@@ -120,7 +122,8 @@ class SimNode:
         self.lives += 1
         node = new_node(self.config, storage, self.cluster.network.transport(self.addr),
                         addr=self.addr, wall=lambda: BASE_WALL + trio.current_time() + self.skew,
-                        rng=random.Random(f"{self.cluster.seed}/{self.id}/{self.lives}"))
+                        rng=random.Random(f"{self.cluster.seed}/{self.id}/{self.lives}"),
+                        features=self.features)
         self._scope = trio.CancelScope()
         self._stopped = trio.Event()
         self._clean_stop = False

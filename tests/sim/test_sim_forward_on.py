@@ -50,7 +50,7 @@ def _actors(nodes: Iterable[Node]) -> set[str]:
     for node in nodes:
         partition = partition_of(BUCKET, KEY, node.view.state.ring_size)
         clocks = [node.replica.get(partition, BUCKET, KEY)] + [
-            dvvset.decode(raw) for _, _, bucket, key, raw in node.storage.scan_hints()
+            dvvset.decode(raw) for _, _, bucket, key, _, raw in node.storage.scan_hints()
             if (bucket, key) == (BUCKET, KEY)]
         found |= {actor for clock in clocks if clock is not None
                   for actor in dvvset.join(clock)}

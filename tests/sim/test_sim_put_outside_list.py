@@ -46,7 +46,7 @@ async def test_a_put_outside_the_preference_list_is_minted_on_a_fallback(
         await cluster.client_call("c", outsider.addr, "put", bucket=BUCKET, key=KEY, value=b"v")
 
         minted_by = {node.id: actors for node in up if (actors := {
-            actor for _, _, bucket, key, raw in node.storage.scan_hints()
+            actor for _, _, bucket, key, _, raw in node.storage.scan_hints()
             if (bucket, key) == (BUCKET, KEY) for actor in dvvset.join(dvvset.decode(raw))})}
     assert outsider.id not in minted_by  # the outsider kept no copy of its own
     minters = {actor.split(".")[0] for actors in minted_by.values() for actor in actors}

@@ -20,6 +20,7 @@ from common.limits import Limits
 from common.messages import Request, request, validate_request
 from dynd import membership
 from dynd.cluster import META_STATE
+from dynd.features import SUPPORTED
 from dynd.identity import META_NODE_ID
 from dynd.node import Node
 from dynd.server import Peer
@@ -61,12 +62,13 @@ def seed_state(storage: Storage, node_id: str, state: membership.ClusterState) -
 
 
 def new_node(config: Config, storage: Storage, transport: Any = None, *, addr: str = ADDR,
-             wall: Callable[[], float] | None = None, rng: random.Random | None = None
-             ) -> Node:
-    """A Node on ``storage``; ``transport`` defaults to Nowhere, ``wall`` to Node's own."""
+             wall: Callable[[], float] | None = None, rng: random.Random | None = None,
+             features: frozenset[str] = SUPPORTED) -> Node:
+    """A Node on ``storage``; ``transport`` defaults to Nowhere, ``wall`` to Node's own;
+    ``features``: what it reports supporting (less: a node of an older version)."""
     clocks: dict[str, Any] = {} if wall is None else {"wall": wall}
     return Node(config, storage, Nowhere() if transport is None else transport, addr=addr,
-                rng=rng, **clocks)
+                rng=rng, features=features, **clocks)
 
 
 def open_node(data_dir: Path | str, node_id: str = "n1", *, transport: Any = None,

@@ -116,7 +116,7 @@ BAD_FILES = [
     ("[limits]\nmax_bucket_name_bytes = 256", ["max_bucket_name_bytes", "at most 255"]),
     ("[limits]\nmax_frame_bytes = 1000", ["max_frame_bytes (1000)", "largest put"]),
     # Room for the largest put (1065984 bytes) but not for replicating its object.
-    ("[limits]\nmax_frame_bytes = 1065985", ["max_frame_bytes (1065985)", "(1066560)",
+    ("[limits]\nmax_frame_bytes = 1065985", ["max_frame_bytes (1065985)", "(1067584)",
                                              "could not be replicated"]),
     ("[limits]\nrequest_timeout = 0", ["[limits] request_timeout", "greater than 0"]),
     ("[limits]\nidle_timeout = -1.5", ["[limits] idle_timeout", "greater than 0"]),
