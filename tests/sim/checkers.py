@@ -1,8 +1,9 @@
 """Invariants a healed cluster must satisfy, checked against what the clients did.
 
-Convergence (`divergence`): every node up with the same cluster state, no transfer
-pending, every hint delivered, and all primaries of every key holding identical DVV
-sets. Then `check_history`, on the converged value of every key:
+The clients address plain keys and items (a key and a sort key, `Item`); each item is
+checked as a key of its own. Convergence (`divergence`): every node up with the same
+cluster state, no transfer pending, every hint delivered, and all primaries of every key
+holding identical DVV sets. Then `check_history`, on the converged value of every key:
 
 - carts are grow-only sets (never deleted): the causal history of every acknowledged
   write is contained in the final one (the acknowledged context is dominated by the
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 BUCKET = "default"
 
 
+Item = tuple[bytes, bytes | None]  # (key, sort key or None): what the clients address
+
+
 def _replicas(nodes: list[SimNode], key: bytes) -> tuple[int, list[str]]:
     node = next(n.node for n in nodes if n.node is not None)
     partition = partition_of(BUCKET, key, node.view.state.ring_size)
@@ -36,17 +40,24 @@ def _replicas(nodes: list[SimNode], key: bytes) -> tuple[int, list[str]]:
     return partition, node.view.routing().primaries(partition, n)
 
 
-def _copies(nodes: list[SimNode], key: bytes) -> dict[str, DVVSet | None]:
+def _copies(nodes: list[SimNode], item: Item) -> dict[str, DVVSet | None]:
+    key, sk = item
     partition, primaries = _replicas(nodes, key)
     by_id = {n.id: n.node for n in nodes if n.node is not None}
-    return {p: by_id[p].replica.get(partition, BUCKET, key) for p in primaries if p in by_id}
+    return {p: by_id[p].replica.get(partition, BUCKET, key, None, sk)
+            for p in primaries if p in by_id}
+
+
+def _name(item: Item) -> str:
+    key, sk = item
+    return repr(key) if sk is None else f"{key!r}/{sk!r}"
 
 
 def _same(a: DVVSet | None, b: DVVSet | None) -> bool:
     return a is b is None or (a is not None and b is not None and dvvset.equal(a, b))
 
 
-def divergence(nodes: list[SimNode], keys: list[bytes]) -> list[str]:
+def divergence(nodes: list[SimNode], keys: list[Item]) -> list[str]:
     """Why the cluster has not converged yet; empty once it has."""
     down = [n.id for n in nodes if n.node is None]
     if down:
@@ -62,11 +73,11 @@ def divergence(nodes: list[SimNode], keys: list[bytes]) -> list[str]:
             problems.append(f"{n.id}: transfers pending")
         if hints := n.node.storage.hint_counts():
             problems.append(f"{n.id}: undelivered hints {hints}")
-    for key in keys:
-        copies = _copies(nodes, key)
+    for item in keys:
+        copies = _copies(nodes, item)
         first = next(iter(copies.values()))
         if not all(_same(first, c) for c in copies.values()):
-            problems.append(f"replicas of {key!r} differ: "
+            problems.append(f"replicas of {_name(item)} differ: "
                             + ", ".join(f"{node}={_describe(c)}" for node, c in copies.items()))
     return problems
 
@@ -83,7 +94,7 @@ def _describe(clock: DVVSet | None) -> str:
     return f"{dvvset.join(clock)}/{len(dvvset.values(clock))} siblings"
 
 
-def final_clocks(nodes: list[SimNode], keys: list[bytes]) -> dict[bytes, DVVSet | None]:
+def final_clocks(nodes: list[SimNode], keys: list[Item]) -> dict[Item, DVVSet | None]:
     """The converged value of every key (its primaries agree, see `divergence`)."""
     return {key: next(iter(_copies(nodes, key).values())) for key in keys}
 
@@ -104,7 +115,7 @@ def _live(clock: DVVSet | None) -> dict[str, frozenset[str]]:
     return dict(decode_value(s.value) for s in dvvset.live_values(clock) if s.value is not None)
 
 
-def check_history(history: History, finals: dict[bytes, DVVSet | None]) -> list[str]:
+def check_history(history: History, finals: dict[Item, DVVSet | None]) -> list[str]:
     """Every violation of the invariants above, one line each."""
     violations = []
     read_by: dict[str, list[str]] = {}
@@ -118,19 +129,19 @@ def check_history(history: History, finals: dict[bytes, DVVSet | None]) -> list[
         final = finals[write.key]
         live = _live(final)
         for wid in sorted(write.seen_values & set(live)):
-            violations.append(f"{write.key!r}: {wid} came back after acknowledged "
+            violations.append(f"{_name(write.key)}: {wid} came back after acknowledged "
                               f"{write.kind} {write.wid} superseded it")
         if write.key in carts:
             acked = dvvset.decode_context(write.ack_context)
             have = dvvset.join(final) if final is not None else {}
             lost = {a: c for a, c in acked.items() if have.get(a, 0) < c}
             if lost:
-                violations.append(f"{write.key!r}: history of acknowledged {write.wid} lost: "
-                                  f"{lost} not in the final {have}")
+                violations.append(f"{_name(write.key)}: history of acknowledged {write.wid} "
+                                  f"lost: {lost} not in the final {have}")
             elements = frozenset().union(*live.values())
             if write.wid not in elements:
-                violations.append(f"{write.key!r}: acknowledged element {write.wid} lost")
+                violations.append(f"{_name(write.key)}: acknowledged element {write.wid} lost")
         elif write.kind == "put" and write.wid not in live and write.wid not in read_by:
-            violations.append(f"{write.key!r}: acknowledged {write.wid} lost "
+            violations.append(f"{_name(write.key)}: acknowledged {write.wid} lost "
                               "(not live, and no later write read it)")
     return violations

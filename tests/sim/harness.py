@@ -1,14 +1,15 @@
 """A deterministic dynd cluster in one trio run: real Node code over tests/sim/network.py.
 
 `run(seed, scenario)` builds the cluster (real dynd.node.Node, real RocksDB storage in
-a temporary directory per node), runs a shopping-cart workload concurrently with
-seeded faults (frame loss, duplication, reordering, symmetric and one-way
-partitions, crashes with storage kept or wiped, clock jumps, wall-clock skew, a node
-joining), heals everything, waits until the cluster converges, runs the checkers
-and returns a Report. Everything random comes from the seed: the network, the
-faults, the workload, every node's rng and trio's scheduler (seeded here), under
-trio's MockClock with autojump, so minutes of cluster time take seconds. String
-hashing still follows PYTHONHASHSEED: `make sim` pins it to 0.
+a temporary directory per node), runs a shopping-cart workload on plain keys and on
+items (a few sort keys of one key) concurrently with seeded faults (frame loss,
+duplication, reordering, symmetric and one-way partitions, crashes with storage kept
+or wiped, clock jumps, wall-clock skew, a node joining), heals everything, waits until
+the cluster converges, runs the checkers and returns a Report. Everything random
+comes from the seed: the network, the faults, the workload, every node's rng and
+trio's scheduler (seeded here), under trio's MockClock with autojump, so minutes of
+cluster time take seconds. String hashing still follows PYTHONHASHSEED: `make sim`
+pins it to 0.
 
 A crash drops the writes a node staged but had not yet committed (a real crash
 loses what was not yet durable; no acknowledgement ever follows such a write),
@@ -41,7 +42,7 @@ from dynd.features import SUPPORTED
 from dynd.node import Node
 from dynd.storage import Storage, StorageError
 from tests.sim import checkers
-from tests.sim.checkers import decode_value, encode_value
+from tests.sim.checkers import Item, decode_value, encode_value
 from tests.sim.network import LinkFaults, SimNetwork
 from tests.support.cluster import bootstrap_state
 from tests.support.nodes import new_node, seed_state
@@ -62,6 +63,8 @@ class Scenario:
     clients: int = 4
     cart_keys: int = 6  # grow-only sets: every acknowledged element must survive
     doomed_keys: int = 4  # put and deleted: superseded values must never come back
+    item_keys: int = 1  # partition keys of items, each as carts and as doomed keys
+    sort_keys: tuple[bytes, ...] = (b"a", b"a\x00", b"\xff")  # the items of each
     chaos_seconds: float = 150.0
     fault_every: float = 5.0  # mean seconds between fault events
     faults: LinkFaults = LinkFaults(drop=0.01, dup=0.02, max_delay=0.02, tail=0.02)
@@ -178,7 +181,7 @@ class Write:
     """One attempted put or delete and what its client had read before it."""
 
     wid: str
-    key: bytes
+    key: Item
     kind: str  # "put" or "delete"
     seen_values: frozenset[str]  # write ids of the siblings the read returned
     seen_elements: frozenset[str]  # the union of their carts
@@ -191,8 +194,8 @@ class History:
     """Everything the clients did, for the checkers."""
 
     writes: dict[str, Write] = field(default_factory=dict)
-    cart_keys: list[bytes] = field(default_factory=list)
-    doomed_keys: list[bytes] = field(default_factory=list)
+    cart_keys: list[Item] = field(default_factory=list)
+    doomed_keys: list[Item] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
 
 
@@ -207,9 +210,14 @@ class Report:
     frames: Counter[str]
     elapsed: float = 0.0  # simulated seconds of the whole run
 
+    def acked_items(self) -> int:
+        """Acknowledged writes to items (keys with a sort key)."""
+        return sum(1 for w in self.history.writes.values() if w.acked and w.key[1] is not None)
+
     def summary(self) -> str:
         acked = sum(1 for w in self.history.writes.values() if w.acked)
         return (f"seed={self.seed} writes={len(self.history.writes)} acked={acked} "
+                f"acked_items={self.acked_items()} "
                 f"converged_after={self.converged_after} events={dict(self.events)} "
                 f"frames={dict(self.frames)} outcomes={dict(self.history.outcomes)}")
 
@@ -268,9 +276,13 @@ class SimCluster:
             members = [n for n in self.nodes if n.id in self._member_ids()]
             target = rng.choice(members)
             doomed = rng.random() < 0.35
-            key = rng.choice(history.doomed_keys if doomed else history.cart_keys)
+            item = rng.choice(history.doomed_keys if doomed else history.cart_keys)
+            key, sk = item
+            address: dict[str, Any] = {"bucket": BUCKET, "key": key}
+            if sk is not None:
+                address["sk"] = sk
             try:
-                read = await self.client_call(name, target.addr, "get", bucket=BUCKET, key=key)
+                read = await self.client_call(name, target.addr, "get", **address)
             except DynError as exc:
                 history.outcomes[f"get_{exc.code}"] += 1
                 continue
@@ -281,9 +293,9 @@ class SimCluster:
             delete = doomed and seen and rng.random() < 0.4
             self._write_ids += 1
             wid = f"w{self._write_ids}"
-            write = Write(wid, key, "delete" if delete else "put", seen_values, elements)
+            write = Write(wid, item, "delete" if delete else "put", seen_values, elements)
             history.writes[wid] = write
-            fields: dict[str, Any] = {"bucket": BUCKET, "key": key, "context": read["context"]}
+            fields = {**address, "context": read["context"]}
             if not delete:
                 fields["value"] = encode_value(wid, elements | {wid})
             try:
@@ -398,8 +410,13 @@ async def _run(seed: int, scenario: Scenario, clock: trio.testing.MockClock) -> 
     async with settled_cluster(scenario, clock, f"dynd-sim-{seed}-", seed=seed,
                                settle=0) as (cluster, _):
         history = cluster.history
-        history.cart_keys = [f"cart-{i}".encode() for i in range(scenario.cart_keys)]
-        history.doomed_keys = [f"doomed-{i}".encode() for i in range(scenario.doomed_keys)]
+        history.cart_keys = [(f"cart-{i}".encode(), None) for i in range(scenario.cart_keys)]
+        history.doomed_keys = [(f"doomed-{i}".encode(), None)
+                               for i in range(scenario.doomed_keys)]
+        for i in range(scenario.item_keys):
+            history.cart_keys += [(f"cart-items-{i}".encode(), sk) for sk in scenario.sort_keys]
+            history.doomed_keys += [(f"doomed-items-{i}".encode(), sk)
+                                    for sk in scenario.sort_keys]
         stop = trio.Event()
         async with trio.open_nursery() as work:
             for i in range(scenario.clients):
