@@ -88,13 +88,18 @@ def test_a_removed_id_rejoins_with_a_fresh_data_dir_as_a_new_life(dyn_cluster: C
     ctl(seed, "cluster", "remove", old.node_id)
     ctl(seed, "cluster", "commit")
     ctl(seed, "cluster", "wait", "--timeout", "60")
-    # Back with its old copies, it hears it was removed, and may not join with them.
+    # Back with its old copies, it hears it was removed, and may not join with them. A
+    # removed node hands its copies to the primaries and drops them once every primary took
+    # them: with one primary down that waits, so its copies are still there to refuse.
+    down = nodes[2]
+    down.stop()
     old.start()
     wait_until(lambda: member_statuses(old)[old.node_id] == "removed", 30,
                "the removed node to hear it")
     refused = dynctl("--node", old.addr, "cluster", "join", seed.addr)
     assert refused.returncode == 5 and b"empty data dir" in refused.stderr, refused.stderr
     old.stop()
+    down.start()
     shutil.rmtree(old.data_dir)
     old.start()
     ctl(old, "cluster", "join", seed.addr)
