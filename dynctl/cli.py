@@ -27,6 +27,7 @@ from common.limits import MAX_N, MAX_SORT_KEY_BYTES
 from dynctl import devcluster
 from dynctl.bench.command import register_bench
 from dynctl.client import DEFAULT_ADDR, LIMITS, Client, Object, as_sort_key
+from dynctl.invocation import Session, Settings
 from dynctl.output import (
     Outcome,
     Output,
@@ -37,7 +38,6 @@ from dynctl.output import (
     text_or_base64,
 )
 from dynctl.resolve import STRATEGIES, pick
-from dynctl.session import Session, Settings
 
 REPAIR_TIMEOUT = 300.0  # default deadline of `repair`, which waits for its exchanges
 WAIT_TIMEOUT = 60.0  # default of `cluster wait --timeout`

@@ -12,8 +12,8 @@ from dynctl.bench.config import MAX_CONCURRENCY, MAX_PROCS, BenchConfig, Target
 from dynctl.bench.engine import run_benchmark
 from dynctl.bench.report import plot, render_report
 from dynctl.client import LIMITS
+from dynctl.invocation import Session
 from dynctl.output import Outcome, Output
-from dynctl.session import Session
 from dynctl.ycsb import RECORD_BYTES, WORKLOADS, WorkloadError
 
 EXAMPLES = (
