@@ -202,7 +202,8 @@ class Coordinator:
         if not place.targets:
             raise Unavailable("no replica of this key is reachable")
         # R counts distinct replicas: never lowered to the few this node finds reachable.
-        core = GetCore(r=r, n=len(place.targets), pr=pr, primaries=_primaries(place.targets))
+        core = GetCore(r=r, n=len(place.targets), pr=pr,
+                       primaries=_primaries(place.targets) if pr else None)
         answer = _FirstReply(reply)
 
         def decide() -> None:
@@ -350,8 +351,8 @@ class Coordinator:
         """Mint the write's dot on this node's copy (a hint when this node is a fallback
         of the key), store it, replicate it; ``reply`` once W acknowledged, PW of them
         primaries. With fewer than PW primaries reachable it writes nothing."""
-        primaries = _primaries(place.targets)
-        if primaries < pw:
+        primaries = _primaries(place.targets) if pw else None
+        if primaries is not None and primaries < pw:
             reply(None, Unavailable(f"primary write quorum not met: {primaries} of the key's "
                                     f"primaries reachable, pw={pw}"))
             return True

@@ -34,8 +34,7 @@ class GetCore:
     primaries: int | None = None  # how many of the n replicas asked are primaries (None: all)
     replies: dict[str, DVVSet | None] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
-    fallbacks: set[str] = field(default_factory=set)
-    failed_fallbacks: set[str] = field(default_factory=set)
+    fallbacks: set[str] = field(default_factory=set)  # replicas asked as fallbacks
     incomplete: set[str] = field(default_factory=set)
 
     def add_reply(self, node: str, clock: DVVSet | None, *, fallback: bool = False,
@@ -71,17 +70,17 @@ class GetCore:
     def add_failure(self, node: str, reason: str, *, fallback: bool = False) -> None:
         self.failures[node] = reason
         if fallback:
-            self.failed_fallbacks.add(node)
+            self.fallbacks.add(node)
 
     def enough(self) -> bool:
         return (len(self.replies) - len(self.incomplete) >= self.r
-                and self.primary_replies() >= self.pr)
+                and (not self.pr or self.primary_replies() >= self.pr))
 
     def hopeless(self) -> bool:
         """R or PR can no longer be met: too many replicas (primaries) failed or answered
         incomplete, or too few primaries were reachable to ask."""
         primaries = self.n if self.primaries is None else self.primaries
-        primary_failures = len(self.failures) - len(self.failed_fallbacks)
+        primary_failures = len(set(self.failures) - self.fallbacks)
         incomplete_primaries = len(self.incomplete - self.fallbacks)
         return (self.n - len(self.failures) - len(self.incomplete) < self.r
                 or primaries - primary_failures - incomplete_primaries < self.pr)
@@ -139,7 +138,7 @@ class PutCore:
         return len(self.acks - self.fallbacks)
 
     def enough(self) -> bool:
-        return len(self.acks) >= self.w and self.primary_acks() >= self.pw
+        return len(self.acks) >= self.w and (not self.pw or self.primary_acks() >= self.pw)
 
     def hopeless(self) -> bool:
         """W or PW can no longer be met: too many replicas (primaries) failed, or too few
