@@ -31,7 +31,7 @@ from dynd.quorum import GetCore, PutCore
 from dynd.replica import Replica
 from dynd.replica_access import ReplicaAccess, clock_from_peer, replica_fields
 from dynd.ring import Target
-from dynd.routing import Placement
+from dynd.routing import Placement, Quorums
 from dynd.server import Reply, answered
 from dynd.storage import StorageError, Ticket
 
@@ -196,8 +196,7 @@ class Coordinator:
         them. Raises what makes the request impossible to start (a bad r). True: it
         always takes the request."""
         routing = self.view.routing()
-        pr, _ = routing.primary_quorums(bucket, r=r, pr=pr)
-        n, r, _ = routing.quorum_sizes(bucket, r=r)
+        n, r, _, pr, _ = routing.quorums(bucket, r=r, pr=pr)
         place = routing.placement(bucket, key, n, self.liveness.up_nodes())
         if not place.targets:
             raise Unavailable("no replica of this key is reachable")
@@ -289,23 +288,22 @@ class Coordinator:
         of the key: ``reply`` comes once W replicas hold it. False, with nothing done (not
         even ``client_context`` decoded), when the write belongs on a primary (``put``
         forwards it)."""
-        place, me, w_needed = self._write_placement(bucket, key, w)
+        place, me, quorums = self._write_placement(bucket, key, w, pw)
         if me is None or me.role != "primary":
             return False
-        _, pw = self.view.routing().primary_quorums(bucket, w=w, pw=pw)
-        self._write_here(place, me, bucket, key, value, client_context(), w_needed, reply,
-                         pw=pw, sk=sk)
+        self._write_here(place, me, bucket, key, value, client_context(), quorums.w, reply,
+                         pw=quorums.pw, sk=sk)
         return True
 
-    def _write_placement(self, bucket: str, key: bytes, w: int | None
-                         ) -> tuple[Placement, Target | None, int]:
+    def _write_placement(self, bucket: str, key: bytes, w: int | None, pw: int | None
+                         ) -> tuple[Placement, Target | None, Quorums]:
         """Where a write of the key goes, this node's place in it (None: outside the
-        preference list), and the W it needs."""
+        preference list), and the quorums (W, PW) it needs."""
         routing = self.view.routing()
-        n, _, w_needed = routing.quorum_sizes(bucket, w=w)
-        place = routing.placement(bucket, key, n, self.liveness.up_nodes())
+        quorums = routing.quorums(bucket, w=w, pw=pw)
+        place = routing.placement(bucket, key, quorums.n, self.liveness.up_nodes())
         me = next((t for t in place.targets if t.node == self.node_id), None)
-        return place, me, w_needed
+        return place, me, quorums
 
     async def put(
         self, bucket: str, key: bytes, value: bytes | None, client_context: dict[str, int],
@@ -316,8 +314,7 @@ class Coordinator:
         """Coordinate a put or delete wherever it arrived: forwarded to a primary when
         this node is none (unless ``forward`` is None: no forwarding hop left), never to a
         node it ``came_through`` (no loops), else as ``start_put``."""
-        place, me, w_needed = self._write_placement(bucket, key, w)
-        _, pw = self.view.routing().primary_quorums(bucket, w=w, pw=pw)
+        place, me, quorums = self._write_placement(bucket, key, w, pw)
         if (me is None or me.role != "primary") and forward is not None:
             # Only a primary's copy holds every dot its actor minted for the key; a dot
             # minted on a fallback's hint copy can repeat one already handed back and be
@@ -339,7 +336,7 @@ class Coordinator:
                               f"({', '.join(t.node for t in place.targets) or 'none up'})"
                               f"{hops}")
         result = await answered(partial(self._write_here, place, me, bucket, key, value,
-                                        client_context, w_needed, pw=pw, sk=sk))
+                                        client_context, quorums.w, pw=quorums.pw, sk=sk))
         assert result is not None
         return result
 

@@ -162,7 +162,7 @@ class Requests:
         """Every replica's local copy of a key: primaries, and fallbacks holding hints."""
         bucket, key, sk = fields["bucket"], fields["key"], self._sort_key(fields)
         routing = self.view.routing()
-        n, _, _ = routing.quorum_sizes(bucket)
+        n = routing.quorums(bucket).n
         partition = partition_of(bucket, key, routing.ring.ring_size)
         primaries = list(routing.primaries(partition, n))
         state = self.view.state

@@ -10,11 +10,23 @@ node owns. A state is immutable, so one `Routing` is built per state
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from common.errors import Rejected
 from dynd import membership
 from dynd.membership import BucketProps, ClusterState
 from dynd.ring import Ring, Target, partition_of
+
+
+class Quorums(NamedTuple):
+    """What one request needs: N replicas asked, R replies or W acknowledgements, PR (PW)
+    of them from the key's primaries."""
+
+    n: int
+    r: int
+    w: int
+    pr: int
+    pw: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,34 +98,23 @@ class Routing:
             props = self._buckets[name] = membership.bucket(self.state, name)
         return props
 
-    def quorum_sizes(
-        self, bucket: str, *, r: int | None = None, w: int | None = None
-    ) -> tuple[int, int, int]:
-        """N, R, W for a request: bucket props, per-request overrides, capped by members."""
+    def quorums(self, bucket: str, *, r: int | None = None, w: int | None = None,
+                pr: int | None = None, pw: int | None = None) -> Quorums:
+        """N, R, W, PR, PW for a request: bucket props or per-request overrides, R and W
+        at most the bucket's N and PR (PW) at most the request's R (W), else Rejected;
+        all capped by the member count."""
         props = self.bucket(bucket)
         n = min(props.n, self.active_members)
         r = r if r is not None else props.r
         w = w if w is not None else props.w
-        if r > props.n or w > props.n:
-            raise Rejected(f"r={r} w={w} exceed the bucket's n={props.n}")
-        return n, min(r, n), min(w, n)
-
-    def primary_quorums(
-        self, bucket: str, *, r: int | None = None, w: int | None = None,
-        pr: int | None = None, pw: int | None = None,
-    ) -> tuple[int, int]:
-        """PR, PW for a request: bucket props or per-request overrides, at most the
-        request's R (W) (else Rejected), capped by members as R and W are."""
-        props = self.bucket(bucket)
-        asked_r = r if r is not None else props.r
-        asked_w = w if w is not None else props.w
         pr = pr if pr is not None else props.pr
         pw = pw if pw is not None else props.pw
-        if pr > asked_r or pw > asked_w:
-            raise Rejected(f"pr={pr} pw={pw} exceed r={asked_r} w={asked_w}: at most R "
-                           f"replies (W acknowledgements) are counted")
-        _, r_capped, w_capped = self.quorum_sizes(bucket, r=r, w=w)
-        return min(pr, r_capped), min(pw, w_capped)
+        if r > props.n or w > props.n:
+            raise Rejected(f"r={r} w={w} exceed the bucket's n={props.n}")
+        if pr > r or pw > w:
+            raise Rejected(f"pr={pr} pw={pw} exceed r={r} w={w}: at most R replies (W "
+                           f"acknowledgements) are counted")
+        return Quorums(n, min(r, n), min(w, n), min(pr, r, n), min(pw, w, n))
 
     def placement(self, bucket: str, key: bytes, n: int, up: frozenset[str]) -> Placement:
         """A key's sloppy preference list among the ``up`` members, and the future owners

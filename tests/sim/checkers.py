@@ -36,7 +36,7 @@ Item = tuple[bytes, bytes | None]  # (key, sort key or None): what the clients a
 def _replicas(nodes: list[SimNode], key: bytes) -> tuple[int, list[str]]:
     node = next(n.node for n in nodes if n.node is not None)
     partition = partition_of(BUCKET, key, node.view.state.ring_size)
-    n, _, _ = node.view.routing().quorum_sizes(BUCKET)
+    n = node.view.routing().quorums(BUCKET).n
     return partition, node.view.routing().primaries(partition, n)
 
 
