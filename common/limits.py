@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_N = 16  # replicas per key (a bucket's n), so also the largest r and w
-# An item's sort key: 1..1024 bytes, compared bytewise (DESIGN-items 2.1).
+# An item's sort key: 1..1024 bytes, compared bytewise (docs/architecture.md, "Data model").
 MAX_SORT_KEY_BYTES = 1024
 # What a replica request (p_put) adds to the stored object besides the key and the bucket
 # name: field names, protocol version, request id, partition, hint_for (a node id of at

@@ -36,7 +36,7 @@ _NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 _Type = type | tuple[type, ...]
 _BUCKET = (str, True)
 _KEY = (bytes, True)
-_SK = (bytes, False)  # an item's sort key; absent for a plain key (DESIGN-items 2.1)
+_SK = (bytes, False)  # an item's sort key; absent for a plain key
 _PARTITION = (int, True)
 
 SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {

@@ -4,7 +4,7 @@ A node reports the features it supports in its replies to ``p_gossip`` and ``p_s
 (nodes that predate this ignore reply keys they do not read). Once every member that is
 not removed has reported a feature, it is recorded in the cluster state's grow-only
 ``features`` set, which gossip spreads; from then on requests that need it are served
-(DESIGN-items 1.2, Riak's capabilities). Before that they are refused, naming the
+(as Riak's capabilities gate new shapes). Before that they are refused, naming the
 members that lack it, so no node ever meets a stored or wire shape it cannot read.
 """
 

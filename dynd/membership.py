@@ -177,7 +177,7 @@ class ClusterState:
     staged_version: int
     staged_by: str
     buckets: FrozenMap[str, BucketProps]
-    # Features every non-removed member reported supporting once (DESIGN-items 1.2):
+    # Features every non-removed member reported supporting once (dynd/features.py):
     # grow-only, so a member down for a while does not switch one off again.
     features: frozenset[str] = frozenset()
 

@@ -1,5 +1,5 @@
 """Items (KEY, SK) through dynctl and the Python client on one real dynd process
-(CONTRACT "Items with sort keys, queries and expiry"; docs/commands.md)."""
+(docs/commands.md, "Items with sort keys")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The gossiped record of activated features (DESIGN-items 1.2): activated only once
+"""The gossiped record of activated features: activated only once
 every member that is not removed reported a feature, grow-only across merges, and absent
 from the state (same bytes, same digest, readable by older nodes) while empty."""
 

@@ -1,4 +1,4 @@
-"""Storage keys and Merkle key ids of items (bucket, key, sort key), DESIGN-items 2.2/2.3:
+"""Storage keys and Merkle key ids of items (bucket, key, sort key; docs/architecture.md):
 a plain key keeps the exact bytes it had before sort keys (no migration, same trees on
 old and new nodes), and the items of one key sort by their sort key, bytewise."""
 
