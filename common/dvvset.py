@@ -53,10 +53,16 @@ class InvalidClock(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Sibling:
-    """One concurrent value; ``value is None`` is a tombstone left by a delete."""
+    """One concurrent value; ``value is None`` is a tombstone left by a delete.
+
+    ``expires_at`` (ms since the Unix epoch) is stamped once, by the coordinator of the
+    write, and replicated with the value: every replica holds the same expiry, only the
+    clock that reads it varies. A tombstone never carries one.
+    """
 
     value: bytes | None
     written_at: int  # ms since the Unix epoch, stamped by the coordinator
+    expires_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +139,9 @@ def _sync_entries(a: tuple[tuple[str, int, tuple[Sibling, ...]], ...],
     return tuple(merged)
 
 
-def _sibling_order(sibling: Sibling) -> tuple[int, bool, bytes]:
-    return (sibling.written_at, sibling.value is None, sibling.value or b"")
+def _sibling_order(sibling: Sibling) -> tuple[int, bool, bytes, int]:
+    return (sibling.written_at, sibling.value is None, sibling.value or b"",
+            -1 if sibling.expires_at is None else sibling.expires_at)
 
 
 def _canonical_anonymous(siblings: Iterable[Sibling]) -> tuple[Sibling, ...]:
@@ -251,8 +258,27 @@ def values(clock: DVVSet) -> list[Sibling]:
 
 
 def live_values(clock: DVVSet) -> list[Sibling]:
-    """The siblings a reader sees: tombstones hidden."""
+    """The siblings that are not tombstones, expired or not (what a write must keep)."""
     return [sibling for sibling in values(clock) if sibling.value is not None]
+
+
+def is_visible(sibling: Sibling, now_ms: int) -> bool:
+    """A reader at ``now_ms`` sees the sibling: not a tombstone and not yet expired."""
+    return sibling.value is not None and (sibling.expires_at is None
+                                          or sibling.expires_at > now_ms)
+
+
+def visible_values(clock: DVVSet, now_ms: int) -> list[Sibling]:
+    """The siblings a reader whose clock says ``now_ms`` sees: tombstones and expired
+    values hidden. Monotone in ``now_ms``: a later reader never sees more."""
+    return [sibling for sibling in values(clock) if is_visible(sibling, now_ms)]
+
+
+def is_dead(clock: DVVSet, now_ms: int) -> bool:
+    """True if the clock has siblings and none is visible at ``now_ms``: an expired value
+    behaves exactly as a tombstone (a reap candidate once its grace has passed)."""
+    siblings = values(clock)
+    return bool(siblings) and not any(is_visible(sibling, now_ms) for sibling in siblings)
 
 
 def sibling_count(clock: DVVSet) -> int:
@@ -353,11 +379,15 @@ def decode_context(s: str, max_bytes: int = 16384) -> VersionVector:
 
 
 def _sibling_to_wire(sibling: Sibling) -> list:
-    return [sibling.value, sibling.written_at]
+    if sibling.expires_at is None:
+        return [sibling.value, sibling.written_at]
+    return [sibling.value, sibling.written_at, sibling.expires_at]
 
 
 def to_wire(clock: DVVSet) -> list:
-    """CBOR-friendly form: [[[actor, counter, [[value|None, written_at], ...]], ...], [anon...]]."""
+    """CBOR-friendly form: [[[actor, counter, [sibling, ...]], ...], [anonymous sibling, ...]],
+    a sibling ``[value|None, written_at]`` or ``[value, written_at, expires_at]`` (the
+    2-item form is byte-identical to clocks written before expiry existed)."""
     return [
         [[actor, counter, [_sibling_to_wire(s) for s in entry_values]]
          for actor, counter, entry_values in clock.entries],
@@ -366,10 +396,19 @@ def to_wire(clock: DVVSet) -> list:
 
 
 def _sibling_from_wire(obj: object) -> Sibling:
-    value, written_at = _check_list(obj, "sibling", InvalidClock, length=2)
+    fields = _check_list(obj, "sibling", InvalidClock)
+    if len(fields) not in (2, 3):
+        raise InvalidClock(f"sibling must be a list of 2 or 3 items, got {obj!r:.40}")
+    value = fields[0]
     if value is not None and type(value) is not bytes:
         raise InvalidClock(f"sibling value must be bytes or None, got {type(value).__name__}")
-    return Sibling(value, _check_int(written_at, "written_at", InvalidClock))
+    written_at = _check_int(fields[1], "written_at", InvalidClock)
+    if len(fields) == 2:
+        return Sibling(value, written_at)
+    if value is None:
+        raise InvalidClock("a tombstone carries no expires_at")
+    expires_at = _check_int(fields[2], "expires_at", InvalidClock, minimum=written_at + 1)
+    return Sibling(value, written_at, expires_at)
 
 
 def from_wire(obj: object) -> DVVSet:
@@ -424,9 +463,9 @@ def decode_stored(data: bytes) -> DVVSet:
     try:
         entries, anonymous = cbor2.loads(data)
         return DVVSet(
-            tuple((actor, counter, tuple(Sibling(value, at) for value, at in values))
+            tuple((actor, counter, tuple(Sibling(*fields) for fields in values))
                   for actor, counter, values in entries),
-            tuple(Sibling(value, at) for value, at in anonymous))
+            tuple(Sibling(*fields) for fields in anonymous))
     except (cbor2.CBORDecodeError, TypeError, ValueError) as exc:
         raise InvalidClock(f"stored clock: {exc}") from exc
 

@@ -82,6 +82,8 @@ def simulate(ops: list[tuple[str, int, int, int]]) -> History:
         else:
             written_at = len(history.writes) + 1  # unique, so siblings are unique too
             value = None if kind == "delete" else f"w{written_at}".encode()
+            # Some values expire (3-item siblings): the properties hold for them too.
+            expires_at = written_at + choice if value is not None and choice % 5 == 4 else None
             read = None
             if choice % 3 == 0 or (choice % 3 == 2 and not history.contexts):
                 context: dvv.VersionVector = {}
@@ -92,11 +94,10 @@ def simulate(ops: list[tuple[str, int, int, int]]) -> History:
                 context = history.contexts[choice // 3 % len(history.contexts)]
             actor = ACTORS[node]
             before = history.replicas[node]
-            after = put(Sibling(value, written_at), before, actor, context)
-            history.writes.append(Write(Sibling(value, written_at),
-                                        (actor, dvv.join(after)[actor]), context))
-            history.puts.append(PutStep(before, context, actor, Sibling(value, written_at),
-                                        after, read))
+            sibling = Sibling(value, written_at, expires_at)
+            after = put(sibling, before, actor, context)
+            history.writes.append(Write(sibling, (actor, dvv.join(after)[actor]), context))
+            history.puts.append(PutStep(before, context, actor, sibling, after, read))
             history.replicas[node] = after
             history.clocks.append(after)
     return history
@@ -492,3 +493,52 @@ def test_a_forged_context_counter_never_reuses_a_dot_or_drops_an_unseen_value() 
         assert set(dots.values()) == kept | {sib("w", 3)}
     with pytest.raises(InvalidContext, match=r"counter of 'r1' is at 2\*\*63-1"):
         dvv.update(dvv.new(sib("w", 3), {"r1": dvv.MAX_INT}), stored, "r1", floor=4)
+
+
+# ---------------------------------------------------------------------------- expiry
+
+
+@settings(max_examples=150, deadline=None)
+@given(history=histories, data=st.data())
+def test_visibility_is_monotone_in_now_and_hides_tombstones_and_expired_values(history, data):
+    clock = data.draw(st.sampled_from(history.clocks))
+    earlier = data.draw(st.integers(0, 200))
+    later = earlier + data.draw(st.integers(0, 200))
+    seen_later = dvv.visible_values(clock, later)
+    assert set(seen_later) <= set(dvv.visible_values(clock, earlier))
+    assert all(s.value is not None and (s.expires_at is None or s.expires_at > later)
+               for s in seen_later)
+    assert dvv.is_dead(clock, later) == (bool(dvv.values(clock)) and not seen_later)
+
+
+def test_an_expired_value_is_dead_like_a_tombstone_and_a_live_one_keeps_the_clock_alive():
+    expiring = put(Sibling(b"v", 10, 60), None, "n0.1")
+    assert dvv.visible_values(expiring, 59) == [Sibling(b"v", 10, 60)]
+    assert dvv.visible_values(expiring, 60) == []
+    assert dvv.is_dead(expiring, 60) and not dvv.is_dead(expiring, 59)
+    both = dvv.sync(expiring, put(Sibling(b"w", 11), None, "n1.1"))
+    assert [s.value for s in dvv.visible_values(both, 10**6)] == [b"w"]
+    assert not dvv.is_dead(both, 10**6)
+    assert not dvv.is_dead(dvv.empty(), 0)
+
+
+def test_clocks_without_expiry_keep_their_two_item_bytes_and_digests():
+    clock = put(Sibling(b"v", 10), None, "n0.1")
+    assert dvv.encode(clock) == cbor2.dumps([[["n0.1", 1, [[b"v", 10]]]], []], canonical=True)
+    expiring = put(Sibling(b"v", 10, 70), None, "n0.1")
+    assert dvv.to_wire(expiring) == [[["n0.1", 1, [[b"v", 10, 70]]]], []]
+    for decoder in (dvv.decode, dvv.decode_stored):
+        assert decoder(dvv.encode(expiring)) == expiring
+        assert decoder(dvv.encode(clock)) == clock
+    assert dvv.digest(expiring) != dvv.digest(clock)
+
+
+@pytest.mark.parametrize(("sibling", "message"), [
+    ([None, 10, 20], "tombstone carries no expires_at"),
+    ([b"v", 10, 10], "expires_at must be an integer in 11"),
+    ([b"v", 10, 20, 30], "list of 2 or 3 items"),
+    ([b"v"], "list of 2 or 3 items"),
+])
+def test_from_wire_refuses_bad_expiry(sibling, message):
+    with pytest.raises(InvalidClock, match=message):
+        dvv.from_wire([[["n0.1", 1, [sibling]]], []])
