@@ -62,6 +62,7 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "cluster_clear": {},
     "cluster_status": {},
     "cluster_check": {},
+    "cluster_features": {},
     "ring": {},
     "status": {},
     "hints": {},

@@ -597,6 +597,18 @@ async def cluster_status(client: Client) -> Outcome:
 main.add_command(cluster_status, "members")
 
 
+@command(cluster, "features", "dynctl cluster features",
+         "dynctl --json cluster features | jq '.features[] | select(.active | not)'")
+async def cluster_features(client: Client) -> Outcome:
+    """What the members support: each feature, whether the cluster has switched it on
+    (once every member reported it; it then stays on), and who has not reported it."""
+    result = await client.call("cluster_features")
+    rows = [[row["feature"], "yes" if row["active"] else "no", " ".join(row["lacking"]) or "-"]
+            for row in result["features"]]
+    return Outcome({"features": result["features"]}, lambda out: out.table(
+        "feature", ["feature", "active", "lacking"], rows))
+
+
 def _describe_check(check: Mapping[str, Any]) -> str:
     epochs = " ".join(f"{node}:{epoch}" for node, epoch in sorted(check.get("epochs", {}).items()))
     text = f"epochs {epochs}, {check.get('pending_transfers')} transfers pending"

@@ -36,7 +36,7 @@ def _bucket_wire(props: membership.BucketProps) -> dict[str, Any]:
 class Admin:
     OPS = ("bucket_set", "bucket_get", "bucket_list", "cluster_join", "cluster_leave",
            "cluster_remove", "cluster_replace", "tokens", "cluster_plan", "cluster_commit",
-           "cluster_clear", "cluster_status", "cluster_check", "ring", "status",
+           "cluster_clear", "cluster_status", "cluster_check", "cluster_features", "ring", "status",
            "p_join", "p_status")
 
     def __init__(self, view: ClusterView, identity: Identity, storage: Storage,
@@ -218,6 +218,9 @@ class Admin:
 
     async def op_cluster_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"epoch": self.view.state.epoch, "members": self._member_rows()}
+
+    async def op_cluster_features(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"features": self.features.describe()}
 
     async def op_p_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"epoch": self.view.state.epoch,

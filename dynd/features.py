@@ -50,6 +50,16 @@ class Features:
         if activated is not state:
             self.view.set_state(activated)
 
+    def describe(self) -> list[dict[str, Any]]:
+        """One row per feature any member reported or the cluster activated: whether it
+        is active and, while it is not, which non-removed members have not reported it."""
+        state = self.view.state
+        names = sorted(state.features.union(*self.reported.values()))
+        return [{"feature": name, "active": name in state.features,
+                 "lacking": [] if name in state.features
+                 else membership.lacking_feature(state, self.reported, name)}
+                for name in names]
+
     def require(self, feature: str) -> None:
         """Refuse (exit 5) a request that needs ``feature`` before the cluster has it."""
         if feature in self.view.state.features:

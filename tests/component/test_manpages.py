@@ -219,7 +219,8 @@ def test_bucket_set_documents_the_largest_n() -> None:
 ADMIN_COMMANDS = {"cluster_join": "join", "cluster_leave": "leave", "cluster_remove": "remove",
                   "cluster_replace": "replace", "cluster_plan": "plan",
                   "cluster_commit": "commit", "cluster_clear": "clear",
-                  "cluster_status": "status", "cluster_check": "wait", "tokens": "tokens",
+                  "cluster_status": "status", "cluster_check": "wait",
+                  "cluster_features": "features", "tokens": "tokens",
                   "bucket_set": "bucket set", "repair": "repair"}
 
 

@@ -78,3 +78,10 @@ def test_python_client_items_and_read_your_writes_per_item(node) -> None:
         client.delete(b"cart", sk=b"LINE#2")
         assert client.get(b"cart", sk=b"LINE#2").found is False
         assert len(client._client.written) == 2  # remembered per item
+
+
+def test_cluster_features_shows_sort_keys_switched_on_in_a_one_node_cluster(node) -> None:
+    code, shown = dynctl_json("--node", node.addr, "cluster", "features")
+    assert code == 0 and {"feature": "sk", "active": True, "lacking": []} in shown["features"]
+    piped = run(node, "cluster", "features")
+    assert piped.returncode == 0 and b"feature=sk active=yes lacking=-" in piped.stdout

@@ -78,10 +78,14 @@ def test_sort_keys_wait_for_every_member_then_turn_on_by_themselves() -> None:
             with pytest.raises(Rejected, match=old.id):
                 await _call(cluster, sims[1], "get", sk=b"S")
             await _call(cluster, sims[0], "put", value=b"plain")  # plain keys still served
+            shown = await cluster.client_call("client", sims[0].addr, "cluster_features")
+            assert {"feature": "sk", "active": False, "lacking": [old.id]} in shown["features"]
             await old.stop()
             old.features = sims[0].features  # upgraded
             await old.start()
             await until("every node records sort keys as active", lambda: _active(sims))
+            shown = await cluster.client_call("client", sims[0].addr, "cluster_features")
+            assert {"feature": "sk", "active": True, "lacking": []} in shown["features"]
             await _call(cluster, sims[0], "put", sk=b"S", value=b"v")
             got = await _call(cluster, sims[4], "get", sk=b"S")
             assert [v["value"] for v in got["values"]] == [b"v"]
