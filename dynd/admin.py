@@ -17,6 +17,7 @@ import trio
 from common.config import AntiEntropyConfig
 from common.errors import DynError, Rejected
 from dynd import membership
+from dynd.clocks import ClockOffsets
 from dynd.cluster import ClusterView
 from dynd.features import EXPIRY, Features
 from dynd.identity import Identity
@@ -48,10 +49,13 @@ class Admin:
                  liveness: Liveness, peers: Peers, *, push_gossip: Callable[[], None],
                  transfer_rows: Callable[[], list[dict[str, Any]]],
                  exchange_rows: Callable[[], list[dict[str, Any]]], features: Features,
-                 antientropy: AntiEntropyConfig) -> None:
+                 antientropy: AntiEntropyConfig, wall: Callable[[], float],
+                 clock_offsets: ClockOffsets) -> None:
         """``transfer_rows``, ``exchange_rows``: the transfers and anti-entropy exchanges
         ``status`` shows (Transfers.rows, AntiEntropy.status_rows); ``antientropy``: the
-        period a bucket's grace must exceed, and the grace of a bucket without one."""
+        period a bucket's grace must exceed, and the grace of a bucket without one;
+        ``wall``: the clock p_status reports; ``clock_offsets``: the peers' offsets gossip
+        measured (``status`` shows them)."""
         self.view = view
         self.identity = identity
         self.storage = storage
@@ -62,6 +66,8 @@ class Admin:
         self.exchange_rows = exchange_rows
         self.features = features
         self.antientropy = antientropy
+        self.wall = wall
+        self.clock_offsets = clock_offsets
 
     async def _change(self, state: ClusterState) -> None:
         """Adopt, wait until durable, then tell every member."""
@@ -248,7 +254,7 @@ class Admin:
     async def op_p_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"epoch": self.view.state.epoch,
                 "pending_transfers": len(membership.pending_transfers(self.view.state)),
-                "features": self.features.wire()}
+                "features": self.features.wire(), "wall_ms": int(self.wall() * 1000)}
 
     async def op_cluster_check(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Has every reachable member the same epoch, with no transfer pending and no
@@ -300,6 +306,10 @@ class Admin:
             "transfers": self.transfer_rows(),
             "antientropy": self.exchange_rows(),
             "storage_bytes": self.storage.approximate_size(),
+            # The peer clock furthest from ours (signed, ms; None: nothing measured yet),
+            # and each peer's: expiry is as precise as these are small.
+            "clock_offset_ms": self.clock_offsets.largest(),
+            "clock_offsets_ms": dict(self.clock_offsets.per_peer()),
         }
 
 
