@@ -17,6 +17,9 @@ MAX_SORT_KEY_BYTES = 1024
 # most 64 characters) and an item's sort key. 146 bytes at most when measured without the
 # sort key; 512 leaves room to spare beside it.
 REPLICA_ENVELOPE_BYTES = 512 + MAX_SORT_KEY_BYTES
+# The longest expiry a write or a bucket default may ask for (10 years of 365 days), and the
+# longest bucket grace: beyond that an expiry is a mistyped unit, not a cache.
+MAX_TTL_SECONDS = 315_360_000
 
 
 @dataclass(frozen=True, slots=True)

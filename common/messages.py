@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import DynError, ProtocolError, Rejected, error_from_wire
-from common.limits import MAX_N, MAX_SORT_KEY_BYTES, Limits
+from common.limits import MAX_N, MAX_SORT_KEY_BYTES, MAX_TTL_SECONDS, Limits
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_ID = 2**63 - 1
@@ -44,11 +44,13 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "ping": {},
     "get": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "r": (int, False), "pr": (int, False)},
     "put": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "value": (bytes, True),
-            "context": (str, False), "w": (int, False), "pw": (int, False)},
+            "context": (str, False), "w": (int, False), "pw": (int, False),
+            "ttl": (int, False), "expire_at": (int, False)},
     "delete": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "context": (str, False),
                "w": (int, False), "pw": (int, False)},
     "bucket_set": {"name": (str, True), "n": (int, False), "r": (int, False), "w": (int, False),
-                   "pr": (int, False), "pw": (int, False)},
+                   "pr": (int, False), "pw": (int, False), "ttl": (int, False),
+                   "grace": (int, False)},
     "bucket_get": {"name": (str, True)},
     "bucket_list": {},
     "replicas": {"bucket": _BUCKET, "key": _KEY, "sk": _SK},
@@ -180,6 +182,9 @@ def validate_request(msg: Any, limits: Limits) -> Request:
     for name, (_, required) in schema.items():
         if required and name not in fields:
             raise ProtocolError(f"op {op!r} needs field {name!r}")
+    for exclusive in _EXCLUSIVE_FIELDS.get(op, ()):
+        if set(exclusive) <= set(fields):
+            raise Rejected(f"op {op!r} takes {' or '.join(exclusive)}, not both")
     return Request(op=op, id=rid, fields=fields)
 
 
@@ -274,6 +279,10 @@ _check_replication = _in_range(1, MAX_N)
 _check_primary_quorum = _in_range(0, MAX_N)
 _check_non_negative = _in_range(0, None)
 
+# Fields of one op that exclude each other: a put expires after ``ttl`` seconds or at
+# ``expire_at`` (ms since the epoch), never both.
+_EXCLUSIVE_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {"put": (("ttl", "expire_at"),)}
+
 # Limit and naming checks by field name; a field means the same thing in every op.
 _VALUE_CHECKS: dict[str, Callable[[str, Any, Limits], None]] = {
     "key": _check_key,
@@ -293,6 +302,9 @@ _VALUE_CHECKS: dict[str, Callable[[str, Any, Limits], None]] = {
     "pr": _check_primary_quorum,
     "pw": _check_primary_quorum,
     "partition": _check_non_negative,
+    "ttl": _in_range(0, MAX_TTL_SECONDS),  # 0: never expires, whatever the bucket's default
+    "expire_at": _in_range(1, 2**63 - 1),  # how far ahead: the coordinator's clock decides
+    "grace": _in_range(1, MAX_TTL_SECONDS),
     "limit": _in_range(1, MAX_FETCH_LIMIT),
     "count": _in_range(0, MAX_TOKENS),
     "level": _in_range(0, MAX_TREE_LEVEL),

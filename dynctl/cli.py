@@ -23,7 +23,7 @@ import trio
 from click.shell_completion import get_completion_class
 
 from common.errors import Conflict, DynError, NotFound, Unavailable, UsageError
-from common.limits import MAX_N, MAX_SORT_KEY_BYTES
+from common.limits import MAX_N, MAX_SORT_KEY_BYTES, MAX_TTL_SECONDS
 from dynctl import devcluster
 from dynctl.bench.command import register_bench
 from dynctl.client import DEFAULT_ADDR, LIMITS, Client, Object, as_sort_key
@@ -168,6 +168,58 @@ class RawArgument(click.ParamType):
 KEY = RawArgument(LIMITS.max_key_bytes)
 VALUE = RawArgument(LIMITS.max_value_bytes)
 
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of a duration: a whole number with an optional unit s, m, h or d (``90``,
+    ``90s``, ``5m``, ``2h``, ``1d``), at most 10 years. ValueError otherwise."""
+    number, unit = text[:len(text.rstrip("smhd"))], text[len(text.rstrip("smhd")):]
+    if not number.isascii() or not number.isdigit() or unit not in _DURATION_UNITS:
+        raise ValueError(f"{text!r} is not a duration: a whole number of seconds, or with a "
+                         f"unit s, m, h or d (90, 90s, 5m, 2h, 1d)")
+    seconds = int(number) * _DURATION_UNITS[unit]
+    if seconds > MAX_TTL_SECONDS:
+        raise ValueError(f"{text!r} is more than 10 years ({MAX_TTL_SECONDS} s)")
+    return seconds
+
+
+class Duration(click.ParamType):
+    """A duration (parse_duration) as seconds; a bad one is a usage error (exit 2)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Moment(click.ParamType):
+    """An RFC 3339 date and time with its offset (``2026-12-01T00:00:00Z``)."""
+
+    name = "rfc3339"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an RFC 3339 date and time", param, ctx)
+        if moment.tzinfo is None:
+            self.fail(f"{value!r} has no offset: add Z (UTC) or +hh:mm", param, ctx)
+        return moment
+
+
+DURATION = Duration()
+MOMENT = Moment()
+
 
 def _shown(key: bytes, sk: bytes | None = None) -> str:
     """How a message names a key, or an item: the key and its sort key."""
@@ -285,7 +337,9 @@ def _object_document(obj: Object) -> dict[str, Any]:
     for sibling in obj.values:
         text, encoding = text_or_base64(sibling.value)
         values.append({"value": text, "encoding": encoding,
-                       "written_at": rfc3339(sibling.written_at)})
+                       "written_at": rfc3339(sibling.written_at),
+                       **({} if sibling.expires_at is None else
+                          {"expires_at": rfc3339(sibling.expires_at)})})
     return {"found": obj.found, "context": obj.context, "values": values}
 
 
@@ -322,34 +376,44 @@ async def get(client: Client, key: bytes, bucket: str, r: int | None, pr: int | 
     return Outcome(_object_document(obj), render, error)
 
 
-def _check_put(context: str | None, blind: bool, **_: Any) -> None:
+def _check_put(context: str | None, blind: bool, ttl: int | None,
+               expire_at: datetime | None, **_: Any) -> None:
     if blind and context is not None:
         raise click.UsageError("--context and --blind exclude each other")
+    if ttl is not None and expire_at is not None:
+        raise click.UsageError("--ttl and --expire-at exclude each other")
 
 
 @command(main, "put", "dynctl put greeting hello", "dynctl put -b carts cart:42 - < cart.json",
-         "dynctl put --blind counter:1 +1", check=_check_put)
+         "dynctl put --blind counter:1 +1", "dynctl put --ttl 5m session:9 token",
+         "dynctl put --expire-at 2026-12-01T00:00:00Z offer:7 50%", check=_check_put)
 @click.argument("key", type=KEY)
 @click.argument("value", type=VALUE)
 @bucket_option
 @click.option("--context", metavar="CTX", help="Supersede exactly what CTX saw.")
 @click.option("--blind", is_flag=True, help="Write with an empty context (adds a sibling).")
+@click.option("--ttl", type=DURATION, metavar="DURATION",
+              help="Expire this long after the write: 90, 90s, 5m, 2h, 1d, at most 10 years; "
+                   "0 never (default: the bucket's ttl).")
+@click.option("--expire-at", "expire_at", type=MOMENT, metavar="RFC3339",
+              help="Expire at this time (e.g. 2026-12-01T00:00:00Z).")
 @w_option
 @pr_option
 @pw_option
 @sort_key_options
 async def put(client: Client, key: bytes, value: bytes, bucket: str, context: str | None,
-              blind: bool, w: int | None, pr: int | None, pw: int | None,
-              sk: bytes | None) -> Outcome:
+              blind: bool, ttl: int | None, expire_at: datetime | None, w: int | None,
+              pr: int | None, pw: int | None, sk: bytes | None) -> Outcome:
     """Write VALUE ('-': raw bytes from stdin) under KEY; prints the new context.
 
     Without --context the key is read first (with the bucket's R, and PR) and the write
-    supersedes every sibling that read saw.
+    supersedes every sibling that read saw. An expired value reads as deleted; an
+    --expire-at already past on the coordinating node's clock is refused (exit 5).
     """
     if context is None and not blind:
         context = (await client.get(key, bucket=bucket, pr=pr, sk=sk)).context or None
     new_context = await client.put(key, value, bucket=bucket, context=context, w=w, pw=pw,
-                                   sk=sk)
+                                   sk=sk, ttl=ttl, expire_at=expire_at)
     document = {"context": new_context}
     return Outcome(document, lambda out: out.fields(document))
 
@@ -448,11 +512,12 @@ def bucket() -> None:
     PR and PW."""
 
 
-_BUCKET_COLUMNS = ["name", "n", "r", "w", "pr", "pw"]
+_BUCKET_COLUMNS = ["name", "n", "r", "w", "pr", "pw", "ttl", "grace"]
 
 
 @command(bucket, "set", "dynctl bucket set carts --n 3 --r 2 --w 2",
-         "dynctl bucket set logs --w 1", "dynctl bucket set ledger --pr 2 --pw 2")
+         "dynctl bucket set logs --w 1", "dynctl bucket set ledger --pr 2 --pw 2",
+         "dynctl bucket set cache --ttl 1h --grace 6h")
 @click.argument("name")
 # Plain ints: the node decides the ranges, so that every out-of-range value is exit 5.
 @click.option("--n", "n", type=int, help=f"Replicas per key, 1 to {MAX_N}.")
@@ -462,13 +527,21 @@ _BUCKET_COLUMNS = ["name", "n", "r", "w", "pr", "pw"]
               help="Of the R replies, how many must come from primaries, 0 (default) to R.")
 @click.option("--pw", "pw", type=int,
               help="Of the W acknowledgements, how many must come from primaries, 0 to W.")
+@click.option("--ttl", type=DURATION, metavar="DURATION",
+              help="Default expiry of later writes (90, 5m, 2h, 1d; 0: none).")
+@click.option("--grace", type=DURATION, metavar="DURATION",
+              help="How long deleted and expired objects stay before they are reaped "
+                   "(default: the node's tombstone_grace; at least 4 anti-entropy periods).")
 async def bucket_set(client: Client, name: str, n: int | None, r: int | None,
-                     w: int | None, pr: int | None, pw: int | None) -> Outcome:
+                     w: int | None, pr: int | None, pw: int | None, ttl: int | None,
+                     grace: int | None) -> Outcome:
     """Create or update bucket NAME cluster-wide (1 <= R, W <= N and 0 <= PR <= R,
     0 <= PW <= W, else exit 5; R + W <= N is warned). With PR + PW > N a read that
-    succeeds sees every write acknowledged before it, or fails with exit 4."""
+    succeeds sees every write acknowledged before it, or fails with exit 4. A grace
+    under 4 anti-entropy periods is exit 5."""
     fields = {field: value for field, value in (("n", n), ("r", r), ("w", w), ("pr", pr),
-                                                ("pw", pw)) if value is not None}
+                                                ("pw", pw), ("ttl", ttl), ("grace", grace))
+              if value is not None}
     result = await client.call("bucket_set", name=name, **fields)
     props = result.get("bucket", {})
     warning = result.get("warning")

@@ -58,7 +58,7 @@ from common.errors import (
     Rejected,
     Unavailable,
 )
-from common.limits import MAX_SORT_KEY_BYTES
+from common.limits import MAX_SORT_KEY_BYTES, MAX_TTL_SECONDS
 from common.wire.connection import (
     LIMITS,
     ClientConfigError,
@@ -74,10 +74,12 @@ DEFAULT_ADDR = "127.0.0.1:7070"
 DEFAULT_REMEMBERED_WRITES = 10_000  # keys whose last written context a client keeps
 @dataclass(frozen=True, slots=True)
 class Value:
-    """One live sibling: its bytes and when its coordinator wrote it."""
+    """One live sibling: its bytes, when its coordinator wrote it and, if it expires,
+    when (it is no longer read once the reading node's clock passes that)."""
 
     value: bytes
     written_at: datetime
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,23 @@ def as_bytes(data: bytes | str, what: str, limit: int) -> bytes:
     if len(data) > limit:
         raise Rejected(f"{what} of {len(data)} bytes exceeds the limit of {limit} bytes")
     return data
+
+
+def expiry_fields(ttl: int | None, expire_at: datetime | None) -> dict[str, int]:
+    """A put's ``ttl`` (seconds, 0: never) or ``expire_at`` (an aware datetime) as the
+    request's fields; Rejected for both, a bad ttl or a naive datetime."""
+    if ttl is not None and expire_at is not None:
+        raise Rejected("give ttl or expire_at, not both")
+    if ttl is not None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= MAX_TTL_SECONDS:
+            raise Rejected(f"ttl must be whole seconds in 0..{MAX_TTL_SECONDS} (10 years), "
+                           f"not {ttl!r}")
+        return {"ttl": ttl}
+    if expire_at is not None:
+        if not isinstance(expire_at, datetime) or expire_at.tzinfo is None:
+            raise Rejected(f"expire_at must be a datetime with a timezone, not {expire_at!r}")
+        return {"expire_at": int(expire_at.timestamp() * 1000)}
+    return {}
 
 
 def as_sort_key(sk: bytes | str | None) -> bytes | None:
@@ -239,20 +258,23 @@ class Client:
 
     async def put(self, key: bytes | str, value: bytes | str, *, bucket: str = "default",
                   context: str | None = None, w: int | None = None,
-                  pw: int | None = None, sk: bytes | str | None = None) -> str:
+                  pw: int | None = None, sk: bytes | str | None = None,
+                  ttl: int | None = None, expire_at: datetime | None = None) -> str:
         """Write a value (with ``sk``: the key's item of that sort key) and return the new
         context.
 
         ``context`` is what a get returned: the write supersedes exactly the siblings that
         context covers. ``None`` is a blind write, a new sibling beside any existing ones.
         ``pw``: how many acknowledgements must come from the key's primaries (default the
-        bucket's PW); Unavailable when fewer can.
+        bucket's PW); Unavailable when fewer can. ``ttl`` (seconds; 0: never, whatever the
+        bucket's default) or ``expire_at`` (an aware datetime, Rejected once past on the
+        coordinating node's clock): when the value expires and reads as deleted.
         """
         key = as_bytes(key, "key", LIMITS.max_key_bytes)
         sk = as_sort_key(sk)
         fields = _present(bucket=bucket, key=key, sk=sk,
                           value=as_bytes(value, "value", LIMITS.max_value_bytes),
-                          context=context, w=w, pw=pw)
+                          context=context, w=w, pw=pw, **expiry_fields(ttl, expire_at))
         written = _context_of(await self.call("put", **fields))
         self.written.remember(bucket, key, written, sk)
         return written
@@ -348,9 +370,10 @@ class SyncClient:
 
     def put(self, key: bytes | str, value: bytes | str, *, bucket: str = "default",
             context: str | None = None, w: int | None = None, pw: int | None = None,
-            sk: bytes | str | None = None) -> str:
+            sk: bytes | str | None = None, ttl: int | None = None,
+            expire_at: datetime | None = None) -> str:
         return self._run(self._client.put, key, value, bucket=bucket, context=context, w=w,
-                         pw=pw, sk=sk)
+                         pw=pw, sk=sk, ttl=ttl, expire_at=expire_at)
 
     def delete(self, key: bytes | str, *, bucket: str = "default", context: str | None = None,
                w: int | None = None, pr: int | None = None, pw: int | None = None,
@@ -385,13 +408,20 @@ def _parse_object(result: dict[str, Any]) -> Object:
     for item in values:
         value = item.get("value") if isinstance(item, dict) else None
         written_at = item.get("written_at") if isinstance(item, dict) else None
-        if not isinstance(value, bytes) or not isinstance(written_at, int):
+        expires_at = item.get("expires_at") if isinstance(item, dict) else None
+        if not isinstance(value, bytes) or not isinstance(written_at, int) or not (
+                expires_at is None or isinstance(expires_at, int)):
             raise ProtocolError("get reply holds a malformed value")
-        parsed.append(Value(value, datetime.fromtimestamp(written_at / 1000, UTC)))
+        parsed.append(Value(value, _moment(written_at),
+                            None if expires_at is None else _moment(expires_at)))
     found = result.get("found")
     if not isinstance(found, bool):
         raise ProtocolError("get reply without a found flag")
     return Object(found=found, values=parsed, context=_context_of(result))
+
+
+def _moment(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | None:

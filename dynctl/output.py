@@ -352,7 +352,8 @@ def _transfer_table(transfers: Sequence[Mapping[str, Any]]) -> Table:
 
 def status_panel(result: Mapping[str, Any], now: float | None = None) -> Panel:
     """The ``status`` dashboard of one node: members and their reachability, hints pending
-    per target, transfers, the newest anti-entropy exchange, storage size."""
+    per target, transfers, the newest anti-entropy exchange, the largest clock offset to a
+    peer, storage size."""
     now = time.time() if now is None else now
     members = list(result.get("members") or [])
     up = sum(1 for m in members if m.get("reachable") and m.get("status") != "removed")
@@ -376,11 +377,16 @@ def status_panel(result: Mapping[str, Any], now: float | None = None) -> Panel:
                                            "yellow" if hints else "dim")),
         Text.assemble(("transfers ", "bold"), (str(len(transfers)),
                                                "yellow" if transfers else "dim")))
+    offset = result.get("clock_offset_ms")
     parts: list[RenderableType] = [
         summary,
         Text.assemble(("anti-entropy ", "bold"), f"last exchange {ago(last, now)}, ",
                       f"{exchanged}/{len(exchanges)} partitions exchanged, ",
                       f"{repaired} keys repaired"),
+        Text.assemble(("clock offset ", "bold"), (
+            "not measured yet" if not isinstance(offset, int | float) else
+            f"{offset:+.0f} ms (the peer clock furthest from this node's)",
+            "yellow" if isinstance(offset, int | float) and abs(offset) > 500 else "")),
         Text(), _member_table(members)]
     if hints:
         parts += [Text(), _count_table("pending hints", sorted(hints.items()), "yellow")]

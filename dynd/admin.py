@@ -14,10 +14,12 @@ from typing import Any
 
 import trio
 
+from common.config import AntiEntropyConfig
 from common.errors import DynError, Rejected
 from dynd import membership
+from dynd.clocks import ClockOffsets
 from dynd.cluster import ClusterView
-from dynd.features import Features
+from dynd.features import EXPIRY, Features
 from dynd.identity import Identity
 from dynd.liveness import Liveness
 from dynd.membership import Change, ClusterState, Member, MembershipError
@@ -28,9 +30,13 @@ from dynd.storage import Storage
 log = logging.getLogger("dynd.admin")
 
 
-def _bucket_wire(props: membership.BucketProps) -> dict[str, Any]:
+def _bucket_wire(props: membership.BucketProps, default_grace: float) -> dict[str, Any]:
+    """A bucket's properties as shown; ``grace`` is the node's tombstone grace unless the
+    bucket sets its own."""
+    grace = props.grace or default_grace
     return {"name": props.name, "n": props.n, "r": props.r, "w": props.w,
-            "pr": props.pr, "pw": props.pw}
+            "pr": props.pr, "pw": props.pw, "ttl": props.ttl,
+            "grace": int(grace) if float(grace).is_integer() else grace}
 
 
 class Admin:
@@ -42,9 +48,14 @@ class Admin:
     def __init__(self, view: ClusterView, identity: Identity, storage: Storage,
                  liveness: Liveness, peers: Peers, *, push_gossip: Callable[[], None],
                  transfer_rows: Callable[[], list[dict[str, Any]]],
-                 exchange_rows: Callable[[], list[dict[str, Any]]], features: Features) -> None:
+                 exchange_rows: Callable[[], list[dict[str, Any]]], features: Features,
+                 antientropy: AntiEntropyConfig, wall: Callable[[], float],
+                 clock_offsets: ClockOffsets) -> None:
         """``transfer_rows``, ``exchange_rows``: the transfers and anti-entropy exchanges
-        ``status`` shows (Transfers.rows, AntiEntropy.status_rows)."""
+        ``status`` shows (Transfers.rows, AntiEntropy.status_rows); ``antientropy``: the
+        period a bucket's grace must exceed, and the grace of a bucket without one;
+        ``wall``: the clock p_status reports; ``clock_offsets``: the peers' offsets gossip
+        measured (``status`` shows them)."""
         self.view = view
         self.identity = identity
         self.storage = storage
@@ -54,6 +65,9 @@ class Admin:
         self.transfer_rows = transfer_rows
         self.exchange_rows = exchange_rows
         self.features = features
+        self.antientropy = antientropy
+        self.wall = wall
+        self.clock_offsets = clock_offsets
 
     async def _change(self, state: ClusterState) -> None:
         """Adopt, wait until durable, then tell every member."""
@@ -78,9 +92,15 @@ class Admin:
         w = fields.get("w", min(current.w, n))
         pr = fields.get("pr", min(current.pr, r))
         pw = fields.get("pw", min(current.pw, w))
-        await self._change(self._apply(partial(membership.set_bucket, pr=pr, pw=pw),
+        if "ttl" in fields or "grace" in fields:
+            self.features.require(EXPIRY)  # props an older node's state decoder refuses
+        self._check_grace(fields.get("grace"))
+        ttl, grace = fields.get("ttl", current.ttl), fields.get("grace", current.grace)
+        await self._change(self._apply(partial(membership.set_bucket, pr=pr, pw=pw, ttl=ttl,
+                                               grace=grace),
                                        name, n, r, w, self.identity.id))
-        result: dict[str, Any] = {"bucket": _bucket_wire(membership.bucket(self.view.state, name))}
+        result: dict[str, Any] = {"bucket": self._bucket_wire(
+            membership.bucket(self.view.state, name))}
         if r + w <= n:
             result["warning"] = (f"r + w <= n ({r} + {w} <= {n}): a read may miss the latest "
                                  "acknowledged write")
@@ -88,11 +108,23 @@ class Admin:
                         self.identity.id, name, n, r, w)
         return result
 
+    def _check_grace(self, grace: int | None) -> None:
+        """Refuse a grace shorter than 4 anti-entropy periods: a dead object reaped before
+        every replica pair has compared it can be brought back by one that missed it."""
+        period = self.antientropy.period
+        if grace is not None and grace < 4 * period:
+            raise Rejected(f"grace {grace} s is under 4 x the anti-entropy period "
+                           f"({period:g} s): at least {4 * period:g} s")
+
+    def _bucket_wire(self, props: membership.BucketProps) -> dict[str, Any]:
+        return _bucket_wire(props, self.antientropy.tombstone_grace)
+
     async def op_bucket_get(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return {"bucket": _bucket_wire(membership.bucket(self.view.state, fields["name"]))}
+        return {"bucket": self._bucket_wire(membership.bucket(self.view.state, fields["name"]))}
 
     async def op_bucket_list(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return {"buckets": [_bucket_wire(b) for _, b in sorted(self.view.state.buckets.items())]}
+        return {"buckets": [self._bucket_wire(b)
+                            for _, b in sorted(self.view.state.buckets.items())]}
 
     # ---- membership ----------------------------------------------------------------
 
@@ -225,7 +257,7 @@ class Admin:
     async def op_p_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"epoch": self.view.state.epoch,
                 "pending_transfers": len(membership.pending_transfers(self.view.state)),
-                "features": self.features.wire()}
+                "features": self.features.wire(), "wall_ms": int(self.wall() * 1000)}
 
     async def op_cluster_check(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Has every reachable member the same epoch, with no transfer pending and no
@@ -277,6 +309,10 @@ class Admin:
             "transfers": self.transfer_rows(),
             "antientropy": self.exchange_rows(),
             "storage_bytes": self.storage.approximate_size(),
+            # The peer clock furthest from ours (signed, ms; None: nothing measured yet),
+            # and each peer's: expiry is as precise as these are small.
+            "clock_offset_ms": self.clock_offsets.largest(),
+            "clock_offsets_ms": dict(self.clock_offsets.per_peer()),
         }
 
 

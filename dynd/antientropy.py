@@ -8,8 +8,9 @@ once per `antientropy.period`. An exchange walks down the two trees
 segments on both sides, and merges the DVV sets in both directions. Repairs
 are rate limited in keys per second so foreground latency barely moves.
 
-Tombstones are reaped here too, only when (1) the grace period has passed,
-(2) every primary holds exactly that tombstone, (3) no reachable member
+Dead objects (tombstones, and values past their expiry) are reaped here too, only
+when (1) every sibling was written at least the bucket's grace ago, (2) every primary
+holds exactly that object and finds it dead by its own clock, (3) no reachable member
 holds undelivered hints, and (4) the partition's future primaries are all
 primaries already, so neither repair, nor a late hint, nor a returning
 replica can resurrect a deleted value. A node that holds a copy outside the
@@ -36,6 +37,7 @@ from common.dvvset import DVVSet
 from common.errors import DynError, Rejected
 from dynd import membership, merkle
 from dynd.cluster import ClusterView
+from dynd.membership import ClusterState
 from dynd.merkle import MerkleError, TreeComparison
 from dynd.metrics import Stats
 from dynd.peers import Peers
@@ -62,6 +64,24 @@ def _remote_digests(items: Any) -> dict[bytes, bytes]:
                 for item in items}
     except (TypeError, IndexError, AttributeError) as exc:
         raise Rejected(f"bad p_segments answer: {exc}") from None
+
+
+def past_grace(clock: DVVSet, now_ms: int, grace_ms: float) -> bool:
+    """Every sibling was written at least ``grace_ms`` before ``now_ms``."""
+    return all(now_ms - sibling.written_at >= grace_ms for sibling in dvvset.values(clock))
+
+
+def reap_candidate(clock: DVVSet, now_ms: int, grace_ms: float) -> bool:
+    """Whether a copy may be reaped by a node whose clock says ``now_ms``: dead (every
+    sibling a tombstone or expired) and past the grace. The grace holds expired values to
+    the tombstones' rule, which the hand-over rule (``AntiEntropy.exchange``) relies on:
+    anything reaped was written at least a grace ago."""
+    return dvvset.is_dead(clock, now_ms) and past_grace(clock, now_ms, grace_ms)
+
+
+def grace_ms(state: ClusterState, bucket: str, default_seconds: float) -> float:
+    """The bucket's grace in ms: its own, else the node's tombstone grace."""
+    return (membership.bucket(state, bucket).grace or default_seconds) * 1000
 
 
 @dataclass
@@ -118,8 +138,11 @@ class AntiEntropy:
 
     async def op_p_reap(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         clock = clock_from_peer(fields["clock"])
-        if clock is None or not dvvset.is_tombstone(clock):
-            raise Rejected("p_reap needs a tombstone clock")
+        if clock is None or not dvvset.values(clock):
+            raise Rejected("p_reap needs a clock with siblings")
+        # Our own clock decides, not the reaper's: skew can delay a reap, never advance it.
+        if not self._reapable(clock, fields["bucket"]):
+            return {"reaped": False}
         ticket = self.replica.reap(fields["partition"], fields["bucket"], fields["key"], clock,
                                    fields.get("sk"))
         if ticket is not None:
@@ -261,19 +284,23 @@ class AntiEntropy:
 
     # ---- tombstones ---------------------------------------------------------------
 
-    def _past_grace(self, clock: DVVSet, now_ms: int) -> bool:
-        """Every sibling was written at least the tombstone grace before ``now_ms``."""
-        grace_ms = self.config.tombstone_grace * 1000
-        return all(now_ms - s.written_at >= grace_ms for s in dvvset.values(clock))
+    def _grace_ms(self, bucket: str) -> float:
+        return grace_ms(self.view.state, bucket, self.config.tombstone_grace)
+
+    def _reapable(self, clock: DVVSet, bucket: str) -> bool:
+        return reap_candidate(clock, int(self.wall() * 1000), self._grace_ms(bucket))
 
     def _maybe_reaped(self, partition: int, kid: bytes) -> bool:
-        """Our copy of a key is old enough that a delete of it may have been reaped."""
+        """Our copy of a key is old enough that a delete or expiry of it may have been
+        reaped: every sibling was written at least the bucket's grace ago."""
         bucket, key, sk = split_key_id(kid)
         clock = self.replica.get(partition, bucket, key, None, sk)
-        return clock is not None and self._past_grace(clock, int(self.wall() * 1000))
+        return clock is not None and past_grace(clock, int(self.wall() * 1000),
+                                                self._grace_ms(bucket))
 
     async def reap_tombstones(self, partition: int) -> int:
-        """Reap expired tombstones of a partition this node is the first primary of.
+        """Reap the dead objects (tombstones, expired values) past their bucket's grace of
+        a partition this node is the first primary of.
 
         Nothing is reaped while the partition moves to a primary it does not have yet:
         writes reach that future owner (Placement.extra) but are neither counted, nor
@@ -288,11 +315,10 @@ class AntiEntropy:
         future = self.view.routing().primaries(partition, owners=self.view.state.next_owners)
         if any(p not in primaries for p in future):
             return 0
-        now_ms = int(self.wall() * 1000)
         candidates: list[tuple[str, bytes, bytes | None, DVVSet]] = []
         async for bucket, key, sk, raw in self.storage.iter_partition(partition):
             clock = dvvset.decode_stored(raw)
-            if dvvset.is_tombstone(clock) and self._past_grace(clock, now_ms):
+            if self._reapable(clock, bucket):
                 candidates.append((bucket, key, sk, clock))
         if not candidates or not await self._no_hints_anywhere():
             return 0
@@ -344,7 +370,9 @@ class AntiEntropy:
                 fields = {"partition": partition, "bucket": bucket, "key": key, "clock": wire}
                 if sk is not None:
                     fields["sk"] = sk
-                await self.call(primary, "p_reap", fields)
+                reply = await self.call(primary, "p_reap", fields)
             except DynError:
+                return False
+            if reply.get("reaped") is not True:  # changed since, or not dead by its clock
                 return False
         return True

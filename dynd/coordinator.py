@@ -15,6 +15,7 @@ task per node (``Coordinator.run``) expires the fan-outs whose deadline passed.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -22,7 +23,9 @@ import trio
 
 from common import dvvset
 from common.dvvset import DVVSet
-from common.errors import DynError, Unavailable, Unreachable
+from common.errors import DynError, Rejected, Unavailable, Unreachable
+from common.limits import MAX_TTL_SECONDS
+from dynd import membership
 from dynd.cluster import ClusterView
 from dynd.liveness import Liveness
 from dynd.metrics import Stats
@@ -36,16 +39,52 @@ from dynd.server import Reply, answered
 from dynd.storage import StorageError, Ticket
 
 
-def result_fields(clock: DVVSet | None) -> dict[str, Any]:
-    """The client's view of a merged object: live values and the opaque context."""
+def result_fields(clock: DVVSet | None, now_ms: int) -> dict[str, Any]:
+    """The client's view of a merged object as a reader whose clock says ``now_ms`` sees
+    it: the visible values (tombstones and expired values hidden, so an item whose values
+    all expired is not found) and the opaque context, which still covers every sibling so
+    that the next write drops the expired ones too."""
     if clock is None:
         return {"found": False, "context": "", "values": []}
-    live = dvvset.live_values(clock)
+    visible = dvvset.visible_values(clock, now_ms)
     return {
-        "found": bool(live),
+        "found": bool(visible),
         "context": dvvset.encode_context(dvvset.join(clock)),
-        "values": [{"value": s.value, "written_at": s.written_at} for s in live],
+        "values": [_value_fields(s) for s in visible],
     }
+
+
+def _value_fields(sibling: dvvset.Sibling) -> dict[str, Any]:
+    fields: dict[str, Any] = {"value": sibling.value, "written_at": sibling.written_at}
+    if sibling.expires_at is not None:
+        fields["expires_at"] = sibling.expires_at
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """What a put asked for: expire ``ttl`` seconds after the write (0: never, whatever
+    the bucket says), or at ``at`` (ms since the epoch), or neither (the bucket's ttl)."""
+
+    ttl: int | None = None
+    at: int | None = None
+
+    def stamp(self, written_at: int, bucket_ttl: int, node: str) -> int | None:
+        """The ``expires_at`` of a value written at ``written_at`` on ``node``'s clock.
+
+        An ``at`` not after the write is refused: the value would vanish at once, after
+        being acknowledged. So is one further ahead than the longest ttl."""
+        if self.at is not None:
+            if self.at <= written_at:
+                raise Rejected(f"expire_at is {(written_at - self.at) / 1000:g} s in the past "
+                               f"on {node}'s clock")
+            if self.at - written_at > MAX_TTL_SECONDS * 1000:
+                raise Rejected(f"expire_at is more than {MAX_TTL_SECONDS} s (10 years) ahead "
+                               f"on {node}'s clock")
+            return self.at
+        seconds = bucket_ttl if self.ttl is None else self.ttl
+        return written_at + seconds * 1000 if seconds else None
+
 
 
 def _primaries(targets: list[Target]) -> int:
@@ -209,7 +248,7 @@ class Coordinator:
             if answer.done:
                 return
             if core.enough():
-                answer(result_fields(core.merged()), None)
+                answer(result_fields(core.merged(), int(self.wall() * 1000)), None)
             else:
                 answer(None, Unavailable(f"read quorum not met: {core.describe()}"))
 
@@ -282,7 +321,7 @@ class Coordinator:
     def start_put(
         self, bucket: str, key: bytes, value: bytes | None,
         client_context: Callable[[], dict[str, int]], w: int | None, reply: Reply, *,
-        pw: int | None = None, sk: bytes | None = None,
+        pw: int | None = None, sk: bytes | None = None, expiry: Expiry = Expiry(),
     ) -> bool:
         """Coordinate a put (value) or delete (value None) here if this node is a primary
         of the key: ``reply`` comes once W replicas hold it. False, with nothing done (not
@@ -292,7 +331,7 @@ class Coordinator:
         if me is None or me.role != "primary":
             return False
         self._write_here(place, me, bucket, key, value, client_context(), quorums.w, reply,
-                         pw=quorums.pw, sk=sk)
+                         pw=quorums.pw, sk=sk, expiry=expiry)
         return True
 
     def _write_placement(self, bucket: str, key: bytes, w: int | None, pw: int | None
@@ -309,7 +348,7 @@ class Coordinator:
         self, bucket: str, key: bytes, value: bytes | None, client_context: dict[str, int],
         w: int | None, forward: Callable[[str], Awaitable[dict[str, Any]]] | None,
         came_through: Collection[str] = (), *, pw: int | None = None,
-        sk: bytes | None = None,
+        sk: bytes | None = None, expiry: Expiry = Expiry(),
     ) -> dict[str, Any]:
         """Coordinate a put or delete wherever it arrived: forwarded to a primary when
         this node is none (unless ``forward`` is None: no forwarding hop left), never to a
@@ -336,18 +375,20 @@ class Coordinator:
                               f"({', '.join(t.node for t in place.targets) or 'none up'})"
                               f"{hops}")
         result = await answered(partial(self._write_here, place, me, bucket, key, value,
-                                        client_context, quorums.w, pw=quorums.pw, sk=sk))
+                                        client_context, quorums.w, pw=quorums.pw, sk=sk,
+                                        expiry=expiry))
         assert result is not None
         return result
 
     def _write_here(
         self, place: Placement, me: Target, bucket: str, key: bytes,
         value: bytes | None, client_context: dict[str, int], w: int, reply: Reply, *,
-        pw: int = 0, sk: bytes | None = None,
+        pw: int = 0, sk: bytes | None = None, expiry: Expiry = Expiry(),
     ) -> bool:
         """Mint the write's dot on this node's copy (a hint when this node is a fallback
         of the key), store it, replicate it; ``reply`` once W acknowledged, PW of them
-        primaries. With fewer than PW primaries reachable it writes nothing."""
+        primaries. With fewer than PW primaries reachable it writes nothing. The value's
+        expiry is stamped here, on this node's clock, as its ``written_at`` is."""
         primaries = _primaries(place.targets) if pw else None
         if primaries is not None and primaries < pw:
             reply(None, Unavailable(f"primary write quorum not met: {primaries} of the key's "
@@ -355,9 +396,12 @@ class Coordinator:
             return True
         hint_for = me.hint_for
         actor = self.minting_actor(hint_for)
+        written_at = int(self.wall() * 1000)
+        expires_at = None if value is None else expiry.stamp(
+            written_at, membership.bucket(self.view.state, bucket).ttl, self.node_id)
         clock, encoded, ticket = self.replica.coordinate(
             place.partition, bucket, key, value, client_context, actor,
-            int(self.wall() * 1000), hint_for, sk,
+            written_at, hint_for, sk, expires_at=expires_at,
         )
         if hint_for is not None:  # counted once stored: a refused write stores nothing
             self.stats.count("hint_stored")
@@ -371,7 +415,8 @@ class Coordinator:
             if answer.done:
                 return
             if core.enough():
-                answer({"context": dvvset.encode_context(dvvset.join(clock))}, None)
+                answer({"context": dvvset.encode_context(dvvset.join(clock)),
+                        **({} if expires_at is None else {"expires_at": expires_at})}, None)
             else:
                 answer(None, Unavailable(f"write quorum not met: {core.describe()}"))
 

@@ -17,8 +17,9 @@ from dynd import membership
 from dynd.cluster import ClusterView
 
 SORT_KEYS = "sk"  # items with a sort key: (bucket, key, sk)
-SUPPORTED = frozenset({SORT_KEYS})
-_NEEDS = {SORT_KEYS: "sort keys"}
+EXPIRY = "ttl"  # siblings with expires_at (3-item wire form), bucket ttl and grace
+SUPPORTED = frozenset({SORT_KEYS, EXPIRY})
+_NEEDS = {SORT_KEYS: "sort keys", EXPIRY: "writes with an expiry and bucket ttl/grace"}
 
 
 class Features:

@@ -23,6 +23,7 @@ import trio
 from common.config import Config
 from common.errors import DynError, Rejected
 from dynd import membership
+from dynd.clocks import ClockOffsets
 from dynd.cluster import ClusterView
 from dynd.detector import PhiAccrualDetector
 from dynd.features import Features
@@ -45,9 +46,11 @@ class Gossip:
 
     def __init__(self, view: ClusterView, identity: Identity, detector: PhiAccrualDetector,
                  transport: Transport, config: Config, features: Features, *, addr: str,
-                 rng: random.Random, on_disk_recovered: Callable[[int], None]) -> None:
+                 rng: random.Random, on_disk_recovered: Callable[[int], None],
+                 wall: Callable[[], float]) -> None:
         """``on_disk_recovered(epoch)``: this node took its state back from a seed
-        (recover_identity) in ``epoch``."""
+        (recover_identity) in ``epoch``; ``wall``: the wall clock (seconds) whose offset
+        to each peer's a round measures (dynd.clocks)."""
         self.view = view
         self.identity = identity
         self.detector = detector
@@ -57,6 +60,8 @@ class Gossip:
         self.rng = rng
         self.on_disk_recovered = on_disk_recovered
         self.features = features
+        self.wall = wall
+        self.offsets = ClockOffsets()
         self.counter = 0
         self.heartbeats: dict[str, Heartbeat] = {}
         self.rounds = 0
@@ -111,6 +116,7 @@ class Gossip:
             if member is None or member.status == "removed":
                 del self.heartbeats[node]
                 self.detector.forget(node)
+                self.offsets.forget(node)
 
     def _digest(self) -> bytes:
         """Digest of the current state, computed once per state object."""
@@ -126,7 +132,8 @@ class Gossip:
             self._merge(fields["state"])
         self._absorb_heartbeats(fields.get("heartbeats"))
         reply: dict[str, Any] = {"heartbeats": self._heartbeat_wire(), "digest": self._digest(),
-                                 "features": self.features.wire()}
+                                 "features": self.features.wire(),
+                                 "wall_ms": int(self.wall() * 1000)}
         if "state" not in fields and fields.get("digest") != reply["digest"]:
             reply["state"] = membership.to_wire(self.view.state)
         return reply
@@ -147,12 +154,15 @@ class Gossip:
         """
         timeout = self.config.gossip.interval * 2
         hello = {"digest": self._digest(), "heartbeats": self._heartbeat_wire()}
+        sent_ms = self.wall() * 1000
         reply = await self._send(addr, hello, timeout)
+        received_ms = self.wall() * 1000
         self.rounds += 1
         if "state" in reply:
             self._merge(reply["state"])
         self._absorb_heartbeats(reply.get("heartbeats"))
         self._record_features(addr, reply.get("features"))
+        self._record_offset(addr, reply.get("wall_ms"), sent_ms, received_ms)
         if reply.get("digest") != self._digest():
             push = {"state": membership.to_wire(self.view.state),
                     "heartbeats": self._heartbeat_wire()}
@@ -164,6 +174,21 @@ class Gossip:
             if member.addr == addr and member.status != "removed":
                 self.features.record(member.id, [] if wire is None else wire)
                 return
+
+    def _record_offset(self, addr: str, wall_ms: Any, sent_ms: float, received_ms: float
+                       ) -> None:
+        """The clock offset of the member at ``addr`` (a reply without ``wall_ms``: a node
+        that predates it, nothing measured)."""
+        if type(wall_ms) is not int:
+            return
+        member = next((m for m in self.view.state.members.values()
+                       if m.addr == addr and m.status != "removed"), None)
+        if member is None or member.id == self.identity.id:
+            return
+        if self.offsets.record(member.id, wall_ms, sent_ms, received_ms):
+            log.warning("event=clock_skew node=%s peer=%s offset_ms=%.0f rtt_ms=%.0f",
+                        self.identity.id, member.id, self.offsets.per_peer()[member.id],
+                        received_ms - sent_ms)
 
     async def _send(self, addr: str, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         self.bytes_sent += len(cbor2.dumps(message))

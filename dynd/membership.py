@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 import cbor2
 
-from common.limits import MAX_N
+from common.limits import MAX_N, MAX_TTL_SECONDS
 from dynd.claim import Claimant, ClaimError, claim
 from dynd.ring import Ring, check_ring_size
 
@@ -137,6 +137,8 @@ class BucketProps:
     writer: str = ""
     pr: int = 0  # primary quorums (Riak's): replies / acks that must come from primaries
     pw: int = 0
+    ttl: int = 0  # seconds: the expiry of a write that names none (0: writes never expire)
+    grace: int = 0  # seconds a dead object is kept before a reap (0: the node's tombstone grace)
 
 
 @dataclass(frozen=True)
@@ -634,17 +636,20 @@ def complete_transfer(state: ClusterState, partition: int,
 
 
 def set_bucket(state: ClusterState, name: str, n: int, r: int, w: int,
-               by: str, *, pr: int = 0, pw: int = 0) -> ClusterState:
+               by: str, *, pr: int = 0, pw: int = 0, ttl: int = 0, grace: int = 0
+               ) -> ClusterState:
     """Create or update a bucket's properties (1 <= r, w <= n <= MAX_N, 0 <= pr <= r,
-    0 <= pw <= w), made on ``by``."""
+    0 <= pw <= w, 0 <= ttl, grace <= MAX_TTL_SECONDS), made on ``by``."""
     _check_bucket_name(name)
     _check_nrw(n, r, w, pr, pw)
+    _check_int(ttl, "bucket ttl", 0, MAX_TTL_SECONDS)
+    _check_int(grace, "bucket grace", 0, MAX_TTL_SECONDS)
     _check_name(by, "writer")
     known = state.buckets.get(name)
     if known is None and len(state.buckets) >= MAX_BUCKETS:
         raise MembershipError(f"too many buckets (limit {MAX_BUCKETS})")
     version = known.version + 1 if known is not None else 1
-    props = BucketProps(name, n, r, w, version, by, pr, pw)
+    props = BucketProps(name, n, r, w, version, by, pr, pw, ttl, grace)
     return replace(state, buckets=FrozenMap({**state.buckets, name: props}))
 
 
@@ -686,7 +691,8 @@ def _staged_key(state: ClusterState) -> tuple:
 
 
 def _bucket_key(props: BucketProps) -> tuple:
-    return (props.version, props.writer, props.n, props.r, props.w, props.pr, props.pw)
+    return (props.version, props.writer, props.n, props.r, props.w, props.pr, props.pw,
+            props.ttl, props.grace)
 
 
 def _merge_member(a: Member, b: Member) -> Member:
@@ -770,7 +776,7 @@ _MEMBER_KEYS = ("id", "addr", "zone", "status", "tokens", "incarnation", "status
 _BUCKET_KEYS = ("name", "n", "r", "w", "version", "writer")
 # Written only when set (non-zero): a state without them is the same bytes, the same
 # digest, and readable by a node that predates them.
-_BUCKET_OPTIONAL_KEYS = ("pr", "pw")
+_BUCKET_OPTIONAL_KEYS = ("pr", "pw", "ttl", "grace")
 _STATE_KEYS = ("format", "cluster_id", "ring_size", "epoch", "members", "owners",
                "next_owners", "transfers", "done", "staged", "staged_version", "staged_by",
                "buckets")
@@ -893,6 +899,8 @@ def _buckets_from_wire(obj: Any) -> dict[str, BucketProps]:
         props = BucketProps(**_check_map(item, _BUCKET_KEYS, "bucket", _BUCKET_OPTIONAL_KEYS))
         _check_bucket_name(props.name)
         _check_nrw(props.n, props.r, props.w, props.pr, props.pw)
+        _check_int(props.ttl, "bucket ttl", 0, MAX_TTL_SECONDS)
+        _check_int(props.grace, "bucket grace", 0, MAX_TTL_SECONDS)
         _check_int(props.version, "bucket version")
         _check_name(props.writer, "bucket writer", empty_ok=True)
         if props.name in buckets:

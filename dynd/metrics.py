@@ -19,7 +19,7 @@ import math
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -237,6 +237,7 @@ class NodeReadings:
     gossip_rounds: int
     gossip_bytes_sent: int
     last_antientropy: float | None  # wall-clock seconds of the newest exchange
+    clock_offsets: Mapping[str, float] = field(default_factory=dict)  # peer -> ms
 
     def totals(self) -> dict[str, Any]:
         """The scalars of `dynctl stats`: what the labelled families add up to."""
@@ -257,15 +258,18 @@ class NodeCollector(Collector):
     def __init__(self, view: ClusterView, liveness: Liveness, storage: Storage, stats: Stats,
                  *, gossip_totals: Callable[[], tuple[int, int]],
                  last_exchange: Callable[[], float | None],
+                 clock_offsets: Callable[[], Mapping[str, float]] = dict,
                  clock: Callable[[], float] = trio.current_time) -> None:
         """``gossip_totals()``: (rounds, bytes sent) of gossip; ``last_exchange()``: the
-        wall-clock time of the newest anti-entropy exchange."""
+        wall-clock time of the newest anti-entropy exchange; ``clock_offsets()``: each
+        peer's wall-clock offset in ms (dynd.clocks)."""
         self.view = view
         self.liveness = liveness
         self.storage = storage
         self.stats = stats
         self.gossip_totals = gossip_totals
         self.last_exchange = last_exchange
+        self.clock_offsets = clock_offsets
         self.clock = clock
 
     def read(self) -> NodeReadings:
@@ -284,6 +288,7 @@ class NodeCollector(Collector):
             storage_bytes=self.storage.approximate_size(),
             gossip_rounds=rounds, gossip_bytes_sent=bytes_sent,
             last_antientropy=self.last_exchange(),
+            clock_offsets=dict(self.clock_offsets()),
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -310,6 +315,9 @@ class NodeCollector(Collector):
         yield _gauge("dynd_antientropy_last_exchange_timestamp_seconds",
                      "Wall-clock time of the newest anti-entropy exchange (NaN: none yet)",
                      math.nan if r.last_antientropy is None else r.last_antientropy)
+        yield _gauge("dynd_clock_offset_seconds",
+                     "Each peer's wall clock minus this node's, measured by gossip",
+                     {"peer": {peer: ms / 1000 for peer, ms in r.clock_offsets.items()}})
         yield CounterMetricFamily("dynd_gossip_rounds", "Gossip exchanges completed",
                                   value=r.gossip_rounds)
         yield CounterMetricFamily("dynd_gossip_sent_bytes", "Bytes of gossip sent",

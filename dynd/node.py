@@ -99,7 +99,7 @@ class Node:
             push_gossip=push_gossip)
         self.gossip = Gossip(self.view, self.identity, self.liveness.detector, transport, config,
                              self.features, addr=addr, rng=rng,
-                             on_disk_recovered=self.transfers.mark_pulled)
+                             on_disk_recovered=self.transfers.mark_pulled, wall=wall)
         self.coordinator = Coordinator(
             self.id, self.view, self.liveness, self.peers, self.replica, access, self.stats,
             minting_actor=self.identity.minting_actor,
@@ -111,10 +111,13 @@ class Node:
                             require_feature=self.features.require)
         admin = Admin(self.view, self.identity, storage, self.liveness, self.peers,
                       push_gossip=push_gossip, transfer_rows=self.transfers.rows,
-                      exchange_rows=self.antientropy.status_rows, features=self.features)
+                      exchange_rows=self.antientropy.status_rows, features=self.features,
+                      antientropy=config.antientropy, wall=wall,
+                      clock_offsets=self.gossip.offsets)
         self.gauges = NodeCollector(self.view, self.liveness, storage, self.stats,
                                     gossip_totals=self.gossip.totals,
-                                    last_exchange=self.antientropy.last_exchange)
+                                    last_exchange=self.antientropy.last_exchange,
+                                    clock_offsets=self.gossip.offsets.per_peer)
         self.dispatch = Dispatcher(self.id, self.view, self.stats, config)
         self.dispatch.register(requests, requests.OPS, requests.NOW_OPS)
         for service in (self.gossip, self.hints, self.transfers, self.antientropy, admin):

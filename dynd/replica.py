@@ -176,7 +176,8 @@ class Replica:
     def coordinate(
         self, partition: int, bucket: str, key: bytes, value: bytes | None,
         client_context: dict[str, int], actor: str, written_at: int,
-        hint_for: str | None = None, sk: bytes | None = None,
+        hint_for: str | None = None, sk: bytes | None = None, *,
+        expires_at: int | None = None,
     ) -> tuple[DVVSet, bytes, Ticket]:
         """Mint a new dot for a client write on this node (the coordinating replica): the
         new clock, encoded once (stored here and sent to the other replicas as it is), and
@@ -187,7 +188,7 @@ class Replica:
         """
         stored_raw = self.get_encoded(partition, bucket, key, hint_for, sk)
         stored = None if stored_raw is None else dvvset.decode_stored(stored_raw)
-        client = dvvset.new(Sibling(value, written_at), client_context)
+        client = dvvset.new(Sibling(value, written_at, expires_at), client_context)
         floor = 0
         if actor == self.own_actor:
             actor, floor = self.own_actor_in(partition), self.dot_floor

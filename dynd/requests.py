@@ -20,8 +20,8 @@ from common import dvvset, messages
 from common.config import Config
 from common.errors import DynError, Rejected, Unavailable
 from dynd.cluster import ClusterView
-from dynd.coordinator import Coordinator
-from dynd.features import SORT_KEYS
+from dynd.coordinator import Coordinator, Expiry
+from dynd.features import EXPIRY, SORT_KEYS
 from dynd.metrics import Stats
 from dynd.peers import Peers
 from dynd.replica import Replica
@@ -66,6 +66,14 @@ class Requests:
             self.require_feature(SORT_KEYS)
         return sk
 
+    def _expiry(self, fields: dict[str, Any]) -> Expiry:
+        """The put's ttl or expire_at, once the cluster serves expiry (else Rejected): a
+        3-item sibling is a shape an older node cannot read."""
+        expiry = Expiry(fields.get("ttl"), fields.get("expire_at"))
+        if expiry != Expiry():
+            self.require_feature(EXPIRY)
+        return expiry
+
     def now_get(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
         sk = self._sort_key(fields)
 
@@ -88,7 +96,8 @@ class Requests:
         return self.coordinator.start_put(fields["bucket"], fields["key"], value,
                                           partial(self._client_context, fields),
                                           fields.get("w"), reply, pw=fields.get("pw"),
-                                          sk=self._sort_key(fields))
+                                          sk=self._sort_key(fields),
+                                          expiry=self._expiry(fields))
 
     now_delete = now_put  # the op names which: a delete has no value
 
@@ -114,7 +123,7 @@ class Requests:
         return await self.coordinator.put(
             fields["bucket"], fields["key"], value, client_context, fields.get("w"),
             forward if len(via) < messages.MAX_FORWARD_HOPS else None, came_through=via,
-            pw=fields.get("pw"), sk=sk,
+            pw=fields.get("pw"), sk=sk, expiry=self._expiry(fields),
         )
 
     def _client_context(self, fields: dict[str, Any]) -> dict[str, int]:
@@ -172,6 +181,7 @@ class Requests:
                 for primary in primaries:
                     targets.append(Target(node, primary, "fallback"))
         rows: list[dict[str, Any]] = []
+        now_ms = int(self.coordinator.wall() * 1000)  # found: visible at this node's clock
 
         async def ask(target: Target) -> None:
             try:
@@ -183,7 +193,7 @@ class Requests:
                 return  # a fallback is listed only when it holds a hint
             rows.append({
                 "node": target.node, "role": target.role, "reachable": reachable,
-                "found": clock is not None and bool(dvvset.live_values(clock)),
+                "found": clock is not None and bool(dvvset.visible_values(clock, now_ms)),
                 "siblings": 0 if clock is None else dvvset.sibling_count(clock),
                 "context": "" if clock is None else dvvset.encode_context(dvvset.join(clock)),
                 **({"hint_for": target.primary} if target.role == "fallback" else {}),
