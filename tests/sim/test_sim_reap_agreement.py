@@ -154,3 +154,48 @@ async def test_a_leaver_restarted_after_the_grace_pushes_no_reaped_value_back(
 
     values, gone = await _handed_over_after_reap(autojump_clock, stop, restart)
     assert values == [] and gone, values
+
+
+async def test_a_value_overwritten_by_a_short_ttl_is_not_reaped_within_the_grace(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """OLD lives on a leaver whose hand-over is blocked; NEW (ttl 1 s) supersedes it on
+    the new primaries and expires. Reaping NEW as soon as it expired would let the
+    hand-over, healed while OLD is younger than the grace, push OLD back (without the
+    grace condition this test reads [b"OLD"]); the grace keeps NEW until OLD is past the
+    grace too, when the hand-over no longer pushes it."""
+    async with settled_cluster(SCENARIO, autojump_clock, "dynd-reap-ttl-") as (cluster, sims):
+        nodes = _nodes(sims)
+        admin, leaver = sims[0], next(s for s in sims if s.id == LEAVER)
+        some = nodes["n0"]
+        await until("expiry active", lambda: all("ttl" in n.view.state.features
+                                                 for n in nodes.values()))
+        key = next(key for i in range(10_000) if LEAVER in some.view.routing().primaries(
+            partition_of(BUCKET, key := f"k{i}".encode(), SCENARIO.ring_size)))
+        partition = partition_of(BUCKET, key, SCENARIO.ring_size)
+        await _put(cluster, admin.addr, key)
+        await trio.sleep(1)
+
+        async def block() -> None:
+            planned = membership.plan(some.view.state, 3).next_owners
+            for primary in some.view.routing().primaries(partition, owners=planned):
+                cluster.network.block(leaver.addr, nodes[primary].addr)
+
+        await _leave(cluster, admin, {k: v for k, v in nodes.items() if k != LEAVER}, block)
+        await until("transfers done", lambda: not membership.pending_transfers(some.view.state))
+        read = await cluster.client_call("c", admin.addr, "get", bucket=BUCKET, key=key)
+        await cluster.client_call("c", admin.addr, "put", bucket=BUCKET, key=key, value=b"NEW",
+                                  context=read["context"], ttl=1)
+        await trio.sleep(3)
+        primaries = [nodes[p] for p in some.view.routing().primaries(partition)]
+        await primaries[0].antientropy.reap_tombstones(partition)  # expired, within grace
+        cluster.network.heal()
+        await until("the leaver dropped its copy", lambda: leaver.node is not None and (
+            leaver.node.replica.get(partition, BUCKET, key) is None))
+        await trio.sleep(5)
+        assert await cluster.read_values(admin.addr, BUCKET, key) == []
+        await until("reaped on every primary past the grace (the periodic reaper)",
+                    lambda: all(p.replica.get(partition, BUCKET, key) is None
+                                for p in primaries))
+        await trio.sleep(2 * SCENARIO.antientropy_period)
+        assert await cluster.read_values(admin.addr, BUCKET, key) == []
+        assert all(p.replica.get(partition, BUCKET, key) is None for p in primaries)
