@@ -57,6 +57,7 @@ VALID = {
     "cluster_clear": {},
     "cluster_status": {},
     "cluster_check": {},
+    "cluster_features": {},
     "ring": {},
     "status": {},
     "hints": {},
@@ -82,8 +83,8 @@ def test_schema_covers_exactly_the_ops_of_the_protocol() -> None:
     assert CLIENT_OPS == set(VALID) - PEER_OPS
     assert ADMIN_OPS == {
         "cluster_join", "cluster_leave", "cluster_remove", "cluster_replace", "cluster_plan",
-        "cluster_commit", "cluster_clear", "cluster_status", "cluster_check", "tokens",
-        "bucket_set", "repair"}
+        "cluster_commit", "cluster_clear", "cluster_status", "cluster_check",
+        "cluster_features", "tokens", "bucket_set", "repair"}
 
 
 @pytest.mark.parametrize("op", sorted(VALID))
