@@ -23,6 +23,7 @@ import trio
 from common import dvvset
 from common.dvvset import DVVSet
 from common.errors import DynError, Unavailable, Unreachable
+from common.ring import Target
 from dynd.cluster import ClusterView
 from dynd.liveness import Liveness
 from dynd.metrics import Stats
@@ -30,7 +31,6 @@ from dynd.peers import Peers
 from dynd.quorum import GetCore, PutCore
 from dynd.replica import Replica
 from dynd.replica_access import ReplicaAccess, clock_from_peer, replica_fields
-from dynd.ring import Target
 from dynd.routing import Placement, Quorums
 from dynd.server import Reply, answered
 from dynd.storage import StorageError, Ticket

@@ -19,6 +19,7 @@ import trio
 from common import dvvset, messages
 from common.config import Config
 from common.errors import DynError, Rejected, Unavailable
+from common.ring import Target, partition_of
 from dynd.cluster import ClusterView
 from dynd.coordinator import Coordinator
 from dynd.features import SORT_KEYS
@@ -26,7 +27,6 @@ from dynd.metrics import Stats
 from dynd.peers import Peers
 from dynd.replica import Replica
 from dynd.replica_access import ReplicaAccess, clock_from_peer
-from dynd.ring import Target, partition_of
 from dynd.server import Peer, Reply
 
 log = logging.getLogger("dynd.requests")

@@ -28,8 +28,8 @@ import trio.testing
 
 from common.dvvset import decode_context
 from common.errors import DynError, Unavailable
+from common.ring import partition_of
 from dynctl.client import Client, descends
-from dynd.ring import partition_of
 from tests.sim.harness import (
     BUCKET,
     CLIENT_TIMEOUT,
