@@ -109,7 +109,11 @@ class Requests:
 
         async def forward(node: str) -> dict[str, Any]:
             request = messages.request(op, 1, **fields)
-            return await self.call(node, "p_forward", {"req": request, "via": [*via, self.node_id]})
+            result = await self.call(node, "p_forward", {"req": request,
+                                                         "via": [*via, self.node_id]})
+            if not via:  # the client chose a node outside the key's list: its ring may be old
+                result = {**result, "epoch": self.view.state.epoch}
+            return result
 
         return await self.coordinator.put(
             fields["bucket"], fields["key"], value, client_context, fields.get("w"),
