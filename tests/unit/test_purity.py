@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PURE = sorted(ROOT.glob("common/*.py")) + [
     ROOT / "dynd" / f"{name}.py"
     for name in ("claim", "membership", "detector", "quorum", "merkle", "routing")
-]
+] + [ROOT / "dynctl" / "topology.py"]
 FORBIDDEN = {"trio", "socket", "rocksdict", "time", "random", "asyncio", "os", "subprocess",
              "threading", "selectors", "ssl", "dynd.storage", "dynd.transport", "dynd.server",
              "dynd.node", "dynctl"}
