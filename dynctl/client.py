@@ -16,8 +16,10 @@ put, delete, replicas, queries) straight to a node of the key's preference list;
 other request goes to the first node that answers (``answered_by`` says which). When a node
 does not answer (connection refused or reset: at once; silent: after its share of the
 request's deadline, ``attempt_budget``), the request goes to the next node, and the node is
-tried last for ``SUSPECT_SECONDS``. A node's own answer, an error reply included, is never
-retried elsewhere. The ring is asked again when a put comes back forwarded by a node of a
+tried last for ``SUSPECT_SECONDS``. A node's own error reply is final, except that a read
+(``READ_OPS``) its coordinator could not serve (Unavailable: R replicas not reached) is
+asked of the next node; a write that failed so may have reached replicas and is not sent
+again. The ring is asked again when a put comes back forwarded by a node of a
 newer epoch (the client's ring is old), after a node failed to answer, and at least every
 ``RING_MAX_AGE`` seconds. A retried put or delete may have been applied by the node that
 did not answer in time: the node's copy and the retry's then become two siblings (Dynamo's
@@ -93,6 +95,8 @@ MAX_NODES = 256  # node addresses one client may be given
 SUSPECT_SECONDS = 5.0  # a node that did not answer is tried last for this long
 RING_MAX_AGE = 60.0  # seconds after which the next request about a key asks for the ring again
 RING_MIN_INTERVAL = 1.0  # seconds between two requests for the ring
+# Requests that only read: one whose coordinator answers Unavailable is asked of the next node.
+READ_OPS = frozenset({"get", "replicas", "query", "ring"})
 MAX_ATTEMPT_SHARES = 3  # an attempt waits at least a third of what is left of the deadline
 @dataclass(frozen=True, slots=True)
 class Value:
@@ -231,6 +235,12 @@ class Client:
         self._topology_asked_at: float | None = None  # None: never asked
         self._refreshing = False
 
+    @property
+    def ring_epoch(self) -> int | None:
+        """The epoch of the ring this client routes by; None while it routes by the given
+        node order (one node given, or no node described its ring)."""
+        return None if self._topology is None else self._topology.epoch
+
     @classmethod
     @asynccontextmanager
     async def connect(cls, addr: str | Sequence[str] = DEFAULT_ADDR, *,
@@ -313,8 +323,11 @@ class Client:
                     fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Send the request to the first of ``addrs`` that answers before ``deadline``: the
         node that answered and its result. Fails over only when a node does not answer
-        (module docstring); raises the node's error reply as it is."""
+        (module docstring), or when a read (READ_OPS) comes back Unavailable (its
+        coordinator could not reach R replicas: another may); raises any other error
+        reply as it is."""
         failures: list[str] = []
+        refusal: Unavailable | None = None  # a read's last Unavailable reply
         for index, addr in enumerate(addrs):
             left = deadline - trio.current_time()
             if left <= 0:
@@ -325,15 +338,20 @@ class Client:
                     connection = await self._connection(addr)
                     return addr, await connection.call(op, fields)
                 except Unavailable as exc:
-                    if connection is not None and not connection.closed:
-                        raise  # the node answered: its own Unavailable (a quorum not met)
                     if len(addrs) == 1:
                         raise
+                    if connection is not None and not connection.closed:
+                        if op not in READ_OPS:
+                            raise  # a write may have reached replicas: not retried
+                        refusal = exc
+                        continue
                     failures.append(exc.message)
                     self._suspect(addr)
                     continue
             failures.append(f"{addr} did not answer in time")
             self._suspect(addr)
+        if refusal is not None:
+            raise refusal
         if len(self.nodes) == 1:
             raise Unavailable(f"{op} on {self.addr} timed out after {self.timeout:g}s")
         raise Unavailable(f"{op}: no node answered within {self.timeout:g}s "

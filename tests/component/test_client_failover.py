@@ -38,6 +38,12 @@ class RingNode(FakeNode):
         self.epoch = 4
         self.forwarded_epoch: int | None = None  # put replies carry it: a wrong coordinator
         self.with_members = True
+        self.quorum_lost = False  # data ops answer Unavailable, as a coordinator short of R/W
+
+    def op_get(self, req: dict[str, Any]) -> dict[str, Any]:
+        if self.quorum_lost:
+            raise Unavailable("read quorum not met")
+        return super().op_get(req)
 
     def op_ring(self, req: dict[str, Any]) -> dict[str, Any]:
         reply = {"ring_size": 8, "epoch": self.epoch,
@@ -50,6 +56,8 @@ class RingNode(FakeNode):
     async def op_put(self, req: dict[str, Any]) -> dict[str, Any]:
         if self.silent:
             await trio.sleep_forever()
+        if self.quorum_lost:
+            raise Unavailable("write quorum not met")
         if req["value"] == b"bad":
             raise Rejected("refused by the node")
         result = super().op_put(req)
@@ -134,7 +142,7 @@ async def test_a_put_forwarded_from_a_newer_epoch_asks_for_the_ring_again(ring_n
         for node in ring_nodes:
             node.forwarded_epoch, node.epoch = 5, 5
         with trio.fail_after(5):
-            while client._topology is None or client._topology.epoch != 5:
+            while client.ring_epoch != 5:
                 await trio.sleep(1.1)  # RING_MIN_INTERVAL passes between two asks
                 await client.put(b"k", b"v")
 
@@ -173,3 +181,20 @@ def test_dynctl_put_and_get_fail_over_to_a_live_node(ring_nodes, closed_addr):
         put = CliRunner().invoke(main, ["--node", nodes, "put", f"k{i}", "v"])
         assert put.exit_code == 0, put.output
         assert put.stderr == ""  # a data command names no node
+
+
+async def test_a_read_its_coordinator_could_not_serve_is_asked_of_the_next_node(ring_nodes):
+    """A get answered Unavailable goes to the next node; a put so answered may have reached
+    replicas and is not sent again."""
+    short = ring_nodes[0]
+    short.quorum_lost = True
+    key = next(k for i in range(100) if first_primary(ring_nodes, k := f"k{i}".encode())
+               is short)
+    async with Client.connect([node.addr for node in ring_nodes]) as client:
+        assert not (await client.get(key)).found
+        with pytest.raises(Unavailable, match="write quorum not met"):
+            await client.put(key, b"v")
+    gets = [[req["key"] for req in node.requests if req["op"] == "get"] for node in ring_nodes]
+    assert gets[0] == [key] and len(gets[1] + gets[2]) == 1
+    assert puts_by_key(short) == [key] and not puts_by_key(ring_nodes[1]) + puts_by_key(
+        ring_nodes[2])
