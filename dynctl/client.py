@@ -218,7 +218,7 @@ class Client:
     """The key-value API over connections to one or several nodes. Obtain one with
     ``Client.connect``."""
 
-    def __init__(self, nodes: tuple[str, ...], timeout: float, nursery: trio.Nursery,
+    def __init__(self, nodes: tuple[str, ...], timeout: float, nursery: trio.Nursery | None,
                  tls: ssl.SSLContext | None, *,
                  remembered_writes: int = DEFAULT_REMEMBERED_WRITES) -> None:
         self.nodes = nodes
@@ -234,6 +234,16 @@ class Client:
         self._topology: Topology | None = None
         self._topology_asked_at: float | None = None  # None: never asked
         self._refreshing = False
+
+    @classmethod
+    def over(cls, connection: Connection, timeout: float, *,
+             remembered_writes: int = DEFAULT_REMEMBERED_WRITES) -> Client:
+        """A one-node client over a connection the caller opened and owns (a simulated
+        network's, in tests): it never opens another."""
+        client = cls((connection.addr,), timeout, None, None,
+                     remembered_writes=remembered_writes)
+        client._connections[connection.addr] = connection
+        return client
 
     @property
     def ring_epoch(self) -> int | None:
@@ -293,7 +303,8 @@ class Client:
     def _close(self) -> None:
         for connection in self._connections.values():
             connection.close()
-        self._nursery.cancel_scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     async def _connection(self, addr: str) -> Connection:
         """The open connection to ``addr``, opened now if there is none (or it broke)."""
@@ -304,6 +315,8 @@ class Client:
         async with lock:  # one opening per node, however many requests wait for it
             connection = self._connections.get(addr)
             if connection is None or connection.closed:
+                if self._nursery is None:
+                    raise Unavailable(f"connection to {addr} closed")
                 connection = await Connection.open(addr, self._nursery, ssl_context=self._tls)
                 self._connections[addr] = connection
             return connection
@@ -490,6 +503,7 @@ class Client:
                 asked_at is not None and trio.current_time() - asked_at < RING_MIN_INTERVAL):
             return
         self._refreshing = True
+        assert self._nursery is not None  # several nodes: made by connect
 
         async def refresh() -> None:
             try:
