@@ -26,7 +26,15 @@ from common.errors import Conflict, DynError, NotFound, Unavailable, UsageError
 from common.limits import MAX_N, MAX_SORT_KEY_BYTES, MAX_TTL_SECONDS
 from dynctl import devcluster
 from dynctl.bench.command import register_bench
-from dynctl.client import DEFAULT_ADDR, LIMITS, Client, Object, as_sort_key
+from dynctl.client import (
+    DEFAULT_ADDR,
+    LIMITS,
+    Client,
+    ClientConfigError,
+    Object,
+    as_sort_key,
+    parse_nodes,
+)
 from dynctl.invocation import Session, Settings
 from dynctl.output import (
     Outcome,
@@ -128,7 +136,10 @@ def _execute(body: Callable[..., Awaitable[Outcome]], params: dict[str, Any], *,
         if not connect:
             return await body(Session(settings, output), **params)
         async with settings.connect(default_timeout) as client:
-            return await body(client, **params)
+            outcome = await body(client, **params)
+            if len(parse_nodes(settings.node)) > 1 and client.answered_by is not None:
+                _say_who_answered(outcome, output, client.answered_by)
+            return outcome
 
     try:
         outcome = trio.run(run)
@@ -136,6 +147,16 @@ def _execute(body: Callable[..., Awaitable[Outcome]], params: dict[str, Any], *,
         outcome = Outcome(None, error=exc)
     output.emit(outcome)
     ctx.exit(outcome.exit_code)
+
+
+def _say_who_answered(outcome: Outcome, output: Output, addr: str) -> None:
+    """Given several nodes, a command about one node names the one that answered: a line
+    on stderr, or ``answered_by`` in the JSON document."""
+    if output.json_mode:
+        if isinstance(outcome.document, dict):
+            outcome.document["answered_by"] = addr
+    else:
+        sys.stderr.write(f"answered by {addr}\n")
 
 
 # -- input helpers -----------------------------------------------------------------------
@@ -286,12 +307,24 @@ pw_option = click.option("--pw", "pw", type=click.IntRange(min=0), metavar="PW",
 
 # -- the root group ----------------------------------------------------------------------
 
+def _node_list(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--node / DYN_NODE: one HOST:PORT or several, comma-separated; else exit 2."""
+    try:
+        parse_nodes(value)
+    except ClientConfigError as exc:
+        raise click.BadParameter(exc.message, ctx, param) from None
+    return value
+
+
 @click.group(cls=DynGroup, name="dynctl", context_settings=_CONTEXT_SETTINGS,
              epilog=_examples(["dynctl put cart:42 '{\"items\": [1]}'",
                                "dynctl get cart:42",
                                "dynctl --node 127.0.0.1:7071 --json cluster status"]))
 @click.option("--node", envvar="DYN_NODE", default=DEFAULT_ADDR, show_default=True,
-              metavar="HOST:PORT", help="Node to talk to (env DYN_NODE); any node serves.")
+              metavar="HOST:PORT[,...]", callback=_node_list,
+              help="Node to talk to (env DYN_NODE); any node serves. Several, comma-"
+                   "separated: a key's request goes to a node of its preference list, "
+                   "failing over to the others.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help=f"Deadline of each request [default: {LIMITS.request_timeout:g}; "
                    f"repair: {REPAIR_TIMEOUT:g}].")

@@ -1,28 +1,46 @@
 """The public Python client of dynd: trio-native ``Client`` and a blocking ``SyncClient``.
 
-One ``Client`` holds one ``Connection`` (common/wire/connection.py, the same class
-that carries the node's peer traffic). Requests are pipelined: every request gets an id, queues
-its encoded frame, and waits for the reply with that id. A single writer task sends
-everything queued so far in one ``send_all`` (coalescing is what makes pipelining pay), and
-a single reader task hands each reply to the request waiting for it. Any number of trio
-tasks (or, through ``SyncClient``, threads) may share one client; at most
-``Limits.max_inflight_per_connection`` requests are in flight at once (the node's
-per-connection limit), the others wait for a slot. Nothing is retried: a blind put is not
-idempotent, so retrying is the caller's decision.
+A ``Client`` holds one ``Connection`` (common/wire/connection.py, the same class that
+carries the node's peer traffic) per node it talks to. Requests are pipelined: every
+request gets an id, queues its encoded frame, and waits for the reply with that id. A
+single writer task sends everything queued so far in one ``send_all`` (coalescing is what
+makes pipelining pay), and a single reader task hands each reply to the request waiting for
+it. Any number of trio tasks (or, through ``SyncClient``, threads) may share one client; at
+most ``Limits.max_inflight_per_connection`` requests are in flight at once per connection
+(the node's per-connection limit), the others wait for a slot.
+
+Several nodes (``Client.connect("a:7070,b:7070,c:7070")`` or a list): client-driven
+coordination (Dynamo, section 6.4). The client learns the ring from any node
+(dynctl/topology.py) and sends each request about a key (one naming a bucket and a key: get,
+put, delete, replicas, queries) straight to a node of the key's preference list; every
+other request goes to the first node that answers (``answered_by`` says which). When a node
+does not answer (connection refused or reset: at once; silent: after its share of the
+request's deadline, ``attempt_budget``), the request goes to the next node, and the node is
+tried last for ``SUSPECT_SECONDS``. A node's own error reply is final, except that a read
+(``READ_OPS``) its coordinator could not serve (Unavailable: R replicas not reached) is
+asked of the next node; a write that failed so may have reached replicas and is not sent
+again. The ring is asked again when a put comes back forwarded by a node of a
+newer epoch (the client's ring is old), after a node failed to answer, and at least every
+``RING_MAX_AGE`` seconds. A retried put or delete may have been applied by the node that
+did not answer in time: the node's copy and the retry's then become two siblings (Dynamo's
+semantics: nothing acknowledged is lost, and the next write with a context that covers
+both replaces them). With one node, everything goes to it and nothing is retried.
 
 Errors are the exceptions of ``common.errors``, whose ``exit_code`` is dynctl's:
 the node's error replies come back as their class; an unreachable node, a broken
-connection or a request that outlives its deadline is ``Unavailable``; a TLS handshake the
+connection or a request that outlives its deadline is ``Unavailable`` (with several nodes:
+when no node answered in time); a TLS handshake the
 node or the client refuses is ``Unauthorized``; a bad address or unreadable TLS file is
 ``ClientConfigError`` (a ``UsageError`` and a ``ValueError``).
 
 TLS: with ``tls_ca`` the connection is TLS, the node's certificate must chain to
-``tls_ca`` and match the host of ``addr`` (an IP address is checked against the
+``tls_ca`` and match the host of its address (an IP address is checked against the
 certificate's IP subject alternative names), and ``tls_cert``/``tls_key`` are presented
 as the client certificate when given.
 
 Limits: keys and values larger than the default ``Limits`` (1 KiB, 1 MiB) are refused
-before they reach the network (``Rejected``); a reply may be up to ``MAX_REPLY_BYTES``.
+before they reach the network (``Rejected``); a reply may be up to ``MAX_REPLY_BYTES``;
+at most ``MAX_NODES`` node addresses.
 
 Read your own writes: a client remembers the context each of its puts and deletes
 answered, for the ``remembered_writes`` keys it wrote last (default
@@ -40,7 +58,7 @@ import logging
 import ssl
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,11 +85,19 @@ from common.wire.connection import (
 )
 from common.wire.tls import TLSFileError, new_context
 from common.wire.trio_helpers import single_exception_unwrapped
+from dynctl.topology import Topology
 
 log = logging.getLogger("dynctl.client")
 
 DEFAULT_ADDR = "127.0.0.1:7070"
 DEFAULT_REMEMBERED_WRITES = 10_000  # keys whose last written context a client keeps
+MAX_NODES = 256  # node addresses one client may be given
+SUSPECT_SECONDS = 5.0  # a node that did not answer is tried last for this long
+RING_MAX_AGE = 60.0  # seconds after which the next request about a key asks for the ring again
+RING_MIN_INTERVAL = 1.0  # seconds between two requests for the ring
+# Requests that only read: one whose coordinator answers Unavailable is asked of the next node.
+READ_OPS = frozenset({"get", "replicas", "query", "ring"})
+MAX_ATTEMPT_SHARES = 3  # an attempt waits at least a third of what is left of the deadline
 @dataclass(frozen=True, slots=True)
 class Value:
     """One live sibling: its bytes, when its coordinator wrote it and, if it expires,
@@ -182,24 +208,79 @@ def descends(read: VersionVector, written: VersionVector) -> bool:
     return all(read.get(actor, 0) >= counter for actor, counter in written.items())
 
 
-class Client:
-    """The key-value API over one Connection. Obtain one with ``Client.connect``."""
+def parse_nodes(nodes: str | Sequence[str]) -> tuple[str, ...]:
+    """Node addresses from ``"host:port,host:port"`` or a list of ``host:port``: each one
+    checked, in order; ClientConfigError for an empty list or item, a duplicate, or more
+    than ``MAX_NODES``."""
+    items = nodes.split(",") if isinstance(nodes, str) else list(nodes)
+    addrs = tuple(item.strip() if isinstance(item, str) else item for item in items)
+    if not addrs or len(addrs) > MAX_NODES:
+        raise ClientConfigError(f"give 1..{MAX_NODES} node addresses, not {len(addrs)}")
+    for addr in addrs:
+        if not isinstance(addr, str) or not addr:
+            raise ClientConfigError(f"bad node list {nodes!r}: an empty or non-text address")
+        parse_addr(addr)
+    duplicates = sorted({addr for addr in addrs if addrs.count(addr) > 1})
+    if duplicates:
+        raise ClientConfigError(f"node {duplicates[0]} is listed twice")
+    return addrs
 
-    def __init__(self, connection: Connection, timeout: float, *,
+
+def attempt_budget(time_left: float, attempts_left: int) -> float:
+    """How long one attempt may wait for its node: an equal share of what is left of the
+    request's deadline among the attempts left (at most MAX_ATTEMPT_SHARES of them), so that
+    a silent node leaves time for the next; the last attempt gets all that is left."""
+    return time_left / max(1, min(attempts_left, MAX_ATTEMPT_SHARES))
+
+
+class Client:
+    """The key-value API over connections to one or several nodes. Obtain one with
+    ``Client.connect``."""
+
+    def __init__(self, nodes: tuple[str, ...], timeout: float, nursery: trio.Nursery | None,
+                 tls: ssl.SSLContext | None, *,
                  remembered_writes: int = DEFAULT_REMEMBERED_WRITES) -> None:
-        self.addr = connection.addr
+        self.nodes = nodes
+        self.addr = nodes[0]  # the node that serves requests not about a key
+        self.answered_by: str | None = None  # who answered the last such request
         self.timeout = timeout
-        self._connection = connection
         self.written = WrittenContexts(remembered_writes)
+        self._nursery = nursery
+        self._tls = tls
+        self._connections: dict[str, Connection] = {}
+        self._opening: dict[str, trio.Lock] = {}
+        self._suspect_until: dict[str, float] = {}
+        self._topology: Topology | None = None
+        self._topology_asked_at: float | None = None  # None: never asked
+        self._refreshing = False
+
+    @classmethod
+    def over(cls, connection: Connection, timeout: float, *,
+             remembered_writes: int = DEFAULT_REMEMBERED_WRITES) -> Client:
+        """A one-node client over a connection the caller opened and owns (a simulated
+        network's, in tests): it never opens another."""
+        client = cls((connection.addr,), timeout, None, None,
+                     remembered_writes=remembered_writes)
+        client._connections[connection.addr] = connection
+        return client
+
+    @property
+    def ring_epoch(self) -> int | None:
+        """The epoch of the ring this client routes by; None while it routes by the given
+        node order (one node given, or no node described its ring)."""
+        return None if self._topology is None else self._topology.epoch
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, addr: str = DEFAULT_ADDR, *, timeout: float = LIMITS.request_timeout,
+    async def connect(cls, addr: str | Sequence[str] = DEFAULT_ADDR, *,
+                      timeout: float = LIMITS.request_timeout,
                       tls_ca: str | None = None, tls_cert: str | None = None,
                       tls_key: str | None = None,
                       remembered_writes: int = DEFAULT_REMEMBERED_WRITES
                       ) -> AsyncIterator[Client]:
-        """Connect (within ``timeout`` seconds) and yield a client; closes it on exit.
+        """Connect to the first of the nodes ``addr`` names (one address, a comma-separated
+        list, or a list) that answers within ``timeout`` seconds, and yield a client;
+        closes every connection on exit.
 
         ``timeout`` is also the deadline of every request made through the client.
         ``remembered_writes``: keys whose last written context the client keeps to read
@@ -207,21 +288,106 @@ class Client:
         """
         if not timeout > 0:
             raise ClientConfigError(f"timeout must be positive, not {timeout}")
-        parse_addr(addr)
+        nodes = parse_nodes(addr)
         WrittenContexts(remembered_writes)  # a bad limit fails before connecting
         tls = _tls_context(tls_ca, tls_cert, tls_key)
         with single_exception_unwrapped():
             async with trio.open_nursery() as nursery:
+                client = cls(nodes, timeout, nursery, tls, remembered_writes=remembered_writes)
                 try:
-                    with trio.fail_after(timeout):
-                        connection = await Connection.open(addr, nursery, ssl_context=tls)
-                except trio.TooSlowError:
-                    raise Unavailable(f"cannot reach {addr}: timed out after {timeout:g}s"
-                                      ) from None
-                try:
-                    yield cls(connection, timeout, remembered_writes=remembered_writes)
+                    await client._first_connection(trio.current_time() + timeout)
+                    yield client
                 finally:
-                    connection.close()
+                    client._close()
+
+    async def _first_connection(self, deadline: float) -> None:
+        """Open a connection to the first node that takes one: it serves requests not
+        about a key until it stops answering."""
+        failures: list[str] = []
+        for index, addr in enumerate(self.nodes):
+            left = deadline - trio.current_time()
+            with trio.move_on_after(attempt_budget(left, len(self.nodes) - index)):
+                try:
+                    await self._connection(addr)
+                except Unavailable as exc:
+                    failures.append(exc.message)
+                    continue
+                self.addr = addr
+                return
+            failures.append(f"cannot reach {addr}: timed out after {self.timeout:g}s"
+                            if len(self.nodes) == 1 else f"cannot reach {addr}: timed out")
+        raise Unavailable(failures[0] if len(failures) == 1
+                          else f"no node answered: {'; '.join(failures)}")
+
+    def _close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _connection(self, addr: str) -> Connection:
+        """The open connection to ``addr``, opened now if there is none (or it broke)."""
+        connection = self._connections.get(addr)
+        if connection is not None and not connection.closed:
+            return connection
+        lock = self._opening.setdefault(addr, trio.Lock())
+        async with lock:  # one opening per node, however many requests wait for it
+            connection = self._connections.get(addr)
+            if connection is None or connection.closed:
+                if self._nursery is None:
+                    raise Unavailable(f"connection to {addr} closed")
+                connection = await Connection.open(addr, self._nursery, ssl_context=self._tls)
+                self._connections[addr] = connection
+            return connection
+
+    def _suspect(self, addr: str) -> None:
+        """``addr`` did not answer: try it last for a while, and ask for the ring again
+        (the node may have left the cluster)."""
+        self._suspect_until[addr] = trio.current_time() + SUSPECT_SECONDS
+        self._refresh_later()
+
+    def _answering_first(self, addrs: Sequence[str]) -> list[str]:
+        """``addrs`` with the nodes that recently failed to answer moved to the end."""
+        now = trio.current_time()
+        return sorted(addrs, key=lambda addr: self._suspect_until.get(addr, 0.0) > now)
+
+    async def _send(self, addrs: Sequence[str], deadline: float, op: str,
+                    fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Send the request to the first of ``addrs`` that answers before ``deadline``: the
+        node that answered and its result. Fails over only when a node does not answer
+        (module docstring), or when a read (READ_OPS) comes back Unavailable (its
+        coordinator could not reach R replicas: another may); raises any other error
+        reply as it is."""
+        failures: list[str] = []
+        refusal: Unavailable | None = None  # a read's last Unavailable reply
+        for index, addr in enumerate(addrs):
+            left = deadline - trio.current_time()
+            if left <= 0:
+                break
+            connection: Connection | None = None
+            with trio.move_on_after(attempt_budget(left, len(addrs) - index)):
+                try:
+                    connection = await self._connection(addr)
+                    return addr, await connection.call(op, fields)
+                except Unavailable as exc:
+                    if len(addrs) == 1:
+                        raise
+                    if connection is not None and not connection.closed:
+                        if op not in READ_OPS:
+                            raise  # a write may have reached replicas: not retried
+                        refusal = exc
+                        continue
+                    failures.append(exc.message)
+                    self._suspect(addr)
+                    continue
+            failures.append(f"{addr} did not answer in time")
+            self._suspect(addr)
+        if refusal is not None:
+            raise refusal
+        if len(self.nodes) == 1:
+            raise Unavailable(f"{op} on {self.addr} timed out after {self.timeout:g}s")
+        raise Unavailable(f"{op}: no node answered within {self.timeout:g}s "
+                          f"({'; '.join(failures) or 'no time left'})")
 
     # -- the key-value API ---------------------------------------------------------------
 
@@ -309,9 +475,65 @@ class Client:
 
     async def _call_before(self, deadline: float, op: str, fields: dict[str, Any]
                            ) -> dict[str, Any]:
-        with trio.move_on_at(deadline):
-            return await self._connection.call(op, fields)
-        raise Unavailable(f"{op} on {self.addr} timed out after {self.timeout:g}s")
+        """Send a request about a key to the key's preference list, any other to the node
+        that answers requests not about a key (module docstring)."""
+        bucket, key = fields.get("bucket"), fields.get("key")
+        if len(self.nodes) > 1 and isinstance(bucket, str) and isinstance(key, bytes):
+            addrs = await self._addresses_for(deadline, bucket, key)
+            _, result = await self._send(addrs, deadline, op, fields)
+            epoch = result.get("epoch")  # only on a put a node had to forward
+            if self._topology is not None and isinstance(epoch, int) \
+                    and epoch > self._topology.epoch:
+                self._refresh_later()
+            return result
+        home = [self.addr, *(addr for addr in self.nodes if addr != self.addr)]
+        self.addr, result = await self._send(self._answering_first(home), deadline, op, fields)
+        self.answered_by = self.addr
+        return result
+
+    async def _addresses_for(self, deadline: float, bucket: str, key: bytes) -> list[str]:
+        """Where to send a request about the key, in failover order: the preference list
+        from the ring (asked for the first time now, within part of the deadline), then the
+        given nodes; without a ring, the given nodes."""
+        if self._topology_asked_at is None:
+            left = deadline - trio.current_time()
+            await self._ask_ring(trio.current_time() + attempt_budget(left, 2))
+        elif trio.current_time() - self._topology_asked_at > RING_MAX_AGE:
+            self._refresh_later()
+        routed = self._topology.addresses_for(bucket, key) if self._topology else ()
+        return self._answering_first([*routed, *(a for a in self.nodes if a not in routed)])
+
+    async def _ask_ring(self, deadline: float) -> None:
+        """Learn the ring from any node; keep the old one (or none: the given nodes in
+        order) when no node tells."""
+        self._topology_asked_at = trio.current_time()
+        try:
+            _, reply = await self._send(self._answering_first(self.nodes), deadline, "ring", {})
+            topology = Topology.from_reply(reply)
+        except DynError as exc:
+            log.debug("event=ring_unknown reason=%s", exc)
+            return
+        if topology is not None and (self._topology is None
+                                     or topology.epoch >= self._topology.epoch):
+            self._topology = topology
+
+    def _refresh_later(self) -> None:
+        """Ask for the ring again in the background: one request at a time, at most one
+        per RING_MIN_INTERVAL."""
+        asked_at = self._topology_asked_at
+        if self._refreshing or len(self.nodes) == 1 or (
+                asked_at is not None and trio.current_time() - asked_at < RING_MIN_INTERVAL):
+            return
+        self._refreshing = True
+        assert self._nursery is not None  # several nodes: made by connect
+
+        async def refresh() -> None:
+            try:
+                await self._ask_ring(trio.current_time() + self.timeout)
+            finally:
+                self._refreshing = False
+
+        self._nursery.start_soon(refresh)
 
 
 class SyncClient:
@@ -326,7 +548,8 @@ class SyncClient:
 
     @classmethod
     @contextmanager
-    def connect(cls, addr: str = DEFAULT_ADDR, *, timeout: float = LIMITS.request_timeout,
+    def connect(cls, addr: str | Sequence[str] = DEFAULT_ADDR, *,
+                timeout: float = LIMITS.request_timeout,
                 tls_ca: str | None = None, tls_cert: str | None = None,
                 tls_key: str | None = None,
                 remembered_writes: int = DEFAULT_REMEMBERED_WRITES) -> Iterator[SyncClient]:
@@ -348,8 +571,8 @@ class SyncClient:
             finally:
                 started.set()
 
-        thread = threading.Thread(target=trio.run, args=(serve,), name=f"dynctl-{addr}",
-                                  daemon=True)
+        thread = threading.Thread(target=trio.run, args=(serve,),
+                                  name=f"dynctl-{parse_nodes(addr)[0]}", daemon=True)
         thread.start()
         started.wait()
         if "client" not in state:

@@ -291,9 +291,16 @@ class Admin:
                 "leavers_holding_hints": holding}
 
     async def op_ring(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        ring = self.view.routing().ring
-        return {"ring_size": ring.ring_size, "epoch": self.view.state.epoch,
-                "owners": list(ring.owners), "balance": round(ring.balance(), 3)}
+        """The ring requests are routed by, with what a client needs to route them itself:
+        each member's address and zone, and the N of its preference lists (target_n)."""
+        routing = self.view.routing()
+        ring, state = routing.ring, self.view.state
+        members = {member_id: {"addr": member.addr, "zone": member.zone}
+                   for member_id, member in state.members.items()
+                   if membership.member_status(state, member_id) != "removed"}
+        return {"ring_size": ring.ring_size, "epoch": state.epoch,
+                "owners": list(ring.owners), "balance": round(ring.balance(), 3),
+                "members": members, "n": routing.target_n()}
 
     async def op_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         now = trio.current_time()

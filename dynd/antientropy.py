@@ -35,6 +35,7 @@ from common import dvvset
 from common.config import AntiEntropyConfig
 from common.dvvset import DVVSet
 from common.errors import DynError, Rejected
+from common.ring import Target
 from dynd import membership, merkle
 from dynd.cluster import ClusterView
 from dynd.membership import ClusterState
@@ -43,7 +44,6 @@ from dynd.metrics import Stats
 from dynd.peers import Peers
 from dynd.replica import Replica, key_id, split_key_id
 from dynd.replica_access import ReplicaAccess, clock_from_peer
-from dynd.ring import Target
 from dynd.server import Peer
 from dynd.storage import Storage
 

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from dynd.ring import DEFAULT_ZONE, check_ring_size
+from common.ring import DEFAULT_ZONE, check_ring_size
 
 
 class ClaimError(ValueError):

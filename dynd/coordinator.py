@@ -25,6 +25,7 @@ from common import dvvset
 from common.dvvset import DVVSet
 from common.errors import DynError, Rejected, Unavailable, Unreachable
 from common.limits import MAX_TTL_SECONDS
+from common.ring import Target
 from dynd import membership
 from dynd.cluster import ClusterView
 from dynd.liveness import Liveness
@@ -33,7 +34,6 @@ from dynd.peers import Peers
 from dynd.quorum import GetCore, PutCore
 from dynd.replica import Replica
 from dynd.replica_access import ReplicaAccess, clock_from_peer, replica_fields
-from dynd.ring import Target
 from dynd.routing import Placement, Quorums
 from dynd.server import Reply, answered
 from dynd.storage import StorageError, Ticket

@@ -19,12 +19,12 @@ import trio
 from common import dvvset
 from common.config import HandoffConfig
 from common.errors import DynError
+from common.ring import Target
 from dynd import membership
 from dynd.cluster import ClusterView
 from dynd.metrics import Stats
 from dynd.peers import Peers
 from dynd.replica_access import ReplicaAccess, replica_fields
-from dynd.ring import Target
 from dynd.server import Peer
 from dynd.storage import SCAN_PAGE, Batch, Storage
 

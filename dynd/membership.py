@@ -46,8 +46,8 @@ from typing import Any, TypeVar
 import cbor2
 
 from common.limits import MAX_N, MAX_TTL_SECONDS
+from common.ring import Ring, check_ring_size
 from dynd.claim import Claimant, ClaimError, claim
-from dynd.ring import Ring, check_ring_size
 
 STATUSES = ("joining", "valid", "leaving", "removed")
 CHANGE_KINDS = ("join", "leave", "remove", "replace", "tokens")

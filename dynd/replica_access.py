@@ -9,9 +9,9 @@ from typing import Any
 from common import dvvset
 from common.dvvset import DVVSet
 from common.errors import Rejected
+from common.ring import Target
 from dynd.metrics import Stats
 from dynd.replica import Replica
-from dynd.ring import Target
 from dynd.storage import Ticket
 
 Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]

@@ -19,6 +19,7 @@ import trio
 from common import dvvset, messages
 from common.config import Config
 from common.errors import DynError, Rejected, Unavailable
+from common.ring import Target, partition_of
 from dynd.cluster import ClusterView
 from dynd.coordinator import Coordinator, Expiry
 from dynd.features import EXPIRY, SORT_KEYS
@@ -26,7 +27,6 @@ from dynd.metrics import Stats
 from dynd.peers import Peers
 from dynd.replica import Replica
 from dynd.replica_access import ReplicaAccess, clock_from_peer
-from dynd.ring import Target, partition_of
 from dynd.server import Peer, Reply
 
 log = logging.getLogger("dynd.requests")
@@ -118,7 +118,11 @@ class Requests:
 
         async def forward(node: str) -> dict[str, Any]:
             request = messages.request(op, 1, **fields)
-            return await self.call(node, "p_forward", {"req": request, "via": [*via, self.node_id]})
+            result = await self.call(node, "p_forward", {"req": request,
+                                                         "via": [*via, self.node_id]})
+            if not via:  # the client chose a node outside the key's list: its ring may be old
+                result = {**result, "epoch": self.view.state.epoch}
+            return result
 
         return await self.coordinator.put(
             fields["bucket"], fields["key"], value, client_context, fields.get("w"),

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from common.errors import Rejected
+from common.ring import Ring, Target, partition_of
 from dynd import membership
 from dynd.membership import BucketProps, ClusterState
-from dynd.ring import Ring, Target, partition_of
 
 
 class Quorums(NamedTuple):

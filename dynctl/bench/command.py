@@ -11,7 +11,7 @@ from common.errors import UsageError
 from dynctl.bench.config import MAX_CONCURRENCY, MAX_PROCS, BenchConfig, Target
 from dynctl.bench.engine import run_benchmark
 from dynctl.bench.report import plot, render_report
-from dynctl.client import LIMITS
+from dynctl.client import LIMITS, parse_nodes
 from dynctl.invocation import Session
 from dynctl.output import Outcome, Output
 from dynctl.ycsb import RECORD_BYTES, WORKLOADS, WorkloadError
@@ -29,9 +29,10 @@ def _check(ops: int | None, duration: float | None, **_: Any) -> None:
 
 
 async def _addresses(session: Session, spread: bool) -> tuple[str, ...]:
-    """--node, or with --spread every member that the node lists as valid."""
+    """--node (each of its nodes), or with --spread every member that the node lists as
+    valid."""
     if not spread:
-        return (session.settings.node,)
+        return parse_nodes(session.settings.node)
     async with session.settings.connect() as client:
         status = await client.call("cluster_status")
     addrs = [m.get("addr") for m in status.get("members", []) if m.get("status") == "valid"]
@@ -103,14 +104,19 @@ def register_bench(group: click.Group, command: Callable[..., Any]) -> None:
                   help="Insert the records before the run.")
     @click.option("--spread/--no-spread", default=True, show_default=True,
                   help="Spread connections over every member, not only --node.")
+    @click.option("--coordination", type=click.Choice(["server", "client"]), default="server",
+                  show_default=True,
+                  help="server: each connection goes to one node, which coordinates or "
+                       "forwards; client: every connection routes each key to its "
+                       "preference list (client-driven, needs several nodes).")
     @click.option("--seed", type=int, help="Seed of the generators (default: random).")
     @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
                   help="Also draw throughput and latency percentiles (needs dynd[plot]).")
     async def bench(session: Session, workload_name: str, records: int, ops: int | None,
                     duration: float | None, warmup: float, concurrency: int, procs: int,
                     connections: int, bucket: str, r: int | None, w: int | None,
-                    value_size: int, load: bool, spread: bool, seed: int | None,
-                    plot_path: str | None) -> Outcome:
+                    value_size: int, load: bool, spread: bool, coordination: str,
+                    seed: int | None, plot_path: str | None) -> Outcome:
         """Run a YCSB core workload (load, a, b, c, d, f) and report throughput and latency.
 
         Keys are YCSB's (user + FNV-64 of the record number), requests follow the scrambled
@@ -128,6 +134,7 @@ def register_bench(group: click.Group, command: Callable[..., Any]) -> None:
         settings = session.settings
         target = Target("dynd", await _addresses(session, spread), options={
             "bucket": bucket, "r": r, "w": w, "timeout": settings.timeout or 5.0,
+            "coordination": coordination,
             "tls_ca": settings.tls_ca, "tls_cert": settings.tls_cert,
             "tls_key": settings.tls_key})
         with LiveProgress(session.output, config) as progress:

@@ -101,11 +101,15 @@ class DyndDriver:
 async def open_dynd(target: Target, connections: int, in_flight: int
                     ) -> AsyncIterator[DyndDriver]:
     """``connections`` clients spread over the target's nodes (the driver factory of dynd);
-    pipelining carries the ``in_flight`` requests over them."""
+    pipelining carries the ``in_flight`` requests over them. With the option
+    ``coordination="client"`` each client is given every node and routes each key to its
+    preference list."""
     options = target.options
+    routed = options.get("coordination") == "client"
     async with AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(Client.connect(
-            target.addrs[i % len(target.addrs)], timeout=options.get("timeout", 5.0),
+            target.addrs if routed else target.addrs[i % len(target.addrs)],
+            timeout=options.get("timeout", 5.0),
             tls_ca=options.get("tls_ca"), tls_cert=options.get("tls_cert"),
             tls_key=options.get("tls_key"))) for i in range(connections)]
         yield DyndDriver(clients, options.get("bucket", "default"), options.get("r"),

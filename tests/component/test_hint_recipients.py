@@ -9,8 +9,8 @@ import trio
 
 from common import dvvset
 from common.dvvset import Sibling
+from common.ring import partition_of
 from dynd.node import Node
-from dynd.ring import partition_of
 
 KEY = b"cart"
 

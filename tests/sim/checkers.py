@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 from common import dvvset
 from common.dvvset import DVVSet
+from common.ring import partition_of
 from dynd import membership
-from dynd.ring import partition_of
 
 if TYPE_CHECKING:
     from tests.sim.harness import History, SimNode

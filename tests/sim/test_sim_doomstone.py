@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from common import dvvset
-from dynd.ring import partition_of
+from common.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, settled_cluster, until
 from tests.sim.network import LinkFaults
 

@@ -10,8 +10,8 @@ import trio.testing
 
 from common import dvvset
 from common.errors import DynError
+from common.ring import partition_of
 from dynd.node import Node
-from dynd.ring import partition_of
 from dynd.storage import Storage
 from tests.sim.harness import BUCKET, Scenario, settled_cluster, until
 from tests.sim.network import LinkFaults

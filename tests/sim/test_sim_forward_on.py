@@ -21,8 +21,8 @@ import trio.testing
 from common import dvvset
 from common.errors import Unavailable
 from common.messages import MAX_FORWARD_HOPS, request
+from common.ring import partition_of
 from dynd.node import Node
-from dynd.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
 from tests.sim.network import LinkFaults
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from common.ring import partition_of
 from dynd.node import Node
-from dynd.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, SimCluster, settled_cluster
 from tests.sim.network import LinkFaults
 

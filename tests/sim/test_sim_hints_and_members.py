@@ -17,9 +17,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from common.ring import partition_of
 from dynd import membership
 from dynd.node import Node
-from dynd.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, SimNode, settled_cluster, until
 from tests.sim.network import LinkFaults
 

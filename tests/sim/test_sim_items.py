@@ -19,7 +19,7 @@ import trio.testing
 
 from common import dvvset
 from common.errors import DynError, Rejected
-from dynd.ring import partition_of
+from common.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
 from tests.sim.network import LinkFaults
 

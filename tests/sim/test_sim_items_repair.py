@@ -25,8 +25,8 @@ import trio.testing
 from common import dvvset
 from common.config import HandoffConfig
 from common.dvvset import DVVSet
+from common.ring import partition_of
 from dynd import membership
-from dynd.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
 from tests.sim.network import LinkFaults
 

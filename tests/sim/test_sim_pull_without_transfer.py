@@ -23,8 +23,8 @@ import pytest
 import trio
 import trio.testing
 
+from common.ring import partition_of
 from dynd import membership
-from dynd.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, settled_cluster, until
 from tests.sim.network import LinkFaults
 

@@ -8,8 +8,8 @@ import trio
 import trio.testing
 
 from common import dvvset
+from common.ring import partition_of
 from dynd.node import Node
-from dynd.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, settled_cluster, until
 from tests.sim.network import LinkFaults
 

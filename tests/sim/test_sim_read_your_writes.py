@@ -28,8 +28,8 @@ import trio.testing
 
 from common.dvvset import decode_context
 from common.errors import DynError, Unavailable
+from common.ring import partition_of
 from dynctl.client import Client, descends
-from dynd.ring import partition_of
 from tests.sim.harness import (
     BUCKET,
     CLIENT_TIMEOUT,
@@ -49,6 +49,8 @@ SCENARIO = Scenario(nodes=5, ring_size=16, faults=LinkFaults(), antientropy=Fals
 class SimConnection:
     """dynctl's Client over the simulated network: the Connection surface it uses. The
     node it talks to is ``addr``, which the test moves (as a load balancer would)."""
+
+    closed = False
 
     def __init__(self, cluster: SimCluster, name: str, addr: str) -> None:
         self.cluster, self.name, self.addr = cluster, name, addr
@@ -101,8 +103,8 @@ async def write_then_read(cluster: SimCluster, sims: list[SimNode], *,
     primaries, others = roles(sims)
     p1, _, p3 = primaries
     connection = SimConnection(cluster, "client", p3.addr)
-    client = Client(connection, CLIENT_TIMEOUT,  # type: ignore[arg-type]
-                    remembered_writes=remembered_writes)
+    client = Client.over(connection, CLIENT_TIMEOUT,  # type: ignore[arg-type]
+                         remembered_writes=remembered_writes)
     await cut_off(primaries, others)
     written = await client.put(KEY, b"mine", bucket=BUCKET)
     await come_back_without_the_hints(cluster, primaries, others)

@@ -26,9 +26,9 @@ import trio
 import trio.testing
 
 from common import dvvset
+from common.ring import partition_of
 from dynd import membership
 from dynd.node import Node
-from dynd.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
 from tests.sim.network import LinkFaults
 

@@ -22,8 +22,8 @@ import trio.testing
 
 from common import dvvset
 from common.errors import Rejected
+from common.ring import partition_of
 from dynd.node import Node
-from dynd.ring import partition_of
 from tests.sim.harness import BUCKET, Scenario, SimCluster, settled_cluster
 from tests.sim.network import LinkFaults
 

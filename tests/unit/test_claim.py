@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.ring import Ring
 from dynd.claim import Claimant, ClaimError, claim, moves, targets
-from dynd.ring import Ring
 
 
 def nodes(count: int, zones: int = 1) -> list[Claimant]:

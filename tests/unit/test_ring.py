@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.ring import Ring, Target, check_ring_size, key_hash, partition_of
 from dynd.claim import Claimant, claim
-from dynd.ring import Ring, Target, check_ring_size, key_hash, partition_of
 
 
 def claimed_ring(ring_size: int, nodes: list[str], n: int = 3, zones=None) -> Ring:

@@ -1,0 +1,183 @@
+"""Client-driven coordination against real dynd processes: dynctl given three nodes keeps
+working while any one of them is killed or stopped, and exits 4 only when none answers;
+the Python client sends each key's request to the key's first primary (the nodes' stats
+show no forwarded put); it learns a ring change after a join; a put retried past a
+stalled node loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import Counter
+
+import trio
+
+from dynctl.client import Client
+from dynctl.topology import Topology
+from tests.integration.harness import Cluster, dynctl, form, wait_until
+
+KEYS = [f"key-{i}" for i in range(8)]  # enough that each node is some key's first primary
+
+
+def node_list(nodes) -> str:
+    return ",".join(node.addr for node in nodes)
+
+
+def shell_session(nodes: str, keys: list[str], value: str) -> None:
+    """What a script does: put, then get, each key through ``dynctl --node a,b,c``."""
+    for key in keys:
+        put = dynctl("--node", nodes, "--timeout", "3", "put", key, value)
+        assert put.returncode == 0, (key, put.stderr)
+        got = dynctl("--node", nodes, "--timeout", "3", "get", key)
+        assert (got.returncode, got.stdout) == (0, value.encode()), (key, got.stderr)
+
+
+def first_primaries(ring_reply: dict, keys: list[str]) -> set[str]:
+    topology = Topology.from_reply(ring_reply)
+    assert topology is not None
+    return {topology.addresses_for("default", key.encode())[0] for key in keys}
+
+
+def test_dynctl_with_three_nodes_survives_any_one_down(dyn_cluster: Cluster):
+    nodes = form(dyn_cluster, 3)
+    addrs = node_list(nodes)
+    shell_session(addrs, KEYS, "all-up")
+    ring = trio.run(_ask_ring, addrs)
+    assert first_primaries(ring, KEYS) == {node.addr for node in nodes}
+    for victim in nodes:  # killed: refused at once, whether first in the list or not
+        victim.kill()
+        # The survivors notice first: in the seconds before, a coordinator may still answer
+        # a write "quorum not met" (a node's answer: not retried elsewhere).
+        wait_until(lambda v=victim: all(_sees_down(node, v) for node in nodes if node is not v),
+                   30, f"the survivors to see {victim.node_id} down")
+        shell_session(addrs, KEYS, f"without-{victim.node_id}")
+        ping = dynctl("--node", addrs, "ping")
+        assert ping.returncode == 0
+        assert ping.stderr.decode().startswith("answered by ")
+        assert victim.addr not in ping.stderr.decode()
+        victim.start()
+        wait_until(lambda: not any(_sees_down(node, other) for node in nodes
+                                   for other in nodes if other is not node),
+                   30, f"every node to see {victim.node_id} back")
+    stopped = nodes[1]  # silent: passed over once its share of the deadline is spent
+    os.kill(stopped.proc.pid, signal.SIGSTOP)
+    try:
+        shell_session(addrs, KEYS, "one-stopped")
+    finally:
+        os.kill(stopped.proc.pid, signal.SIGCONT)
+    for node in nodes:
+        node.kill()
+    for args in (["get", KEYS[0]], ["put", KEYS[0], "x"], ["ping"]):
+        result = dynctl("--node", addrs, "--timeout", "2", *args)
+        assert result.returncode == 4, (args, result.stderr)
+        assert b"no node answered" in result.stderr
+
+
+def _sees_down(node, victim) -> bool:
+    result = dynctl("--node", node.addr, "--json", "status")
+    members = json.loads(result.stdout).get("members", [])
+    return any(m["id"] == victim.node_id and not m["reachable"] for m in members)
+
+
+async def _ask_ring(addrs: str) -> dict:
+    async with Client.connect(addrs) as client:
+        return await client.call("ring")
+
+
+def test_the_client_sends_each_put_to_the_keys_first_primary(dyn_cluster: Cluster):
+    nodes = form(dyn_cluster, 3)
+    keys = [f"routed-{i}".encode() for i in range(60)]
+
+    async def run() -> tuple[dict, dict[str, dict]]:
+        async with Client.connect(node_list(nodes)) as client:
+            for key in keys:
+                await client.put(key, b"v", context=None)
+            ring = await client.call("ring")
+        stats = {}
+        for node in nodes:
+            async with Client.connect(node.addr) as one:
+                stats[node.addr] = await one.call("stats")
+        return ring, stats
+
+    ring, stats = trio.run(run)
+    topology = Topology.from_reply(ring)
+    assert topology is not None
+    expected = Counter(topology.addresses_for("default", key)[0] for key in keys)
+    for addr, numbers in stats.items():
+        assert numbers["ops"].get("put", {}).get("count", 0) == expected[addr], addr
+        assert "p_forward" not in numbers["ops"], addr  # no put needed a second hop
+
+
+def test_the_client_learns_the_ring_after_a_join(dyn_cluster: Cluster):
+    nodes = form(dyn_cluster, 3)
+
+    async def run() -> None:
+        async with Client.connect(node_list(nodes)) as client:
+            await client.put(b"before", b"v")
+            first_epoch = client.ring_epoch
+            assert first_epoch is not None
+            newcomer = dyn_cluster.add()
+            await trio.to_thread.run_sync(_join, newcomer, nodes[0])
+            async with Client.connect(newcomer.addr) as direct:
+                epoch = (await direct.call("ring"))["epoch"]
+            i = 0
+            with trio.fail_after(60):
+                while client.ring_epoch != epoch:  # a forwarded put says the ring is old
+                    await client.put(f"after-{i}".encode(), b"v")
+                    i += 1
+                    await trio.sleep(0.01)
+            assert epoch > first_epoch
+            for j in range(i, i + 40):
+                await client.put(f"after-{j}".encode(), b"v")
+            async with Client.connect(newcomer.addr) as direct:
+                stats = await direct.call("stats")
+            assert stats["ops"]["put"]["count"] > 0  # the newcomer is some keys' primary
+
+    trio.run(run)
+
+
+def _join(newcomer, seed) -> None:
+    for args in (["--node", newcomer.addr, "cluster", "join", seed.addr],
+                 ["--node", seed.addr, "cluster", "commit"],
+                 ["--node", seed.addr, "cluster", "wait", "--timeout", "60"]):
+        result = dynctl(*args)
+        assert result.returncode == 0, (args, result.stderr)
+
+
+def test_a_put_retried_past_a_stalled_node_loses_nothing(dyn_cluster: Cluster):
+    """The stalled node got the put and applies it when it resumes: the retry's value and
+    its own are siblings (same value, concurrent), and a write with the read context
+    replaces both. Nothing acknowledged is lost."""
+    nodes = form(dyn_cluster, 3)
+    addrs = node_list(nodes)
+    stalled = nodes[2]
+    ring = trio.run(_ask_ring, addrs)
+    key = next(k for i in range(200) if first_primaries(ring, [k := f"stall-{i}"])
+               == {stalled.addr})
+
+    async def put_while_stalled() -> str:
+        async with Client.connect(addrs, timeout=3) as client:
+            return await client.put(key, b"v1")
+
+    os.kill(stalled.proc.pid, signal.SIGSTOP)
+    try:
+        acked = trio.run(put_while_stalled)
+        assert acked
+    finally:
+        os.kill(stalled.proc.pid, signal.SIGCONT)
+
+    def values() -> list[bytes]:
+        result = dynctl("--node", addrs, "--json", "get", "--all", key)
+        return [v["value"].encode() for v in json.loads(result.stdout)["values"]]
+
+    def late_put_applied() -> bool:
+        result = dynctl("--node", stalled.addr, "--json", "stats")
+        return json.loads(result.stdout)["ops"].get("put", {}).get("count", 0) >= 1
+
+    wait_until(late_put_applied, 30, "the stalled node to coordinate the put it was sent")
+    wait_until(lambda: set(values()) == {b"v1"}, 30, "the acknowledged value to be readable")
+    assert len(values()) in (1, 2)
+    put = dynctl("--node", addrs, "put", key, "v2")
+    assert put.returncode == 0, put.stderr
+    wait_until(lambda: values() == [b"v2"], 30, "one value after a write with the context")
