@@ -31,6 +31,7 @@ from dynctl.invocation import Session, Settings
 from dynctl.output import (
     Outcome,
     Output,
+    human_bytes,
     rfc3339,
     ring_panel,
     stats_panel,
@@ -781,6 +782,28 @@ async def repair(session: Session, bucket: str | None, partition: int | None) ->
         async with session.settings.connect(REPAIR_TIMEOUT) as client:
             result = await client.call("repair", **fields)
     return Outcome(result, lambda out: out.fields(result))
+
+
+@command(main, "backup", "dynctl backup /var/backups/dynd/n1-2024-06-01",
+         "dynctl --node 10.0.0.2:7070 --json backup /var/lib/dynd-backups/$(date +%F)",
+         connect=False)
+@click.argument("directory", metavar="DIR")
+async def backup(session: Session, directory: str) -> Outcome:
+    """Write a consistent copy of the node's store into DIR, a new directory on the
+    node's host (absolute path; on the data dir's file system it is made of hard links).
+
+    Restore: stop the node, put DIR's files in place of its data dir, start it; it takes
+    a new incarnation and gets what it missed from its peers (or at once: dynctl repair).
+    """
+    with session.output.progress(plain=False) as report:
+        report(f"writing a checkpoint into {directory} on the node")
+        async with session.settings.connect(REPAIR_TIMEOUT) as client:
+            result = await client.call("backup", dir=directory)
+
+    def render(out: Output) -> None:
+        out.line(f"{result.get('path')} ({human_bytes(result.get('bytes'))})"
+                 if out.terminal else str(result.get("path")))
+    return Outcome(result, render)
 
 
 _STATS_COLUMNS = ["count", "errors", "p50", "p95", "p99", "p999", "max"]

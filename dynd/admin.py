@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from common.errors import DynError, Rejected
-from dynd import membership
+from dynd import backup, membership
 from dynd.cluster import ClusterView
 from dynd.features import Features
 from dynd.identity import Identity
@@ -36,7 +36,7 @@ def _bucket_wire(props: membership.BucketProps) -> dict[str, Any]:
 class Admin:
     OPS = ("bucket_set", "bucket_get", "bucket_list", "cluster_join", "cluster_leave",
            "cluster_remove", "cluster_replace", "tokens", "cluster_plan", "cluster_commit",
-           "cluster_clear", "cluster_status", "cluster_check", "ring", "status",
+           "cluster_clear", "cluster_status", "cluster_check", "ring", "status", "backup",
            "p_join", "p_status")
 
     def __init__(self, view: ClusterView, identity: Identity, storage: Storage,
@@ -275,6 +275,14 @@ class Admin:
             "antientropy": self.exchange_rows(),
             "storage_bytes": self.storage.approximate_size(),
         }
+
+    async def op_backup(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """A consistent copy of this node's store in a new directory on its host
+        (dynd.backup); the node keeps serving, paused while RocksDB writes the checkpoint."""
+        path = fields["dir"]
+        size = backup.write_backup(self.storage, path, self.identity.id,
+                                   self.identity.incarnation)
+        return {"path": path, "bytes": size}
 
 
 def _finite(value: Any) -> float | None:
