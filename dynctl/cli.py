@@ -717,6 +717,11 @@ def _when(seconds: Any) -> str:
     return rfc3339(datetime.fromtimestamp(seconds, UTC))
 
 
+# What newer nodes add to the status reply (an older node's reply lacks them).
+_STATUS_READINGS = ("disk_free_bytes", "disk_total_bytes", "oldest_hint_seconds",
+                    "clock_offset_ms")
+
+
 @command(main, "status", "dynctl status", "dynctl --node 127.0.0.1:7072 --json status")
 async def status(client: Client) -> Outcome:
     """This node's view: members up/down, pending hints, transfers, anti-entropy, storage."""
@@ -726,7 +731,8 @@ async def status(client: Client) -> Outcome:
         if out.terminal:
             out.console.print(status_panel(result))
             return
-        out.fields({name: result.get(name) for name in ("node", "epoch", "storage_bytes")})
+        out.fields({name: result.get(name) for name in ("node", "epoch", "storage_bytes")}
+                   | {name: result[name] for name in _STATUS_READINGS if name in result})
         out.table("member", ["id", "status", "reachable"],
                   _rows(result.get("members", []), ["id", "status", "reachable"]),
                   title="members")

@@ -42,9 +42,11 @@ class Admin:
     def __init__(self, view: ClusterView, identity: Identity, storage: Storage,
                  liveness: Liveness, peers: Peers, *, push_gossip: Callable[[], None],
                  transfer_rows: Callable[[], list[dict[str, Any]]],
-                 exchange_rows: Callable[[], list[dict[str, Any]]], features: Features) -> None:
-        """``transfer_rows``, ``exchange_rows``: the transfers and anti-entropy exchanges
-        ``status`` shows (Transfers.rows, AntiEntropy.status_rows)."""
+                 exchange_rows: Callable[[], list[dict[str, Any]]], features: Features,
+                 hint_ages: Callable[[], dict[str, float]] = dict) -> None:
+        """``transfer_rows``, ``exchange_rows``, ``hint_ages``: the transfers, anti-entropy
+        exchanges and seconds each target's hints have been pending that ``status`` shows
+        (Transfers.rows, AntiEntropy.status_rows, HintAgeWatch.ages)."""
         self.view = view
         self.identity = identity
         self.storage = storage
@@ -54,6 +56,7 @@ class Admin:
         self.transfer_rows = transfer_rows
         self.exchange_rows = exchange_rows
         self.features = features
+        self.hint_ages = hint_ages
 
     async def _change(self, state: ClusterState) -> None:
         """Adopt, wait until durable, then tell every member."""
@@ -263,6 +266,7 @@ class Admin:
     async def op_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         now = trio.current_time()
         detector = self.liveness.detector.snapshot(now)
+        disk_free, disk_total = self.storage.disk_space()
         return {
             "node": self.identity.id,
             "actor": self.identity.actor,
@@ -274,6 +278,9 @@ class Admin:
             "transfers": self.transfer_rows(),
             "antientropy": self.exchange_rows(),
             "storage_bytes": self.storage.approximate_size(),
+            "oldest_hint_seconds": round(max(self.hint_ages().values(), default=0.0), 1),
+            "disk_free_bytes": disk_free,
+            "disk_total_bytes": disk_total,
         }
 
     async def op_backup(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:

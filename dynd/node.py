@@ -113,7 +113,8 @@ class Node:
                             require_feature=self.features.require)
         admin = Admin(self.view, self.identity, storage, self.liveness, self.peers,
                       push_gossip=push_gossip, transfer_rows=self.transfers.rows,
-                      exchange_rows=self.antientropy.status_rows, features=self.features)
+                      exchange_rows=self.antientropy.status_rows, features=self.features,
+                      hint_ages=lambda: self.stats.hint_ages.ages)
         self.gauges = NodeCollector(self.view, self.liveness, storage, self.stats,
                                     gossip_totals=self.gossip.totals,
                                     last_exchange=self.antientropy.last_exchange)

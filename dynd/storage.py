@@ -533,6 +533,12 @@ class Storage:
                         pass  # removed by a compaction meanwhile
         return total
 
+    def disk_space(self) -> tuple[int, int]:
+        """(bytes free for the node, bytes in all) of the data dir's file system; what is
+        reserved for root does not count as free, as dynd should not run as root."""
+        stat = os.statvfs(self._path)
+        return stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize
+
     # -- writes --
 
     def stage(self, batch: Batch) -> Ticket:
