@@ -139,3 +139,9 @@ def test_dynctl_status_turns_red_at_the_thresholds_of_the_alerts() -> None:
         f"dynd_hints_pending_seconds > {HINT_AGE_ALERT_SECONDS:g}")
     assert rules["DyndDiskAlmostFull"].endswith(f"< {DISK_FREE_ALERT_FRACTION:.2f}")
     assert rules["DyndClockOffsetHigh"].endswith(f"> {CLOCK_OFFSET_ALERT_MS / 1000:g}")
+
+
+def test_every_alert_has_a_runbook_entry() -> None:
+    runbook = (ETC.parent / "docs" / "operations.md").read_text()
+    alerts = re.findall(r"- alert: (\w+)", ALERTS.read_text())
+    assert [name for name in alerts if f"\n### {name}\n" not in runbook] == []
