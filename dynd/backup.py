@@ -63,6 +63,14 @@ def restored_from(data_dir: str) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else {}  # a damaged marker still marks
 
 
+def older_than_grace(marker: dict[str, Any], now: float, grace: float) -> bool:
+    """Whether the backup predates the tombstone grace: its copy may hold values deleted
+    since whose tombstones every replica has reaped, which anti-entropy would spread
+    again. (A marker without a readable time counts as old.)"""
+    created = marker.get("created")
+    return not isinstance(created, int | float) or now - created > grace
+
+
 def finish_restore(data_dir: str) -> None:
     """Remove the marker once the restored node's new incarnation is durable: from here on
     it is a node like any other (a crash before this renews once more, which is harmless)."""

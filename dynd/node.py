@@ -151,6 +151,10 @@ class Node:
             await self.identity.persist(self.view)
             if self.restored_from is not None:
                 backup.finish_restore(self.storage.path)
+                if backup.older_than_grace(self.restored_from, self.wall(),
+                                           self.config.antientropy.tombstone_grace):
+                    log.warning("event=restored_backup_older_than_grace node=%s msg=%r",
+                                self.id, "values deleted since the backup may come back")
             self.features.activate()  # a one-node cluster has every member's report: its own
             for partition in sorted(self.view.routing().owned_partitions(self.id)):
                 await self.replica.rebuild_tree(partition)

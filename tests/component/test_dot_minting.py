@@ -130,3 +130,4 @@ async def test_a_restored_backup_never_keeps_the_actor_of_a_clean_stop_record_in
     restored.record_clean_stop()
     restored.storage.close()
     assert make_node("n3").identity.actor == "n3.2"  # an ordinary clean restart again
+
