@@ -30,15 +30,17 @@ fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/fuzz_frames.py tests/fuzz/corpus -max_total_time=$(FUZZ_SECONDS) \
 		-artifact_prefix=tests/fuzz/crashes/ -print_final_stats=1
 
-# Debian packages the tests use: mandoc (man page lint), systemd (systemd-analyze verify).
-# A no-op when both are there; installs them as root, else says what is missing.
+# Debian packages the tests use: mandoc (man page lint), systemd (systemd-analyze verify),
+# prometheus (promtool checks etc/prometheus/dynd-alerts.yml and runs its rule tests).
+# A no-op when all are there; installs them as root, else says what is missing.
 .PHONY: deps-system
 deps-system:
-	@command -v mandoc >/dev/null && command -v systemd-analyze >/dev/null || { \
+	@command -v mandoc >/dev/null && command -v systemd-analyze >/dev/null \
+	  && command -v promtool >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends mandoc systemd; \
-	  else echo "deps-system: not root: apt-get install mandoc systemd" >&2; fi; }
+	      --no-install-recommends mandoc systemd prometheus; \
+	  else echo "deps-system: not root: apt-get install mandoc systemd prometheus" >&2; fi; }
 
 # Chaos: 5 real nodes, one network namespace each, under kill -9, SIGSTOP, partitions and
 # packet loss, with Jepsen's set workload; prints the report (tests/chaos/run.py). Needs

@@ -30,6 +30,7 @@ MAX_TREE_LEVEL = 64  # Merkle tree level in p_tree
 # A put travels at most this many p_forward hops: a node outside the key's preference list
 # in its own view forwards it on only while hops remain (views differ for a moment).
 MAX_FORWARD_HOPS = 2
+MAX_PATH_CHARS = 4096  # a backup directory on the node's host (Linux's PATH_MAX)
 MAX_SEED_CHARS = 261  # "host:port": a 253-character DNS name, ':' and a 5-digit port; brackets
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -71,6 +72,7 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "transfers": {},
     "repair": {"bucket": (str, False), "partition": (int, False)},
     "stats": {},
+    "backup": {"dir": (str, True)},
     # Peer ops.
     "p_get": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "partition": _PARTITION,
               "hint_for": (str, False)},
@@ -92,7 +94,7 @@ CLIENT_OPS = frozenset(SCHEMA) - PEER_OPS
 # Admin commands (cluster, tokens, bucket set, repair; docs/security.md): every cluster command,
 # `cluster status` and `cluster wait` included.
 ADMIN_OPS = frozenset(op for op in CLIENT_OPS if op.startswith("cluster_")) | {
-    "tokens", "bucket_set", "repair"}
+    "tokens", "bucket_set", "repair", "backup"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +242,11 @@ def _check_seed(name: str, seed: str, limits: Limits) -> None:
         raise Rejected(f"{name} must be a host:port of 1..{MAX_SEED_CHARS} characters")
 
 
+def _check_path(name: str, path: str, limits: Limits) -> None:
+    if not 0 < len(path) <= MAX_PATH_CHARS or "\0" in path:
+        raise Rejected(f"{name} must be a path of 1..{MAX_PATH_CHARS} characters, no NUL")
+
+
 def _in_range(low: int, high: int | None) -> Callable[[str, int, Limits], None]:
     def check(name: str, number: int, limits: Limits) -> None:
         if number < low or (high is not None and number > high):
@@ -296,6 +303,7 @@ _VALUE_CHECKS: dict[str, Callable[[str, Any, Limits], None]] = {
     "hint_for": _check_node_id,
     "context": _check_context,
     "seed": _check_seed,
+    "dir": _check_path,
     "n": _check_replication,
     "r": _check_replication,
     "w": _check_replication,

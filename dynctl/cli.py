@@ -39,6 +39,7 @@ from dynctl.invocation import Session, Settings
 from dynctl.output import (
     Outcome,
     Output,
+    human_bytes,
     rfc3339,
     ring_panel,
     stats_panel,
@@ -834,6 +835,11 @@ def _when(seconds: Any) -> str:
     return rfc3339(datetime.fromtimestamp(seconds, UTC))
 
 
+# What newer nodes add to the status reply (an older node's reply lacks them).
+_STATUS_READINGS = ("disk_free_bytes", "disk_total_bytes", "oldest_hint_seconds",
+                    "clock_offset_ms")
+
+
 @command(main, "status", "dynctl status", "dynctl --node 127.0.0.1:7072 --json status")
 async def status(client: Client) -> Outcome:
     """This node's view: members up/down, pending hints, transfers, anti-entropy, storage."""
@@ -843,7 +849,8 @@ async def status(client: Client) -> Outcome:
         if out.terminal:
             out.console.print(status_panel(result))
             return
-        out.fields({name: result.get(name) for name in ("node", "epoch", "storage_bytes")})
+        out.fields({name: result.get(name) for name in ("node", "epoch", "storage_bytes")}
+                   | {name: result[name] for name in _STATUS_READINGS if name in result})
         out.table("member", ["id", "status", "reachable"],
                   _rows(result.get("members", []), ["id", "status", "reachable"]),
                   title="members")
@@ -899,6 +906,28 @@ async def repair(session: Session, bucket: str | None, partition: int | None) ->
         async with session.settings.connect(REPAIR_TIMEOUT) as client:
             result = await client.call("repair", **fields)
     return Outcome(result, lambda out: out.fields(result))
+
+
+@command(main, "backup", "dynctl backup /var/backups/dynd/n1-2024-06-01",
+         "dynctl --node 10.0.0.2:7070 --json backup /var/lib/dynd-backups/$(date +%F)",
+         connect=False)
+@click.argument("directory", metavar="DIR")
+async def backup(session: Session, directory: str) -> Outcome:
+    """Write a consistent copy of the node's store into DIR, a new directory on the
+    node's host (absolute path; on the data dir's file system it is made of hard links).
+
+    Restore: stop the node, put DIR's files in place of its data dir, start it; it takes
+    a new incarnation and gets what it missed from its peers (or at once: dynctl repair).
+    """
+    with session.output.progress(plain=False) as report:
+        report(f"writing a checkpoint into {directory} on the node")
+        async with session.settings.connect(REPAIR_TIMEOUT) as client:
+            result = await client.call("backup", dir=directory)
+
+    def render(out: Output) -> None:
+        out.line(f"{result.get('path')} ({human_bytes(result.get('bytes'))})"
+                 if out.terminal else str(result.get("path")))
+    return Outcome(result, render)
 
 
 _STATS_COLUMNS = ["count", "errors", "p50", "p95", "p99", "p999", "max"]

@@ -350,10 +350,55 @@ def _transfer_table(transfers: Sequence[Mapping[str, Any]]) -> Table:
     return table
 
 
+# Where `status` turns a reading red: the thresholds of the alerts in
+# etc/prometheus/dynd-alerts.yml that the same reading would fire.
+HINT_AGE_ALERT_SECONDS = 3600.0  # DyndHintsPendingTooLong ([handoff] hint_warn_age)
+DISK_FREE_ALERT_FRACTION = 0.10  # DyndDiskAlmostFull
+CLOCK_OFFSET_ALERT_MS = 1000.0  # DyndClockOffsetHigh
+
+
+def _largest_offset_ms(offset: Any) -> float | None:
+    """The clock offset to show: the reply's number, or the largest (by size) of a map
+    of offsets per peer; None when the node does not report one."""
+    if isinstance(offset, Mapping):
+        numbers = [v for v in offset.values() if isinstance(v, int | float)]
+        return max(numbers, key=abs, default=None)
+    return offset if isinstance(offset, int | float) else None
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def health_line(result: Mapping[str, Any]) -> Text:
+    """Free space, the oldest pending hint and the clock offset, each red where its alert
+    would fire; readings a node does not report are left out."""
+    parts: list[Text] = []
+    free, total = result.get("disk_free_bytes"), result.get("disk_total_bytes")
+    if isinstance(free, int) and isinstance(total, int) and total > 0:
+        low = free < DISK_FREE_ALERT_FRACTION * total
+        parts.append(Text.assemble(("disk ", "bold"), (
+            f"{human_bytes(free)} free of {human_bytes(total)} ({100 * free / total:.0f}%)",
+            "bold red" if low else "")))
+    oldest = result.get("oldest_hint_seconds")
+    if isinstance(oldest, int | float):
+        style = "bold red" if oldest > HINT_AGE_ALERT_SECONDS else "yellow" if oldest else "dim"
+        parts.append(Text.assemble(("oldest hint ", "bold"),
+                                   (_duration(oldest) if oldest else "none", style)))
+    offset = _largest_offset_ms(result.get("clock_offset_ms"))
+    if offset is not None:
+        style = "bold red" if abs(offset) > CLOCK_OFFSET_ALERT_MS else ""
+        parts.append(Text.assemble(("clock offset ", "bold"), (f"{offset:+.0f} ms", style)))
+    return Text("   ").join(parts)
+
+
 def status_panel(result: Mapping[str, Any], now: float | None = None) -> Panel:
     """The ``status`` dashboard of one node: members and their reachability, hints pending
-    per target, transfers, the newest anti-entropy exchange, the largest clock offset to a
-    peer, storage size."""
+    per target, transfers, the newest anti-entropy exchange, storage size, free space,
+    the oldest hint and the largest clock offset to a peer (health_line)."""
     now = time.time() if now is None else now
     members = list(result.get("members") or [])
     up = sum(1 for m in members if m.get("reachable") and m.get("status") != "removed")
@@ -377,16 +422,11 @@ def status_panel(result: Mapping[str, Any], now: float | None = None) -> Panel:
                                            "yellow" if hints else "dim")),
         Text.assemble(("transfers ", "bold"), (str(len(transfers)),
                                                "yellow" if transfers else "dim")))
-    offset = result.get("clock_offset_ms")
     parts: list[RenderableType] = [
-        summary,
+        summary, health_line(result),
         Text.assemble(("anti-entropy ", "bold"), f"last exchange {ago(last, now)}, ",
                       f"{exchanged}/{len(exchanges)} partitions exchanged, ",
                       f"{repaired} keys repaired"),
-        Text.assemble(("clock offset ", "bold"), (
-            "not measured yet" if not isinstance(offset, int | float) else
-            f"{offset:+.0f} ms (the peer clock furthest from this node's)",
-            "yellow" if isinstance(offset, int | float) and abs(offset) > 500 else "")),
         Text(), _member_table(members)]
     if hints:
         parts += [Text(), _count_table("pending hints", sorted(hints.items()), "yellow")]

@@ -16,7 +16,7 @@ import trio
 
 from common.config import AntiEntropyConfig
 from common.errors import DynError, Rejected
-from dynd import membership
+from dynd import backup, membership
 from dynd.clocks import ClockOffsets
 from dynd.cluster import ClusterView
 from dynd.features import EXPIRY, Features
@@ -42,7 +42,8 @@ def _bucket_wire(props: membership.BucketProps, default_grace: float) -> dict[st
 class Admin:
     OPS = ("bucket_set", "bucket_get", "bucket_list", "cluster_join", "cluster_leave",
            "cluster_remove", "cluster_replace", "tokens", "cluster_plan", "cluster_commit",
-           "cluster_clear", "cluster_status", "cluster_check", "cluster_features", "ring", "status",
+           "cluster_clear", "cluster_status", "cluster_check", "cluster_features", "ring",
+           "status", "backup",
            "p_join", "p_status")
 
     def __init__(self, view: ClusterView, identity: Identity, storage: Storage,
@@ -50,9 +51,11 @@ class Admin:
                  transfer_rows: Callable[[], list[dict[str, Any]]],
                  exchange_rows: Callable[[], list[dict[str, Any]]], features: Features,
                  antientropy: AntiEntropyConfig, wall: Callable[[], float],
-                 clock_offsets: ClockOffsets) -> None:
-        """``transfer_rows``, ``exchange_rows``: the transfers and anti-entropy exchanges
-        ``status`` shows (Transfers.rows, AntiEntropy.status_rows); ``antientropy``: the
+                 clock_offsets: ClockOffsets,
+                 hint_ages: Callable[[], dict[str, float]] = dict) -> None:
+        """``transfer_rows``, ``exchange_rows``, ``hint_ages``: the transfers, anti-entropy
+        exchanges and seconds each target's hints have been pending that ``status`` shows
+        (Transfers.rows, AntiEntropy.status_rows, HintAgeWatch.ages); ``antientropy``: the
         period a bucket's grace must exceed, and the grace of a bucket without one;
         ``wall``: the clock p_status reports; ``clock_offsets``: the peers' offsets gossip
         measured (``status`` shows them)."""
@@ -68,6 +71,7 @@ class Admin:
         self.antientropy = antientropy
         self.wall = wall
         self.clock_offsets = clock_offsets
+        self.hint_ages = hint_ages
 
     async def _change(self, state: ClusterState) -> None:
         """Adopt, wait until durable, then tell every member."""
@@ -305,6 +309,7 @@ class Admin:
     async def op_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         now = trio.current_time()
         detector = self.liveness.detector.snapshot(now)
+        disk_free, disk_total = self.storage.disk_space()
         return {
             "node": self.identity.id,
             "actor": self.identity.actor,
@@ -320,7 +325,18 @@ class Admin:
             # and each peer's: expiry is as precise as these are small.
             "clock_offset_ms": self.clock_offsets.largest(),
             "clock_offsets_ms": dict(self.clock_offsets.per_peer()),
+            "oldest_hint_seconds": round(max(self.hint_ages().values(), default=0.0), 1),
+            "disk_free_bytes": disk_free,
+            "disk_total_bytes": disk_total,
         }
+
+    async def op_backup(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """A consistent copy of this node's store in a new directory on its host
+        (dynd.backup); the node keeps serving, paused while RocksDB writes the checkpoint."""
+        path = fields["dir"]
+        size = backup.write_backup(self.storage, path, self.identity.id,
+                                   self.identity.incarnation)
+        return {"path": path, "bytes": size}
 
 
 def _finite(value: Any) -> float | None:

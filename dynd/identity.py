@@ -50,8 +50,10 @@ def node_id(storage: Storage, configured: str, rng: random.Random) -> str:
 
 class Identity:
     def __init__(self, storage: Storage, replica: Replica, node_id: str, addr: str,
-                 state: ClusterState | None, rng: random.Random) -> None:
-        """``state``: the stored cluster state (None: a fresh data dir)."""
+                 state: ClusterState | None, rng: random.Random, *,
+                 restored: bool = False) -> None:
+        """``state``: the stored cluster state (None: a fresh data dir); ``restored``: the
+        data dir is a restored backup (dynd.backup), whose actor is never kept."""
         self.storage = storage
         self.replica = replica
         self.id = node_id
@@ -65,8 +67,9 @@ class Identity:
         stored_incarnation = int(storage.get_meta(META_INCARNATION) or b"0")
         recorded = 0 if record is None else record.incarnation
         self.set_incarnation(max(stored_incarnation, recorded) + 1)
-        self.actor_kept = recorded <= stored_incarnation and self.resume_actor(
-            stored_incarnation)
+        self.restored = restored
+        self.actor_kept = not restored and recorded <= stored_incarnation \
+            and self.resume_actor(stored_incarnation)
 
     def member(self, zone: str, status: str) -> Member:
         """This node's record in a cluster state."""
@@ -130,26 +133,53 @@ class Identity:
         addrs = view.peer_addrs()
         if not addrs:
             return
-        self.rng.shuffle(addrs)
         known: int | None = None
         with trio.move_on_after(peers.request_timeout):
-            for addr in addrs:
-                try:
-                    reply = await peers.call_addr(addr, "p_gossip", {})
-                    remote = membership.from_wire(reply["state"])
-                except (DynError, membership.MembershipError, KeyError) as exc:
-                    log.info("event=kept_actor_unconfirmed node=%s peer=%s error=%r",
-                             self.id, addr, getattr(exc, "message", str(exc)))
-                    continue
-                record = remote.members.get(self.id)
-                known = 0 if record is None else record.incarnation
-                break
+            known = await self._recorded_incarnation(addrs, peers)
         if known is not None and known < self.incarnation:
             return
         self.actor_kept = False
         self.set_incarnation(max(self.incarnation, (known or 0) + 1))
         log.warning("event=actor_renewed node=%s actor=%s reason=%s", self.id, self.actor,
                     "no peer answered" if known is None else "the cluster knows a later life")
+
+    async def renew_after_restore(self, view: ClusterView, peers: Peers) -> None:
+        """A restored backup: take an incarnation above every one the cluster knows of this
+        node, so that no dot minted from here on can be one the node minted after the
+        backup (its copy no longer shows them, the other replicas and clients' contexts
+        do). Asks the peers of the backup's cluster state until one answers, as a lost disk
+        waits for its seeds: serving before would risk minting those dots again. A one-node
+        cluster has nobody to ask: its own record is all there is."""
+        if not self.restored:
+            return
+        delay = 0.5
+        while addrs := view.peer_addrs():
+            with trio.move_on_after(peers.request_timeout):
+                known = await self._recorded_incarnation(addrs, peers)
+                if known is not None:
+                    self.set_incarnation(max(self.incarnation, known + 1))
+                    break
+            log.warning("event=restore_waiting_for_peers node=%s retry_in=%.1fs", self.id, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        log.warning("event=restored_from_backup node=%s actor=%s", self.id, self.actor)
+
+    async def _recorded_incarnation(self, addrs: list[str], peers: Peers) -> int | None:
+        """The incarnation the first peer that answers records for this node (0: it does
+        not list it); None if none answered."""
+        addrs = list(addrs)
+        self.rng.shuffle(addrs)
+        for addr in addrs:
+            try:
+                reply = await peers.call_addr(addr, "p_gossip", {})
+                remote = membership.from_wire(reply["state"])
+            except (DynError, membership.MembershipError, KeyError) as exc:
+                log.info("event=peer_record_unknown node=%s peer=%s error=%r",
+                         self.id, addr, getattr(exc, "message", str(exc)))
+                continue
+            record = remote.members.get(self.id)
+            return 0 if record is None else record.incarnation
+        return None
 
     async def persist(self, view: ClusterView) -> None:
         """Record id, incarnation and state before serving, and consume the clean-stop

@@ -7,7 +7,7 @@ so the simulator can run many nodes in one process.
 
 Counters are bumped where things happen (`Stats.observe`, `Stats.count`) as
 plain ints that the registry reads at scrape time; live state (hints pending,
-members, phi, epoch, storage size) is read from the node at scrape time by
+members, phi, epoch, storage size, free space) is read from the node at scrape time by
 `NodeCollector`, so nothing has to remember to update a gauge. `HintAgeWatch`
 turns hint counts into ages, since storage keeps no hint timestamps.
 """
@@ -234,6 +234,8 @@ class NodeReadings:
     hint_ages: dict[str, float]
     transfers_pending: int
     storage_bytes: int
+    disk_free_bytes: int
+    disk_total_bytes: int
     gossip_rounds: int
     gossip_bytes_sent: int
     last_antientropy: float | None  # wall-clock seconds of the newest exchange
@@ -249,6 +251,7 @@ class NodeReadings:
                 "hints_pending": sum(self.hints.values()),
                 "oldest_hints_seconds": round(max(self.hint_ages.values(), default=0.0), 1),
                 "transfers_pending": self.transfers_pending, "storage_bytes": self.storage_bytes,
+                "disk_free_bytes": self.disk_free_bytes,
                 "gossip_rounds": self.gossip_rounds, "last_antientropy": self.last_antientropy}
 
 
@@ -277,6 +280,7 @@ class NodeCollector(Collector):
         ring = self.view.routing().ring
         detector = self.liveness.detector.snapshot(self.clock())
         rounds, bytes_sent = self.gossip_totals()
+        disk_free, disk_total = self.storage.disk_space()
         return NodeReadings(
             node=self.stats.node_id, epoch=state.epoch, ring_balance=ring.balance(),
             partitions_owned=ring.counts().get(self.stats.node_id, 0),
@@ -286,6 +290,7 @@ class NodeCollector(Collector):
             hints=self.storage.hint_counts(), hint_ages=dict(self.stats.hint_ages.ages),
             transfers_pending=len(membership.pending_transfers(state)),
             storage_bytes=self.storage.approximate_size(),
+            disk_free_bytes=disk_free, disk_total_bytes=disk_total,
             gossip_rounds=rounds, gossip_bytes_sent=bytes_sent,
             last_antientropy=self.last_exchange(),
             clock_offsets=dict(self.clock_offsets()),
@@ -312,6 +317,10 @@ class NodeCollector(Collector):
         yield _gauge("dynd_transfers_pending", "Partition transfers of this epoch not done yet",
                      r.transfers_pending)
         yield _gauge("dynd_storage_bytes", "Bytes of the RocksDB directory", r.storage_bytes)
+        yield _gauge("dynd_data_dir_free_bytes",
+                     "Bytes free for dynd on the data dir's file system", r.disk_free_bytes)
+        yield _gauge("dynd_data_dir_size_bytes", "Bytes in all of the data dir's file system",
+                     r.disk_total_bytes)
         yield _gauge("dynd_antientropy_last_exchange_timestamp_seconds",
                      "Wall-clock time of the newest anti-entropy exchange (NaN: none yet)",
                      math.nan if r.last_antientropy is None else r.last_antientropy)

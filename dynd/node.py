@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from common.config import Config
-from dynd import identity, membership
+from dynd import backup, identity, membership
 from dynd.admin import Admin
 from dynd.antientropy import AntiEntropy
 from dynd.cluster import ClusterView, stored_state
@@ -66,7 +66,9 @@ class Node:
         self.id = identity.node_id(storage, config.node_id, rng)
         self.stats = Stats(self.id)
         state = stored_state(storage)
-        self.identity = Identity(storage, self.replica, self.id, addr, state, rng)
+        self.restored_from = backup.restored_from(storage.path)
+        self.identity = Identity(storage, self.replica, self.id, addr, state, rng,
+                                 restored=self.restored_from is not None)
         self.view = ClusterView(storage, self.id, state if state is not None else
                                 membership.new_cluster(f"{self.id}-{rng.getrandbits(64):016x}",
                                                        self.identity.member(config.zone, "valid"),
@@ -113,7 +115,8 @@ class Node:
                       push_gossip=push_gossip, transfer_rows=self.transfers.rows,
                       exchange_rows=self.antientropy.status_rows, features=self.features,
                       antientropy=config.antientropy, wall=wall,
-                      clock_offsets=self.gossip.offsets)
+                      clock_offsets=self.gossip.offsets,
+                      hint_ages=lambda: self.stats.hint_ages.ages)
         self.gauges = NodeCollector(self.view, self.liveness, storage, self.stats,
                                     gossip_totals=self.gossip.totals,
                                     last_exchange=self.antientropy.last_exchange,
@@ -147,7 +150,14 @@ class Node:
             if self.fresh and self.config.seeds:
                 await self.gossip.recover_identity()
             await self.identity.confirm_kept_actor(self.view, self.peers)
+            await self.identity.renew_after_restore(self.view, self.peers)
             await self.identity.persist(self.view)
+            if self.restored_from is not None:
+                backup.finish_restore(self.storage.path)
+                if backup.older_than_grace(self.restored_from, self.wall(),
+                                           self.config.antientropy.tombstone_grace):
+                    log.warning("event=restored_backup_older_than_grace node=%s msg=%r",
+                                self.id, "values deleted since the backup may come back")
             self.features.activate()  # a one-node cluster has every member's report: its own
             for partition in sorted(self.view.routing().owned_partitions(self.id)):
                 await self.replica.rebuild_tree(partition)

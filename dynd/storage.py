@@ -32,6 +32,11 @@ If a RocksDB write fails, every waiter of that drain gets StorageError, the
 failed writes leave the overlay (readers may have seen them meanwhile), and
 ``run()`` raises it: a node whose disk fails stops (dynd exits 1 with
 ``event=fatal``) and the cluster routes around it, as for a crash.
+
+The data dir carries its format version (meta ``data_format``, written on the
+first open): a dynd refuses to open a dir written by a newer format than
+``DATA_FORMAT``, since it could misread or rewrite what it does not know. A dir
+from before the record existed is format 1, the layout above.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ _MAX_KEY_BYTES = 65535
 _BLOCK_CACHE_BYTES = 64 * 1024 * 1024
 _MAX_OPEN_FILES = 512
 _BLOOM_BITS_PER_KEY = 10
+DATA_FORMAT = 1  # the layout above; raise it with any change an older dynd would misread
+META_DATA_FORMAT = "data_format"
 SCAN_PAGE = 256  # rows iter_partition reads between two checkpoints (about 0.4 ms of hashing)
 
 _Op = tuple[str, bytes, bytes | None]  # (column family, raw key, value or None = delete)
@@ -71,6 +78,10 @@ class StorageError(Exception):
 
 class StorageClosed(StorageError):
     """The storage was used after close()."""
+
+
+class NewerDataFormat(StorageError):
+    """The data dir was written by a newer dynd than this one."""
 
 
 # --- key layout --------------------------------------------------------------------
@@ -343,7 +354,44 @@ class Storage:
                                                   for n in _COLUMN_FAMILIES})
         except Exception as exc:  # rocksdict raises plain Exception
             raise StorageError(f"cannot open RocksDB at {path}: {exc}") from exc
-        return cls(db, path, sync == "batch", max_batch_ops)
+        storage = cls(db, path, sync == "batch", max_batch_ops)
+        try:
+            storage._check_data_format()
+        except BaseException:
+            storage.close()
+            raise
+        return storage
+
+    def _check_data_format(self) -> None:
+        """Refuse a dir of a newer format; record ours in a dir that has none yet."""
+        raw = self.get_meta(META_DATA_FORMAT)
+        if raw is None:  # written before the node stages anything, outside the counters
+            write_batch = self._build_batch([_Staged(-1, tuple(Batch().put_meta(
+                META_DATA_FORMAT, str(DATA_FORMAT).encode()).ops))])
+            synced = rocksdict.WriteOptions()
+            synced.sync = True
+            assert self._db is not None
+            try:
+                self._db.write(write_batch, synced)
+            except Exception as exc:  # rocksdict raises plain Exception
+                raise StorageError(f"cannot record the data format in {self._path}: "
+                                   f"{exc}") from exc
+            return
+        try:
+            found = int(raw)
+        except ValueError:
+            raise StorageError(f"data dir {self._path} has an unreadable data format "
+                               f"record {raw!r:.40}") from None
+        if found > DATA_FORMAT:
+            raise NewerDataFormat(
+                f"data dir {self._path} was written by data format {found}, newer than the "
+                f"{DATA_FORMAT} this dynd reads: run the newer dynd (or restore a backup "
+                f"taken before the upgrade)")
+
+    @property
+    def path(self) -> str:
+        """The database directory."""
+        return self._path
 
     # -- reads (all see staged writes) --
 
@@ -485,6 +533,12 @@ class Storage:
                         pass  # removed by a compaction meanwhile
         return total
 
+    def disk_space(self) -> tuple[int, int]:
+        """(bytes free for the node, bytes in all) of the data dir's file system; what is
+        reserved for root does not count as free, as dynd should not run as root."""
+        stat = os.statvfs(self._path)
+        return stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize
+
     # -- writes --
 
     def stage(self, batch: Batch) -> Ticket:
@@ -611,6 +665,20 @@ class Storage:
         self.batches_committed += len(group)
         for staged in group:
             staged.ticket._finish(error)
+
+    def checkpoint(self, path: str) -> None:
+        """Write a consistent copy of the whole database (every column family at one
+        sequence number) into the new directory ``path``, after committing everything
+        staged: RocksDB's checkpoint, hard links to the immutable SST files where ``path``
+        is on the same file system, copies elsewhere. StorageError if it fails (``path``
+        existing included: RocksDB refuses it)."""
+        self._check_open()
+        self.commit_synced(Batch())
+        assert self._db is not None
+        try:
+            rocksdict.Checkpoint(self._db).create_checkpoint(path)
+        except Exception as exc:  # rocksdict raises plain Exception
+            raise StorageError(f"cannot write a checkpoint into {path}: {exc}") from exc
 
     def close(self) -> None:
         """Commit what is staged, then close every view, handle and the DB; idempotent."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import cbor2
 
 from common import dvvset
-from dynd import membership
+from dynd import backup, membership
 from dynd.cluster import META_STATE
 from dynd.identity import META_INCARNATION
 from dynd.node import Node
@@ -107,3 +107,27 @@ async def test_a_start_consumes_the_clean_stop_record(make_node: Callable[..., N
             node.record_clean_stop()
         node.storage.close()  # the last two lives end as a crash would: no record
     assert actors == ["n3.1", "n3.1", "n3.3"]
+
+
+async def test_a_restored_backup_never_keeps_the_actor_of_a_clean_stop_record_in_it(
+        make_node: Callable[..., Node], tmp_path: Path) -> None:
+    """A copy of a cleanly stopped node's dir holds its clean-stop record, but the node may
+    have run on (under that actor) after the copy: restored, the copy takes a new actor,
+    and the marker goes once that new life is durable."""
+    node = make_node("n3")
+    await node.identity.persist(node.view)
+    node.record_clean_stop()
+    node.storage.close()
+    (tmp_path / backup.MARKER).write_text("{}")  # what `dynctl backup` leaves beside the copy
+
+    restored = make_node("n3")
+    assert not restored.identity.actor_kept
+    assert restored.identity.actor == "n3.2"
+    await restored.identity.renew_after_restore(restored.view, restored.peers)  # no peers
+    await restored.identity.persist(restored.view)
+    backup.finish_restore(restored.storage.path)
+    assert backup.restored_from(restored.storage.path) is None
+    restored.record_clean_stop()
+    restored.storage.close()
+    assert make_node("n3").identity.actor == "n3.2"  # an ordinary clean restart again
+

@@ -221,7 +221,7 @@ ADMIN_COMMANDS = {"cluster_join": "join", "cluster_leave": "leave", "cluster_rem
                   "cluster_commit": "commit", "cluster_clear": "clear",
                   "cluster_status": "status", "cluster_check": "wait",
                   "cluster_features": "features", "tokens": "tokens",
-                  "bucket_set": "bucket set", "repair": "repair"}
+                  "bucket_set": "bucket set", "repair": "repair", "backup": "backup"}
 
 
 @pytest.mark.parametrize(("page", "tag"), [("dynctl.1", "--tls-cert"),

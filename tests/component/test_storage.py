@@ -405,4 +405,4 @@ async def test_meta_names_by_prefix_see_staged_and_committed_entries(storage: St
     storage.stage(Batch().put_meta("xfer:2:6", b"c").delete_meta("xfer:1:0"))
     assert storage.meta_names("xfer:") == ["xfer:2:5", "xfer:2:6"]
     assert storage.meta_names("xfer:3:") == []
-    assert storage.meta_names("") == ["state", "xfer:2:5", "xfer:2:6"]
+    assert storage.meta_names("") == ["data_format", "state", "xfer:2:5", "xfer:2:6"]

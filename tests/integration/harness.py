@@ -33,6 +33,7 @@ class DyndProcess:
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    code: Path | None = None  # run the dynd of this source tree (another release) instead
 
     @property
     def addr(self) -> str:
@@ -44,7 +45,8 @@ class DyndProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dynd", "--node-id", self.node_id, "--listen", self.addr,
              "--data-dir", str(self.data_dir), *self.extra_args],
-            stdout=log, stderr=log, env={**os.environ, **(env or {})},
+            stdout=log, stderr=log, cwd=self.code, env={**os.environ, **(env or {}), **(
+                {} if self.code is None else {"PYTHONPATH": str(self.code)})},
         )
         log.close()
         if wait:

@@ -16,6 +16,7 @@ import trio
 from common.limits import MAX_N
 from dynctl.client import Client, SyncClient
 from dynctl.ycsb import key_name as ycsb_key
+from dynd.storage import DATA_FORMAT, META_DATA_FORMAT, Batch, Storage
 from tests.integration.harness import Cluster, dynctl, dynctl_json, free_port
 
 
@@ -176,6 +177,22 @@ def test_second_dynd_on_a_data_dir_in_use_exits_1_with_one_fatal_line(node) -> N
     assert "level=error" in fatal and f"data_dir={node.data_dir} " in fatal
     assert "LOCK" in fatal  # the reason: RocksDB's lock is held by the first dynd
     assert run(node, "ping").returncode == 0  # the first one is untouched
+
+
+def test_a_data_dir_of_a_newer_data_format_is_refused_with_one_fatal_line(tmp_path) -> None:
+    """A downgrade (or a dir copied from a newer node) must not be read with the old
+    layout: dynd names both formats in one line and exits 1 before serving."""
+    data_dir = tmp_path / "d"
+    storage = Storage.open(str(data_dir))
+    storage.commit_synced(Batch().put_meta(META_DATA_FORMAT, str(DATA_FORMAT + 1).encode()))
+    storage.close()
+    result = _dynd("--node-id", "n1", "--listen", f"127.0.0.1:{free_port()}",
+                   "--data-dir", str(data_dir))
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert lines and all(line.startswith("ts=") for line in lines), lines  # no traceback
+    [fatal] = [line for line in lines if "event=fatal" in line]
+    assert f"data format {DATA_FORMAT + 1}, newer than the {DATA_FORMAT}" in fatal
 
 
 def test_cluster_up_on_a_port_in_use_fails_at_once_without_a_banner(node, tmp_path) -> None:

@@ -79,7 +79,8 @@ def test_unit_runs_dynd_as_a_hardened_notify_service() -> None:
     assert service["ExecStart"] == f"{INSTALLED_DYND} -c /etc/dynd/dynd.toml"
     expected = {
         "Type": "notify", "User": "dynd", "Group": "dynd", "StateDirectory": "dynd",
-        "ReadWritePaths": "/var/lib/dynd", "ProtectSystem": "strict", "ProtectHome": "yes",
+        "ReadWritePaths": "/var/lib/dynd -/var/lib/dynd-backups", "ProtectSystem": "strict",
+        "ProtectHome": "yes",
         "PrivateTmp": "yes", "NoNewPrivileges": "yes", "LimitNOFILE": "65536",
         "Restart": "on-failure", "TimeoutStopSec": "15", "KillSignal": "SIGTERM",
         "RestartPreventExitStatus": "2",

@@ -64,6 +64,7 @@ VALID = {
     "transfers": {},
     "repair": {"bucket": "default", "partition": 7},
     "stats": {},
+    "backup": {"dir": "/var/lib/dynd-backups/2024-06-01"},
     "p_get": {"bucket": "default", "key": b"k", "partition": 0, "hint_for": "n2"},
     "p_put": {"bucket": "default", "key": b"k", "partition": 3, "clock": b"", "hint_for": "n2"},
     "p_forward": {"req": {"v": 1, "id": 1, "op": "put"}, "via": ["n1", "n2"]},
@@ -84,7 +85,7 @@ def test_schema_covers_exactly_the_ops_of_the_protocol() -> None:
     assert ADMIN_OPS == {
         "cluster_join", "cluster_leave", "cluster_remove", "cluster_replace", "cluster_plan",
         "cluster_commit", "cluster_clear", "cluster_status", "cluster_check",
-        "cluster_features", "tokens", "bucket_set", "repair"}
+        "cluster_features", "tokens", "bucket_set", "repair", "backup"}
 
 
 @pytest.mark.parametrize("op", sorted(VALID))
@@ -158,6 +159,8 @@ LIMIT_ERRORS = [
     ("bucket with slash", get(bucket="a/b"), "must be 1..64 characters"),
     ("non-ascii bucket", get(bucket="caf\u00e9"), "must be 1..64 characters"),
     ("bucket name too long", request("bucket_get", 1, name="n" * 100), "100 bytes"),
+    ("backup dir empty", request("backup", 1, dir=""), "path of 1..4096 characters"),
+    ("backup dir with NUL", request("backup", 1, dir="/a\0b"), "no NUL"),
     ("node id too long", request("cluster_remove", 1, node="n" * 65),
      "node id in 'node' of 65 bytes exceeds limit 64"),
     ("node id with colon", request("cluster_replace", 1, old="a", new="b:1"),

@@ -14,10 +14,19 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
+from rich.text import Text
 
 from dynctl import cli
 from dynctl.bench.report import render_report
-from dynctl.output import Output, ago, human_bytes, ownership_bar, ring_panel, status_panel
+from dynctl.output import (
+    Output,
+    ago,
+    health_line,
+    human_bytes,
+    ownership_bar,
+    ring_panel,
+    status_panel,
+)
 
 NOW = 1_800_000_000.0
 
@@ -202,6 +211,37 @@ def test_status_panel_shows_reachability_hints_transfers_and_antientropy():
     assert "pending hints" in text and "12" in text
     assert "○ down" in text and "running" in text
     assert "last exchange 1m ago, 1/2 partitions exchanged, 2 keys repaired" in text
+
+
+def _styles_of(text: Text, fragment: str) -> set[str]:
+    """The styles of the spans of ``text`` that cover ``fragment``."""
+    start = text.plain.index(fragment)
+    return {str(span.style) for span in text.spans
+            if span.start <= start and start + len(fragment) <= span.end}
+
+
+def test_status_health_turns_red_exactly_where_an_alert_would_fire():
+    """Below 10% free (DyndDiskAlmostFull), hints older than an hour
+    (DyndHintsPendingTooLong), a clock offset past a second (DyndClockOffsetHigh)."""
+    gib = 1024**3
+    calm = health_line({**STATUS, "disk_free_bytes": 50 * gib, "disk_total_bytes": 100 * gib,
+                        "oldest_hint_seconds": 600.0, "clock_offset_ms": {"n2": 3, "n3": -40}})
+    assert calm.plain == ("disk 50.0 GiB free of 100.0 GiB (50%)   oldest hint 10m   "
+                          "clock offset -40 ms")
+    assert "bold red" not in {str(span.style) for span in calm.spans}
+    alarming = health_line({**STATUS, "disk_free_bytes": 9 * gib, "disk_total_bytes": 100 * gib,
+                            "oldest_hint_seconds": 3601.0, "clock_offset_ms": 1500})
+    for fragment in ("9.0 GiB free", "1h", "+1500 ms"):
+        assert "bold red" in _styles_of(alarming, fragment), fragment
+    assert health_line(STATUS).plain == ""  # an older node reports none of them
+
+
+def test_status_piped_adds_the_health_readings_a_node_reports(run):
+    reply = {**STATUS, "disk_free_bytes": 10, "disk_total_bytes": 100,
+             "oldest_hint_seconds": 5.0, "clock_offset_ms": 2}
+    lines = run(["status"], {"status": [reply]}).stdout.splitlines()
+    assert lines[3:7] == ["disk_free_bytes=10", "disk_total_bytes=100",
+                          "oldest_hint_seconds=5", "clock_offset_ms=2"]
 
 
 @pytest.mark.parametrize("args, op, reply", [
