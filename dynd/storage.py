@@ -685,10 +685,17 @@ class Storage:
         if self._db is None:
             return
         self._commit_all()
-        for view in self._views.values():
-            view.close()
-        self._views.clear()
+        views, self._views = list(self._views.values()), {}
         self._handles.clear()
         db, self._db = self._db, None
-        db.close()
+        try:
+            for view in views:
+                view.close()
+            db.close()
+        except Exception as exc:  # rocksdict raises plain Exception
+            # After a failed write (a full disk) RocksDB refuses to flush at close ("Writer
+            # has previous error"): what it held is in the WAL or lost with the failed
+            # write, whose waiters were told. The failure that stopped the node is the one
+            # to report, once; this is a consequence.
+            log.warning("event=close_failed error=%r", str(exc))
         self._has_work.set()  # a running writer notices and returns

@@ -10,12 +10,16 @@ from contextlib import contextmanager
 def single_exception_unwrapped() -> Iterator[None]:
     """Re-raise the lone exception of a nursery's ExceptionGroup as itself.
 
-    Trio wraps whatever escapes a nursery in a group; callers of this module expect the
-    DynError classes, so a group of one is unwrapped (larger groups pass unchanged).
+    Trio wraps whatever escapes a nursery in a group, once per nursery it crosses; callers
+    of this module expect the DynError classes (dynd: StorageError), so groups of one are
+    unwrapped however deeply nested (larger groups pass unchanged).
     """
     try:
         yield
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from group.exceptions[0].__cause__
-        raise
+        lone: BaseException = group
+        while isinstance(lone, BaseExceptionGroup) and len(lone.exceptions) == 1:
+            lone = lone.exceptions[0]
+        if lone is group:
+            raise
+        raise lone from lone.__cause__
