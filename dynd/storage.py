@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 import rocksdict
 import trio
 
+from common.skrange import prefix_end as _prefix_end
+
 log = logging.getLogger("dynd.storage")
 
 CF_DATA = "data"
@@ -147,14 +149,6 @@ def _decode_hint_key(raw: bytes) -> tuple[str, int, str, bytes, bytes | None]:
     except (IndexError, UnicodeDecodeError) as exc:
         raise StorageError(f"corrupt hint key {raw!r}") from exc
     return (target, *_decode_data_key(raw, 1 + raw[0]))
-
-
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """Smallest key above every key starting with ``prefix`` (None: no such key)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 
 # --- batches and tickets -----------------------------------------------------------
