@@ -370,9 +370,11 @@ class Client:
             after = page.next
 
     async def count(self, key: bytes | str, *, bucket: str = "default",
-                    where: list[Any] | None = None, r: int | None = None) -> int:
-        """How many items match (the pages' counts summed; no values are moved)."""
-        total, after = 0, None
+                    where: list[Any] | None = None, r: int | None = None,
+                    after: str | None = None) -> int:
+        """How many items match (after the token ``after``, if given): the pages' counts
+        summed; no values are moved."""
+        total = 0
         while True:
             result = await self.call("query", **_query_fields(
                 key, bucket, where, 1000, False, after, r, "count"))
@@ -484,8 +486,9 @@ class SyncClient:
             after = page.next
 
     def count(self, key: bytes | str, *, bucket: str = "default",
-              where: list[Any] | None = None, r: int | None = None) -> int:
-        return self._run(self._client.count, key, bucket=bucket, where=where, r=r)
+              where: list[Any] | None = None, r: int | None = None,
+              after: str | None = None) -> int:
+        return self._run(self._client.count, key, bucket=bucket, where=where, r=r, after=after)
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         return self._run(self._client.call, op, **fields)
