@@ -20,6 +20,7 @@ from typing import Any
 
 from common.errors import DynError, ProtocolError, Rejected, error_from_wire
 from common.limits import MAX_N, MAX_SORT_KEY_BYTES, MAX_TTL_SECONDS, Limits
+from common.skrange import BadCondition, check_condition
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_ID = 2**63 - 1
@@ -31,6 +32,9 @@ MAX_TREE_LEVEL = 64  # Merkle tree level in p_tree
 # in its own view forwards it on only while hops remain (views differ for a moment).
 MAX_FORWARD_HOPS = 2
 MAX_PATH_CHARS = 4096  # a backup directory on the node's host (Linux's PATH_MAX)
+MAX_QUERY_LIMIT = 1000  # items per query page
+MAX_QUERY_TOKEN_CHARS = 4 * MAX_SORT_KEY_BYTES  # a continuation token: base64 around one sort key
+QUERY_SELECTS = ("items", "keys", "count")
 MAX_SEED_CHARS = 261  # "host:port": a 253-character DNS name, ':' and a 5-digit port; brackets
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -55,6 +59,9 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "bucket_get": {"name": (str, True)},
     "bucket_list": {},
     "replicas": {"bucket": _BUCKET, "key": _KEY, "sk": _SK},
+    "query": {"bucket": _BUCKET, "key": _KEY, "cond": (list, False), "limit": (int, False),
+              "reverse": (bool, False), "after": (str, False), "r": (int, False),
+              "select": (str, False)},
     "cluster_join": {"seed": (str, True)},
     "cluster_leave": {"node": (str, False)},
     "cluster_remove": {"node": (str, True)},
@@ -85,6 +92,10 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "p_tree": {"partition": _PARTITION, "level": (int, True), "indices": (list, True)},
     "p_segments": {"partition": _PARTITION, "segments": (list, True)},
     "p_status": {},
+    "p_query": {"bucket": _BUCKET, "key": _KEY, "partition": _PARTITION, "lo": (bytes, True),
+                "hi": (bytes, False), "reverse": (bool, True), "want": (int, True),
+                "now": (int, True), "max_bytes": (int, True), "hint_for": (str, False),
+                "skeleton": (bool, False)},
     "p_reap": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "partition": _PARTITION,
                "clock": (bytes, True)},
 }
@@ -272,6 +283,35 @@ def _check_after(name: str, after: list[Any], limits: Limits) -> None:
         _check_sort_key(f"{name}[2]", after[2], limits)
 
 
+def _check_position(name: str, after: list[Any] | str, limits: Limits) -> None:
+    """Where a scan resumes: p_fetch's [bucket, key(, sk)], or a query's continuation token
+    (its content is checked where it is decoded, against the query)."""
+    if isinstance(after, str):
+        if not 0 < len(after) <= MAX_QUERY_TOKEN_CHARS:
+            raise Rejected(f"{name} (continuation token) must be 1..{MAX_QUERY_TOKEN_CHARS} "
+                           f"characters")
+        return
+    _check_after(name, after, limits)
+
+
+def _check_condition(name: str, cond: list[Any], limits: Limits) -> None:
+    try:
+        check_condition(cond)
+    except BadCondition as exc:
+        raise Rejected(f"{name}: {exc}") from None
+
+
+def _check_select(name: str, select: str, limits: Limits) -> None:
+    if select not in QUERY_SELECTS:
+        raise Rejected(f"{name} must be one of {', '.join(QUERY_SELECTS)}, not {select!r:.20}")
+
+
+def _check_scan_bound(name: str, bound: bytes, limits: Limits) -> None:
+    """A replica scan's bound: a sort key, or one plus the byte that makes it exclusive."""
+    if not 1 <= len(bound) <= MAX_SORT_KEY_BYTES + 1:
+        raise Rejected(f"{name} must be 1..{MAX_SORT_KEY_BYTES + 1} bytes, not {len(bound)}")
+
+
 def _check_via(name: str, via: list[Any], limits: Limits) -> None:
     """The nodes a forwarded put came through, in order: one per hop taken."""
     if not 1 <= len(via) <= MAX_FORWARD_HOPS:
@@ -318,6 +358,13 @@ _VALUE_CHECKS: dict[str, Callable[[str, Any, Limits], None]] = {
     "level": _in_range(0, MAX_TREE_LEVEL),
     "indices": _check_index_list,
     "segments": _check_index_list,
-    "after": _check_after,
+    "after": _check_position,
+    "cond": _check_condition,
+    "select": _check_select,
+    "lo": _check_scan_bound,
+    "hi": _check_scan_bound,
+    "want": _in_range(1, MAX_QUERY_LIMIT),
+    "now": _check_non_negative,
+    "max_bytes": _in_range(1, None),
     "via": _check_via,
 }

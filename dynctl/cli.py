@@ -31,6 +31,7 @@ from dynctl.client import (
     LIMITS,
     Client,
     ClientConfigError,
+    Item,
     Object,
     as_sort_key,
     parse_nodes,
@@ -535,6 +536,139 @@ async def replicas(client: Client, key: bytes, bucket: str, sk: bytes | None) ->
     rows = _rows(result.get("replicas", []), columns)
     return Outcome({"replicas": result.get("replicas", [])}, lambda out: out.table(
         "replica", columns, rows, title=f"partition {result.get('partition')}"))
+
+
+_CONDITION_OPTIONS = ("eq", "lt", "le", "gt", "ge", "between", "prefix")
+
+
+def _condition(params: Mapping[str, Any]) -> list[Any] | None:
+    """The query's one sort-key condition (--hex: its sort keys are hex), or None; exit 2
+    for two conditions, bad hex or --between with LO > HI."""
+    given = [op for op in _CONDITION_OPTIONS if params.get(op) is not None]
+    if len(given) > 1:
+        raise click.UsageError(f"give at most one condition, not --{' and --'.join(given)}")
+    if not given:
+        return None
+    op = given[0]
+    raw = params[op] if op == "between" else (params[op],)
+    try:
+        keys = [bytes.fromhex(text) if params["hex_keys"] else
+                text.encode("utf-8", "surrogateescape") for text in raw]
+    except ValueError:
+        raise click.UsageError(f"--{op}: not hex") from None
+    if op == "between" and keys[0] > keys[1]:
+        raise click.UsageError("--between needs LO <= HI")
+    return [op, *keys]
+
+
+def _check_query(**params: Any) -> None:
+    _condition(params)
+    modes = [name for name in ("keys_only", "count", "exists") if params[name]]
+    if len(modes) > 1:
+        raise click.UsageError("--keys-only, --count and --exists exclude each other")
+    if params["after"] is not None and params["follow_all"]:
+        raise click.UsageError("--after and --all exclude each other")
+
+
+def _item_document(item: Item) -> dict[str, Any]:
+    sk, sk_encoding = text_or_base64(item.sk)
+    values = []
+    for sibling in item.values:
+        text, encoding = text_or_base64(sibling.value)
+        values.append({"value": text, "encoding": encoding,
+                       "written_at": rfc3339(sibling.written_at)})
+    return {"sk": sk, "sk_encoding": sk_encoding, "context": item.context,
+            "conflict": item.conflict, "values": values}
+
+
+def _piped(data: bytes) -> str:
+    text, encoding = text_or_base64(data)
+    return text if encoding == "utf-8" else f"b64:{text}"
+
+
+@command(main, "query", "dynctl query USER#alice", "dynctl query -b app USER#alice --prefix ORDER#",
+         "dynctl query USER#alice --between ORDER#2025 ORDER#2026 --reverse --limit 10",
+         "dynctl query USER#alice --all --keys-only", "dynctl query USER#alice --count",
+         "if dynctl query USER#alice --prefix CART# --exists; then ...; fi", check=_check_query)
+@click.argument("key", type=KEY)
+@bucket_option
+@click.option("--eq", metavar="SK", help="Sort key equal to SK.")
+@click.option("--lt", metavar="SK", help="Sort key below SK.")
+@click.option("--le", metavar="SK", help="Sort key at most SK.")
+@click.option("--gt", metavar="SK", help="Sort key above SK.")
+@click.option("--ge", metavar="SK", help="Sort key at least SK.")
+@click.option("--between", nargs=2, metavar="LO HI", help="Sort key in LO..HI, both included.")
+@click.option("--prefix", metavar="P", help="Sort key starting with P.")
+@click.option("--hex", "hex_keys", is_flag=True, help="The condition's sort keys are hex.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Items per page, 1..1000.")
+@click.option("--reverse", is_flag=True, help="Descending sort-key order.")
+@click.option("--after", metavar="TOKEN", help="Continue after a page's `next` token.")
+@click.option("--all", "follow_all", is_flag=True, help="Follow every token: all pages.")
+@click.option("--r", "r", type=click.IntRange(min=1), metavar="R",
+              help="Read quorum for this request (default: the bucket's R).")
+@click.option("--keys-only", is_flag=True, help="Only the sort keys, one per line.")
+@click.option("--count", is_flag=True, help="Only how many items match.")
+@click.option("--exists", is_flag=True, help="Exit 0 if an item matches, else 1; no output.")
+async def query(client: Client, key: bytes, bucket: str, limit: int, reverse: bool,
+                after: str | None, follow_all: bool, r: int | None, keys_only: bool,
+                count: bool, exists: bool, **conditions: Any) -> Outcome:
+    """List the items of KEY that have a sort key and match at most one condition, in
+    sort-key order, a page of --limit at a time.
+
+    Piped: one `SK<TAB>VALUE` line per live value (`b64:` and base64 for bytes that are
+    not UTF-8); an item with several live siblings appears once with all of them
+    (`"conflict": true` in JSON), exit 0. While items may remain, `next: TOKEN` goes to
+    stderr (JSON: "next"); pass it to --after. Exit 0 (an empty result too), 1 with
+    --exists and no match, 2 for bad options, 4 when R replicas did not answer, 5 for a
+    bad or foreign token or a refused request.
+    """
+    where = _condition(conditions)
+    if where is not None:  # a sort key over the limit is refused here: exit 5, not 2
+        where = [where[0], *(as_sort_key(sk) for sk in where[1:])]
+    if count:
+        total = await client.count(key, bucket=bucket, where=where, r=r, after=after)
+        return Outcome({"count": total}, lambda out: out.line(str(total)))
+    if exists:
+        while True:
+            page = await client.query(key, bucket=bucket, where=where, limit=1,
+                                      reverse=reverse, after=after, r=r, keys_only=True)
+            if page.items or page.next is None:
+                break
+            after = page.next
+        found = bool(page.items)
+        return Outcome({"exists": found}, None,
+                       None if found else NotFound(f"no item of {_shown(key)} matches"))
+    items: list[Item] = []
+    while True:
+        page = await client.query(key, bucket=bucket, where=where, limit=limit,
+                                  reverse=reverse, after=after, r=r, keys_only=keys_only)
+        items.extend(page.items)
+        after = page.next
+        if not follow_all or after is None:
+            break
+    token = after
+
+    def render(out: Output) -> None:
+        if out.terminal:
+            if keys_only:
+                out.table("item", ["sk", "siblings"],
+                          [[_piped(item.sk), item.siblings] for item in items],
+                          empty="no items match")
+            else:
+                out.table("item", ["sk", "value", "written_at"],
+                          [[_piped(item.sk), _piped(v.value), rfc3339(v.written_at)]
+                           for item in items for v in item.values], empty="no items match")
+        elif keys_only:
+            out.raw(b"".join(_piped(item.sk).encode() + b"\n" for item in items))
+        else:
+            out.raw(b"".join(f"{_piped(item.sk)}\t{_piped(v.value)}\n".encode()
+                             for item in items for v in item.values))
+        if token is not None:
+            sys.stderr.write(f"next: {token}\n")
+
+    document = {"items": [_item_document(item) for item in items], "next": token}
+    return Outcome(document, render)
 
 
 # -- buckets -----------------------------------------------------------------------------

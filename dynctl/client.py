@@ -77,6 +77,7 @@ from common.errors import (
     Unavailable,
 )
 from common.limits import MAX_SORT_KEY_BYTES, MAX_TTL_SECONDS
+from common.messages import MAX_QUERY_LIMIT
 from common.wire.connection import (
     LIMITS,
     ClientConfigError,
@@ -127,6 +128,68 @@ class Object:
         if len(self.values) > 1:
             raise Conflict(f"key has {len(self.values)} siblings")
         return self.values[0].value
+
+
+class SK:
+    """Sort-key conditions for ``Client.query``: ``SK.ge(b"ORDER#2025")``, ... Each is the
+    request's ``cond``; sort keys are compared bytewise and ``between`` is inclusive."""
+
+    @staticmethod
+    def eq(sk: bytes | str) -> list[Any]:
+        return ["eq", _condition_key(sk)]
+
+    @staticmethod
+    def lt(sk: bytes | str) -> list[Any]:
+        return ["lt", _condition_key(sk)]
+
+    @staticmethod
+    def le(sk: bytes | str) -> list[Any]:
+        return ["le", _condition_key(sk)]
+
+    @staticmethod
+    def gt(sk: bytes | str) -> list[Any]:
+        return ["gt", _condition_key(sk)]
+
+    @staticmethod
+    def ge(sk: bytes | str) -> list[Any]:
+        return ["ge", _condition_key(sk)]
+
+    @staticmethod
+    def begins_with(sk: bytes | str) -> list[Any]:
+        return ["prefix", _condition_key(sk)]
+
+    @staticmethod
+    def between(low: bytes | str, high: bytes | str) -> list[Any]:
+        low, high = _condition_key(low), _condition_key(high)
+        if low > high:
+            raise Rejected("between needs low <= high")
+        return ["between", low, high]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One item of a query page: its sort key, live values and the context covering them
+    (pass it to ``put(key, ..., sk=item.sk, context=item.context)``). ``values`` is empty
+    for a keys-only query."""
+
+    sk: bytes
+    values: list[Value]
+    context: str
+    siblings: int
+
+    @property
+    def conflict(self) -> bool:
+        """Several live siblings: resolve them as for a key (``dynctl resolve KEY --sk``)."""
+        return self.siblings > 1
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a query; ``next`` is the token for ``after=`` while more may remain
+    (a page can be short, even empty, and still have one: loop while it is set)."""
+
+    items: list[Item]
+    next: str | None
 
 
 def as_bytes(data: bytes | str, what: str, limit: int) -> bytes:
@@ -465,6 +528,52 @@ class Client:
         self.written.remember(bucket, key, written, sk)
         return written
 
+    async def query(self, key: bytes | str, *, bucket: str = "default",
+                    where: list[Any] | None = None, limit: int = 100, reverse: bool = False,
+                    after: str | None = None, r: int | None = None,
+                    keys_only: bool = False) -> Page:
+        """One page of the items of ``key`` whose sort key matches ``where`` (an ``SK``
+        condition; None: every item with a sort key), in sort-key order (``reverse``:
+        descending), at most ``limit`` (1..1000). ``after``: a previous page's ``next``.
+        Pages are not a snapshot: an item written behind the cursor is not seen."""
+        result = await self.call("query", **_query_fields(
+            key, bucket, where, limit, reverse, after, r, "keys" if keys_only else "items"))
+        items = result.get("items")
+        if not isinstance(items, list):
+            raise ProtocolError("query reply without an items list")
+        return Page([_parse_item(item, keys_only) for item in items], _next_of(result))
+
+    async def query_all(self, key: bytes | str, *, bucket: str = "default",
+                        where: list[Any] | None = None, reverse: bool = False,
+                        r: int | None = None, page_size: int = 100) -> AsyncIterator[Item]:
+        """Every matching item, following the pages' tokens."""
+        after = None
+        while True:
+            page = await self.query(key, bucket=bucket, where=where, limit=page_size,
+                                    reverse=reverse, after=after, r=r)
+            for item in page.items:
+                yield item
+            if page.next is None:
+                return
+            after = page.next
+
+    async def count(self, key: bytes | str, *, bucket: str = "default",
+                    where: list[Any] | None = None, r: int | None = None,
+                    after: str | None = None) -> int:
+        """How many items match (after the token ``after``, if given): the pages' counts
+        summed; no values are moved."""
+        total = 0
+        while True:
+            result = await self.call("query", **_query_fields(
+                key, bucket, where, 1000, False, after, r, "count"))
+            count = result.get("count")
+            if type(count) is not int:
+                raise ProtocolError("query reply without a count")
+            total += count
+            after = _next_of(result)
+            if after is None:
+                return total
+
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send one request and return the node's result fields (without ``id`` and ``ok``).
 
@@ -604,6 +713,29 @@ class SyncClient:
         return self._run(self._client.delete, key, bucket=bucket, context=context, w=w,
                          pr=pr, pw=pw, sk=sk)
 
+    def query(self, key: bytes | str, *, bucket: str = "default",
+              where: list[Any] | None = None, limit: int = 100, reverse: bool = False,
+              after: str | None = None, r: int | None = None, keys_only: bool = False) -> Page:
+        return self._run(self._client.query, key, bucket=bucket, where=where, limit=limit,
+                         reverse=reverse, after=after, r=r, keys_only=keys_only)
+
+    def query_all(self, key: bytes | str, *, bucket: str = "default",
+                  where: list[Any] | None = None, reverse: bool = False, r: int | None = None,
+                  page_size: int = 100) -> Iterator[Item]:
+        after = None
+        while True:
+            page = self.query(key, bucket=bucket, where=where, limit=page_size,
+                              reverse=reverse, after=after, r=r)
+            yield from page.items
+            if page.next is None:
+                return
+            after = page.next
+
+    def count(self, key: bytes | str, *, bucket: str = "default",
+              where: list[Any] | None = None, r: int | None = None,
+              after: str | None = None) -> int:
+        return self._run(self._client.count, key, bucket=bucket, where=where, r=r, after=after)
+
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         return self._run(self._client.call, op, **fields)
 
@@ -645,6 +777,41 @@ def _parse_object(result: dict[str, Any]) -> Object:
 
 def _moment(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _condition_key(sk: bytes | str) -> bytes:
+    key = as_sort_key(sk)
+    assert key is not None
+    return key
+
+
+def _query_fields(key: bytes | str, bucket: str, where: list[Any] | None, limit: int,
+                  reverse: bool, after: str | None, r: int | None, select: str
+                  ) -> dict[str, Any]:
+    if not 1 <= limit <= MAX_QUERY_LIMIT:
+        raise Rejected(f"limit must be in 1..{MAX_QUERY_LIMIT}, not {limit}")
+    return _present(bucket=bucket, key=as_bytes(key, "key", LIMITS.max_key_bytes), cond=where,
+                    limit=limit, reverse=reverse or None, after=after, r=r,
+                    select=None if select == "items" else select)
+
+
+def _next_of(result: dict[str, Any]) -> str | None:
+    token = result.get("next")
+    if token is not None and not isinstance(token, str):
+        raise ProtocolError("query reply with a malformed next token")
+    return token
+
+
+def _parse_item(item: Any, keys_only: bool) -> Item:
+    if not isinstance(item, dict) or not isinstance(item.get("sk"), bytes):
+        raise ProtocolError("query reply holds a malformed item")
+    if keys_only:
+        siblings = item.get("siblings")
+        if type(siblings) is not int:
+            raise ProtocolError("query reply holds a malformed item")
+        return Item(item["sk"], [], _context_of(item), siblings)
+    parsed = _parse_object({**item, "found": True})
+    return Item(item["sk"], parsed.values, parsed.context, len(parsed.values))
 
 
 def _tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | None:

@@ -36,6 +36,7 @@ from dynd.identity import Identity
 from dynd.liveness import Liveness
 from dynd.metrics import NodeCollector, Stats
 from dynd.peers import Peers
+from dynd.query import Queries
 from dynd.replica import Replica
 from dynd.replica_access import ReplicaAccess
 from dynd.requests import Requests
@@ -111,6 +112,10 @@ class Node:
                             self.peers, self.stats, config,
                             read_incomplete=self.transfers.read_incomplete,
                             require_feature=self.features.require)
+        queries = Queries(self.id, self.view, self.liveness, self.peers, storage, access,
+                          self.stats, config, require_feature=self.features.require,
+                          read_incomplete=self.transfers.read_incomplete, wall=wall,
+                          spawn=self._spawn)
         admin = Admin(self.view, self.identity, storage, self.liveness, self.peers,
                       push_gossip=push_gossip, transfer_rows=self.transfers.rows,
                       exchange_rows=self.antientropy.status_rows, features=self.features,
@@ -123,6 +128,7 @@ class Node:
                                     clock_offsets=self.gossip.offsets.per_peer)
         self.dispatch = Dispatcher(self.id, self.view, self.stats, config)
         self.dispatch.register(requests, requests.OPS, requests.NOW_OPS)
+        self.dispatch.register(queries, queries.OPS, queries.NOW_OPS)
         for service in (self.gossip, self.hints, self.transfers, self.antientropy, admin):
             self.dispatch.register(service, service.OPS)
         self.dispatch.check_complete()

@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 import rocksdict
 import trio
 
+from common.skrange import prefix_end as _prefix_end
+
 log = logging.getLogger("dynd.storage")
 
 CF_DATA = "data"
@@ -158,14 +160,6 @@ def _decode_hint_key(raw: bytes) -> tuple[str, int, str, bytes, bytes | None]:
     except (IndexError, UnicodeDecodeError) as exc:
         raise StorageError(f"corrupt hint key {raw!r}") from exc
     return (target, *_decode_data_key(raw, 1 + raw[0]))
-
-
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """Smallest key above every key starting with ``prefix`` (None: no such key)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 
 # --- batches and tickets -----------------------------------------------------------
@@ -424,44 +418,75 @@ class Storage:
         return [raw.decode() for raw, _ in rows]
 
     def _range(self, cf: str, low: bytes, high: bytes | None, limit: int | None,
-               values: bool = True) -> list[tuple[bytes, bytes]]:
-        """Keys in [low, high) in order, RocksDB merged with the overlay, at most ``limit``.
+               values: bool = True, reverse: bool = False) -> list[tuple[bytes, bytes]]:
+        """Keys in [low, high), RocksDB merged with the overlay, at most ``limit``: in
+        order, or with ``reverse`` in descending order (RocksDB's own reverse iterator,
+        so a reverse scan costs what a forward one does).
 
         With ``values=False`` the values are returned as b"" (counting, key scans).
         """
         self._check_open()
         if limit is not None and limit < 0:
             raise ValueError(f"limit must not be negative, got {limit}")
-        staged = sorted((k, v) for k, (v, _) in self._overlay[cf].items()
-                        if k >= low and (high is None or k < high))
+        staged = sorted(((k, v) for k, (v, _) in self._overlay[cf].items()
+                         if k >= low and (high is None or k < high)), reverse=reverse)
         read_options = rocksdict.ReadOptions()
-        if high is not None:
+        if high is not None and not reverse:
             # Only the upper bound: set_iterate_lower_bound sets the upper bound; seek instead.
             read_options.set_iterate_upper_bound(high)
         found: list[tuple[bytes, bytes]] = []
         i = 0
         it = self._views[cf].iter(read_options)
         try:
-            it.seek(low)
+            if not reverse:
+                it.seek(low)
+            elif high is None:
+                it.seek_to_last()
+            else:
+                it.seek_for_prev(high)  # the last key <= high: high itself is excluded
+                if it.valid() and it.key() == high:
+                    it.prev()
+            step = it.prev if reverse else it.next
             while limit is None or len(found) < limit:
                 db_key = it.key() if it.valid() else None
+                if reverse and db_key is not None and db_key < low:
+                    db_key = None  # walked below the range
                 staged_key = staged[i][0] if i < len(staged) else None
                 if db_key is None and staged_key is None:
                     break
-                if staged_key is not None and (db_key is None or staged_key <= db_key):
+                if staged_key is not None and (db_key is None or staged_key == db_key
+                                               or (staged_key < db_key) != reverse):
                     if staged_key == db_key:
-                        it.next()  # the staged write shadows the stored one
+                        step()  # the staged write shadows the stored one
                     value = staged[i][1]
                     i += 1
                     if value is not None:
                         found.append((staged_key, value if values else b""))
                 else:
+                    assert db_key is not None
                     found.append((db_key, it.value() if values else b""))
-                    it.next()
+                    step()
             it.status()
         finally:
             del it  # a live iterator keeps the DB lock after close()
         return found
+
+    def scan_items(self, partition: int, bucket: str, key: bytes, lo: bytes,
+                   hi: bytes | None, *, reverse: bool, limit: int | None,
+                   hint_for: str | None = None) -> list[tuple[bytes, bytes]]:
+        """(sort key, stored value) of the items of (bucket, key) whose sort key is in
+        [lo, hi) (``hi`` None: no upper bound), ascending or with ``reverse`` descending,
+        at most ``limit``; with ``hint_for`` the hints held for that node instead. Never
+        the plain key: its storage key is the items' common prefix, below every lo."""
+        if not lo:
+            raise ValueError("lo must not be empty: no sort key is empty")
+        prefix = data_key(partition, bucket, key)
+        cf = CF_DATA
+        if hint_for is not None:
+            prefix, cf = _hint_prefix(hint_for) + prefix, CF_HINTS
+        high = _prefix_end(prefix) if hi is None else prefix + hi
+        rows = self._range(cf, prefix + lo, high, limit, reverse=reverse)
+        return [(raw[len(prefix):], value) for raw, value in rows]
 
     def scan_partition(self, partition: int, after: ItemId | None = None,
                        limit: int | None = None) -> list[Row]:

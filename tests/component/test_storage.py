@@ -406,3 +406,100 @@ async def test_meta_names_by_prefix_see_staged_and_committed_entries(storage: St
     assert storage.meta_names("xfer:") == ["xfer:2:5", "xfer:2:6"]
     assert storage.meta_names("xfer:3:") == []
     assert storage.meta_names("") == ["data_format", "state", "xfer:2:5", "xfer:2:6"]
+
+
+# --- item scans (scan_items): one key's sort keys in [lo, hi), forward and reverse -----
+
+_SORT_KEYS = [b"\x00", b"\x00\x00", b"a", b"a\x00", b"a\xff", b"b", b"\xff", b"\xff\xff"]
+
+
+def _expected_items(model: dict[bytes, bytes], lo: bytes, hi: bytes | None,
+                    reverse: bool) -> list[tuple[bytes, bytes]]:
+    return sorted(((sk, v) for sk, v in model.items()
+                   if sk >= lo and (hi is None or sk < hi)), reverse=reverse)
+
+
+async def test_item_scans_merge_the_overlay_at_the_ends_in_the_middle_and_over_stored_keys(
+        storage: Storage) -> None:
+    stored = Batch().put(1, "b", b"k", b"plain")  # the plain key is never an item
+    for sk in (b"b", b"c", b"d"):
+        stored.put(1, "b", b"k", b"old-" + sk, sk)
+    stored.put(1, "b", b"k\x00", b"neighbour", b"a").put(1, "b", b"j", b"before", b"z")
+    await storage.write(stored)
+    storage.stage(Batch().put(1, "b", b"k", b"first", b"a")       # before every stored one
+                  .put(1, "b", b"k", b"middle", b"bb")            # between two stored ones
+                  .put(1, "b", b"k", b"new-c", b"c")              # shadows a stored one
+                  .delete(1, "b", b"k", b"d")                     # hides a stored one
+                  .put(1, "b", b"k", b"last", b"e"))              # after every stored one
+    forward = storage.scan_items(1, "b", b"k", b"\x00", None, reverse=False, limit=None)
+    assert forward == [(b"a", b"first"), (b"b", b"old-b"), (b"bb", b"middle"),
+                       (b"c", b"new-c"), (b"e", b"last")]
+    reverse = storage.scan_items(1, "b", b"k", b"\x00", None, reverse=True, limit=None)
+    assert reverse == forward[::-1]
+    assert storage.scan_items(1, "b", b"k", b"b", b"c", reverse=True, limit=None) == [
+        (b"bb", b"middle"), (b"b", b"old-b")]  # hi is exclusive, lo inclusive
+    assert storage.scan_items(1, "b", b"k", b"\x00", None, reverse=True, limit=2) == [
+        (b"e", b"last"), (b"c", b"new-c")]
+
+
+async def test_item_scans_of_hints_stay_with_their_target(storage: Storage) -> None:
+    await storage.write(Batch().put_hint("n2", 1, "b", b"k", b"v1", b"a")
+                        .put_hint("n3", 1, "b", b"k", b"v2", b"b")
+                        .put(1, "b", b"k", b"data", b"c"))
+    assert storage.scan_items(1, "b", b"k", b"\x00", None, reverse=True, limit=None,
+                              hint_for="n2") == [(b"a", b"v1")]
+    assert storage.scan_items(1, "b", b"k", b"\x00", None, reverse=False, limit=None) == [
+        (b"c", b"data")]
+
+
+def test_an_item_scan_needs_a_lower_bound(tmp_path: Path) -> None:
+    store = Storage.open(str(tmp_path / "db"))
+    try:
+        with pytest.raises(ValueError, match="lo must not be empty"):
+            store.scan_items(0, "b", b"k", b"", None, reverse=False, limit=None)
+    finally:
+        store.close()
+
+
+_ITEM_OPS = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(_SORT_KEYS), st.binary(max_size=3)),
+    st.tuples(st.just("delete"), st.sampled_from(_SORT_KEYS), st.none()),
+    st.tuples(st.just("commit"), st.none(), st.none()),
+), max_size=25)
+_BOUNDS = st.sampled_from([b"\x00", b"a", b"a\x00", b"b", b"\xff", b"\xff\xff\x00"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=_ITEM_OPS, lo=_BOUNDS, hi=st.none() | _BOUNDS,
+       limit=st.none() | st.integers(0, 4))
+def test_item_scans_match_a_sorted_dict_forward_and_reverse(
+        ops: list, lo: bytes, hi: bytes | None, limit: int | None) -> None:
+    async def check(store: Storage) -> None:
+        model: dict[bytes, bytes] = {}
+        # Neighbours on both sides of the key's range, and its plain key, never show up.
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            await store.write(Batch().put(0, "b", b"k", b"plain")
+                              .put(0, "b", b"j", b"x", b"\xff")
+                              .put(0, "b", b"k\x00", b"x", b"\x00"))
+            for op, sk, value in ops:
+                if op == "commit":
+                    await store.write(Batch())
+                elif op == "put":
+                    store.stage(Batch().put(0, "b", b"k", value, sk))
+                    model[sk] = value
+                else:
+                    store.stage(Batch().delete(0, "b", b"k", sk))
+                    model.pop(sk, None)
+                for reverse in (False, True):
+                    expected = _expected_items(model, lo, hi, reverse)[:limit]
+                    assert store.scan_items(0, "b", b"k", lo, hi, reverse=reverse,
+                                            limit=limit) == expected
+            nursery.cancel_scope.cancel()
+
+    with tempfile.TemporaryDirectory() as directory:
+        store = Storage.open(directory, sync="none")
+        try:
+            trio.run(check, store)
+        finally:
+            store.close()

@@ -75,6 +75,11 @@ VALID = {
     "p_segments": {"partition": 1, "segments": []},
     "p_status": {},
     "p_reap": {"bucket": "default", "key": b"k", "partition": 2, "clock": b""},
+    "query": {"bucket": "app", "key": b"USER#a", "cond": ["between", b"A", b"B"], "limit": 50,
+              "reverse": True, "after": "oQ", "r": 2, "select": "keys"},
+    "p_query": {"bucket": "app", "key": b"k", "partition": 1, "lo": b"a", "hi": b"b\x00",
+                "reverse": False, "want": 1000, "now": 0, "max_bytes": 1, "hint_for": "n2",
+                "skeleton": True},
 }
 
 
@@ -186,6 +191,17 @@ LIMIT_ERRORS = [
     ("no hop in via", request("p_forward", 1, req={}, via=[]), r"via must name 1\.\.2 nodes"),
     ("too many hops", request("p_forward", 1, req={}, via=["a", "b", "c"]), "not 3"),
     ("bad node in via", request("p_forward", 1, req={}, via=["a:b"]), "node id in 'via'"),
+    ("unknown condition", request("query", 1, bucket="b", key=b"k", cond=["like", b"a"]),
+     "unknown condition"),
+    ("between backwards", request("query", 1, bucket="b", key=b"k", cond=["between", b"b", b"a"]),
+     "low <= high"),
+    ("condition sort key too long", request("query", 1, bucket="b", key=b"k",
+                                            cond=["eq", b"x" * 1025]), "1..1024"),
+    ("empty token", request("query", 1, bucket="b", key=b"k", after=""), "continuation token"),
+    ("bad select", request("query", 1, bucket="b", key=b"k", select="values"), "select"),
+    ("want of 0", request("p_query", 1, **{**VALID["p_query"], "want": 0}), "want"),
+    ("scan bound too long", request("p_query", 1, **{**VALID["p_query"], "lo": b"x" * 1026}),
+     "lo must be 1..1025"),
 ]
 
 

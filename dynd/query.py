@@ -1,0 +1,340 @@
+"""Queries over one partition key: the replica scan (``p_query``) and the coordinator.
+
+The coordinator asks every replica of the key's sloppy preference list, like a get (its
+own copy is scanned in place), answers once R replied (get's settled rule, where "holds
+the key" means "returned any item"), and merges the replies with dynd.querymerge:
+cursors, the horizon, refills of the replicas that stopped early. Budgets end a page
+early with a token rather than failing it: refill rounds, items scanned, bytes received
+and half the request deadline. Items that differ are read-repaired in the background,
+from the replies used and from replies that came late.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+
+from common import dvvset
+from common.config import Config
+from common.errors import DynError, Rejected, Unavailable
+from common.messages import MAX_QUERY_LIMIT
+from common.ring import Target
+from common.skrange import condition_range
+from dynd.cluster import ClusterView
+from dynd.coordinator import result_fields
+from dynd.features import SORT_KEYS
+from dynd.liveness import Liveness
+from dynd.metrics import Stats
+from dynd.peers import Peers
+from dynd.querymerge import (
+    BadReply,
+    QueryMerge,
+    Repair,
+    ReplicaPage,
+    decode_token,
+    encode_token,
+    query_hash,
+    resume_range,
+    skeleton,
+)
+from dynd.quorum import GetCore
+from dynd.replica_access import ReplicaAccess, clock_from_peer, replica_fields
+from dynd.routing import Placement
+from dynd.server import Peer
+from dynd.storage import Storage
+
+log = logging.getLogger("dynd.query")
+
+DEFAULT_LIMIT = 100
+MAX_ROUNDS = 8  # refill rounds per page
+TOMBSTONE_LIMIT = 10_000  # dead items one replica reply scans (Scylla's query_tombstone_limit)
+REPLY_BYTES = 1024 * 1024  # what one replica reply holds at most (after its first item)
+WIDE_PARTITION_ITEMS = 100_000  # one scan that passes this many items is logged
+_SCAN_PAGE = 256  # rows read from storage at a time
+
+
+def scan_replica(storage: Storage, fields: dict[str, Any]) -> dict[str, Any]:
+    """This node's answer to a ``p_query``: every item met in [lo, hi) in scan order, dead
+    ones included (a tombstone here must be able to hide a stale copy elsewhere); it stops
+    after ``want`` items live at ``now``, ``TOMBSTONE_LIMIT`` dead ones or ``max_bytes``,
+    always after at least one item. ``more`` is exact: the next row was read."""
+    partition, bucket, key = fields["partition"], fields["bucket"], fields["key"]
+    lo, hi, reverse = fields["lo"], fields.get("hi"), fields["reverse"]
+    want, now, max_bytes = fields["want"], fields["now"], fields["max_bytes"]
+    items: list[list[bytes]] = []
+    live = dead = size = 0
+    while True:
+        rows = storage.scan_items(partition, bucket, key, lo, hi, reverse=reverse,
+                                  limit=_SCAN_PAGE, hint_for=fields.get("hint_for"))
+        for sk, raw in rows:
+            if items and (live >= want or dead >= TOMBSTONE_LIMIT or size >= max_bytes):
+                return {"items": items, "more": True, "last": items[-1][0]}
+            clock = dvvset.decode_stored(raw)
+            if dvvset.visible_values(clock, now):
+                live += 1
+            else:
+                dead += 1
+            if fields.get("skeleton"):
+                raw = dvvset.encode(skeleton(clock))
+            items.append([sk, raw])
+            size += len(sk) + len(raw)
+        if len(rows) < _SCAN_PAGE:
+            result: dict[str, Any] = {"items": items, "more": False}
+            if items:
+                result["last"] = items[-1][0]
+            return result
+        if reverse:
+            hi = rows[-1][0]
+        else:
+            lo = rows[-1][0] + b"\x00"
+        if live + dead > WIDE_PARTITION_ITEMS and (live + dead) % WIDE_PARTITION_ITEMS < _SCAN_PAGE:
+            log.warning("event=wide_partition bucket=%s key=%r scanned=%d", bucket, key[:64],
+                        live + dead)
+
+
+def page_from_reply(result: dict[str, Any]) -> ReplicaPage:
+    """A peer's ``p_query`` reply, its clocks validated; Rejected if malformed."""
+    items, more, last = result.get("items"), result.get("more"), result.get("last")
+    if not isinstance(items, list) or type(more) is not bool or (
+            last is not None and type(last) is not bytes):
+        raise Rejected("malformed p_query reply")
+    decoded = []
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is bytes
+                and type(item[1]) is bytes):
+            raise Rejected("malformed p_query item")
+        clock = clock_from_peer(item[1])
+        assert clock is not None
+        decoded.append((item[0], clock))
+    return ReplicaPage(decoded, more, last)
+
+
+class Queries:
+    OPS = ("query",)
+    NOW_OPS = ("p_query",)
+
+    def __init__(self, node_id: str, view: ClusterView, liveness: Liveness, peers: Peers,
+                 storage: Storage, access: ReplicaAccess, stats: Stats, config: Config, *,
+                 require_feature: Callable[[str], None],
+                 read_incomplete: Callable[[int, str | None], bool],
+                 wall: Callable[[], float],
+                 spawn: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
+        """``spawn(task)`` runs background work (late replies, read repair) in the node."""
+        self.node_id = node_id
+        self.view = view
+        self.liveness = liveness
+        self.peers = peers
+        self.storage = storage
+        self.access = access
+        self.stats = stats
+        self.limits = config.limits
+        self.require_feature = require_feature
+        self.read_incomplete = read_incomplete
+        self.wall = wall
+        self.spawn = spawn
+
+    def now_p_query(self, op: str, fields: dict[str, Any], peer: Peer,
+                    reply: Callable[[dict[str, Any] | None, Exception | None], None]) -> bool:
+        result = scan_replica(self.storage, fields)
+        self.stats.count("query_scanned_items", len(result["items"]))
+        if self.read_incomplete(fields["partition"], fields.get("hint_for")):
+            result["incomplete"] = True
+        reply(result, None)
+        return True
+
+    async def op_query(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        self.require_feature(SORT_KEYS)
+        bucket, key = fields["bucket"], fields["key"]
+        cond, reverse = fields.get("cond"), fields.get("reverse", False)
+        limit, select = fields.get("limit", DEFAULT_LIMIT), fields.get("select", "items")
+        if not 1 <= limit <= MAX_QUERY_LIMIT:
+            raise Rejected(f"limit must be in 1..{MAX_QUERY_LIMIT}, not {limit}")
+        qhash = query_hash(bucket, key, cond, reverse)
+        lo, hi = condition_range(cond)
+        if "after" in fields:
+            lo, hi = resume_range(lo, hi, reverse, decode_token(fields["after"], qhash))
+        routing = self.view.routing()
+        n, r = routing.quorums(bucket, r=fields.get("r"))[:2]
+        place = routing.placement(bucket, key, n, self.liveness.up_nodes())
+        if not place.targets:
+            raise Unavailable("no replica of this key is reachable")
+        merge = QueryMerge(lo, hi, reverse=reverse, limit=limit,
+                           now_ms=int(self.wall() * 1000))
+        rounds = 0
+        if hi is None or lo < hi:
+            rounds = await self._run(place, bucket, key, merge, r, skeletons=select != "items")
+        after = merge.next_after()
+        result: dict[str, Any] = {"count": len(merge.emitted), "rounds": rounds}
+        if after is not None:
+            result["next"] = encode_token(after, reverse, qhash)
+        if select == "items":
+            result["items"] = [_item(emitted.sk, emitted.clock, merge.now_ms)
+                               for emitted in merge.emitted]
+        elif select == "keys":
+            result["items"] = [{"sk": e.sk, "siblings": len(e.values),
+                                "context": dvvset.encode_context(dvvset.join(e.clock))}
+                               for e in merge.emitted]
+        return result
+
+    async def _run(self, place: Placement, bucket: str, key: bytes, merge: QueryMerge, r: int,
+                   *, skeletons: bool) -> int:
+        """Fill ``merge`` with the first R replies and the refills; the refill rounds."""
+        started = trio.current_time()
+        soft_deadline = started + self.limits.request_timeout / 2
+        deadline = started + self.limits.request_timeout
+        max_bytes = max(1, self.limits.max_frame_bytes // (4 * len(place.targets)))
+        budget_bytes = self.limits.max_frame_bytes // 4
+        by_node = {t.node: t for t in place.targets}
+
+        def request(target: Target) -> dict[str, Any]:
+            lo, hi = merge.request_range(target.node)
+            fields = replica_fields(target, place.partition, bucket, key, lo=lo,
+                                    reverse=merge.reverse, want=merge.limit, now=merge.now_ms,
+                                    max_bytes=min(max_bytes, REPLY_BYTES))
+            if hi is not None:
+                fields["hi"] = hi
+            if skeletons:
+                fields["skeleton"] = True
+            return fields
+
+        send, replies = trio.open_memory_channel[tuple[Target, dict[str, Any] | DynError]](
+            len(place.targets))
+        received = 0
+        core = GetCore(r=r, n=len(place.targets))
+        first: dict[str, ReplicaPage] = {}
+
+        def take(target: Target, outcome: dict[str, Any] | DynError) -> None:
+            nonlocal received
+            fallback = target.role == "fallback"
+            try:
+                if isinstance(outcome, DynError):
+                    raise outcome
+                page = page_from_reply(outcome)
+            except DynError as exc:
+                core.add_failure(target.node, exc.message, fallback=fallback)
+                return
+            received += _reply_bytes(outcome)
+            first[target.node] = page
+            core.add_reply(target.node, dvvset.empty() if page.items else None,
+                           fallback=fallback, incomplete=outcome.get("incomplete") is True)
+
+        for target in place.targets:
+            if target.node == self.node_id:
+                take(target, scan_replica(self.storage, request(target)) | (
+                    {"incomplete": True} if self.read_incomplete(place.partition,
+                                                                target.hint_for) else {}))
+            else:
+                self.spawn(partial(self._ask, target, request(target), deadline, send.clone()))
+        send.close()
+        with trio.move_on_at(deadline):
+            while not core.settled():
+                target, outcome = await replies.receive()
+                take(target, outcome)
+        if not core.enough():
+            replies.close()
+            raise Unavailable(f"read quorum not met: {core.describe()}")
+        for node, page in first.items():
+            try:
+                merge.add(node, page, fallback=by_node[node].role == "fallback")
+            except BadReply as exc:
+                log.warning("event=bad_query_reply node=%s reason=%r", node, str(exc))
+        rounds = 0
+        while refills := merge.step():
+            if (rounds >= MAX_ROUNDS or merge.scanned >= 10 * merge.limit + 1000
+                    or received >= budget_bytes or trio.current_time() >= soft_deadline
+                    or len(merge.cursors) < r):
+                break  # the page ends at the horizon, with a token
+            rounds += 1
+            self.stats.count("query_refills", len(refills))
+            outcomes: dict[str, dict[str, Any] | DynError] = {}
+            async with trio.open_nursery() as nursery:
+                for node in refills:
+                    nursery.start_soon(self._refill, by_node[node], request(by_node[node]),
+                                       soft_deadline, outcomes)
+            for node in refills:
+                outcome = outcomes.get(node)
+                try:
+                    if outcome is None or isinstance(outcome, DynError):
+                        raise BadReply(f"{node}: refill failed")
+                    page = page_from_reply(outcome)
+                    received += _reply_bytes(outcome)
+                    merge.add(node, page, fallback=by_node[node].role == "fallback")
+                except (BadReply, DynError):
+                    merge.drop(node)
+        if not skeletons:
+            self.spawn(partial(self._repair, place, bucket, key, merge, by_node, replies,
+                               deadline))
+        else:
+            replies.close()
+        return rounds
+
+    async def _ask(self, target: Target, fields: dict[str, Any], deadline: float,
+                   send: trio.MemorySendChannel[tuple[Target, dict[str, Any] | DynError]]
+                   ) -> None:
+        async with send:
+            outcome: dict[str, Any] | DynError
+            with trio.move_on_at(deadline):
+                try:
+                    outcome = await self.peers.call(target.node, "p_query", fields)
+                except DynError as exc:
+                    outcome = exc
+                try:
+                    send.send_nowait((target, outcome))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the query is over and its late replies are not wanted
+
+    async def _refill(self, target: Target, fields: dict[str, Any], deadline: float,
+                      outcomes: dict[str, dict[str, Any] | DynError]) -> None:
+        if target.node == self.node_id:
+            outcomes[target.node] = scan_replica(self.storage, fields)
+            return
+        with trio.move_on_at(deadline):
+            try:
+                outcomes[target.node] = await self.peers.call(target.node, "p_query", fields)
+            except DynError as exc:
+                outcomes[target.node] = exc
+
+    async def _repair(self, place: Placement, bucket: str, key: bytes, merge: QueryMerge,
+                      by_node: dict[str, Target],
+                      replies: trio.MemoryReceiveChannel[tuple[Target, dict[str, Any] | DynError]],
+                      deadline: float) -> None:
+        """Read repair, in the background and best effort: the replies used, then the
+        first replies that came after the answer, up to the deadline."""
+        await self._send_repairs(place, bucket, key, merge.repairs, by_node)
+        with replies, trio.move_on_at(deadline):
+            async for target, outcome in replies:
+                if target.node in merge.cursors or isinstance(outcome, DynError):
+                    continue
+                try:
+                    page = page_from_reply(outcome)
+                except DynError:
+                    continue
+                await self._send_repairs(place, bucket, key, merge.late_repairs(
+                    target.node, page, fallback=target.role == "fallback"), by_node)
+
+    async def _send_repairs(self, place: Placement, bucket: str, key: bytes,
+                            repairs: list[Repair], by_node: dict[str, Target]) -> None:
+        for repair in repairs:
+            self.stats.count("read_repair")
+            target = by_node[repair.node]
+            try:
+                await self.access.put(target, place.partition, bucket, key, repair.clock,
+                                      repair.sk)
+            except DynError:
+                pass  # best effort: anti-entropy catches what this misses
+
+
+def _reply_bytes(result: dict[str, Any]) -> int:
+    """Bytes of sort keys and clocks in a well-formed p_query reply (the byte budget)."""
+    return sum(len(sk) + len(raw) for sk, raw in result["items"])
+
+
+def _item(sk: bytes, clock: dvvset.DVVSet, now_ms: int) -> dict[str, Any]:
+    """An item as a query returns it: its sort key, context and the values visible at
+    the coordinator's ``now_ms`` (expiry included)."""
+    fields = result_fields(clock, now_ms)
+    return {"sk": sk, "context": fields["context"], "values": fields["values"]}
