@@ -33,6 +33,7 @@ from dynctl.client import (
     ClientConfigError,
     Item,
     Object,
+    Value,
     as_sort_key,
     parse_nodes,
 )
@@ -367,15 +368,20 @@ async def ping(client: Client) -> Outcome:
 
 # -- data commands -----------------------------------------------------------------------
 
-def _object_document(obj: Object) -> dict[str, Any]:
-    values = []
-    for sibling in obj.values:
+def _value_documents(values: list[Value]) -> list[dict[str, Any]]:
+    """The JSON of a key's or an item's values (get, query)."""
+    documents = []
+    for sibling in values:
         text, encoding = text_or_base64(sibling.value)
-        values.append({"value": text, "encoding": encoding,
-                       "written_at": rfc3339(sibling.written_at),
-                       **({} if sibling.expires_at is None else
-                          {"expires_at": rfc3339(sibling.expires_at)})})
-    return {"found": obj.found, "context": obj.context, "values": values}
+        documents.append({"value": text, "encoding": encoding,
+                          "written_at": rfc3339(sibling.written_at),
+                          **({} if sibling.expires_at is None else
+                             {"expires_at": rfc3339(sibling.expires_at)})})
+    return documents
+
+
+def _object_document(obj: Object) -> dict[str, Any]:
+    return {"found": obj.found, "context": obj.context, "values": _value_documents(obj.values)}
 
 
 @command(main, "get", "dynctl get cart:42", "dynctl get --all cart:42",
@@ -572,13 +578,8 @@ def _check_query(**params: Any) -> None:
 
 def _item_document(item: Item) -> dict[str, Any]:
     sk, sk_encoding = text_or_base64(item.sk)
-    values = []
-    for sibling in item.values:
-        text, encoding = text_or_base64(sibling.value)
-        values.append({"value": text, "encoding": encoding,
-                       "written_at": rfc3339(sibling.written_at)})
     return {"sk": sk, "sk_encoding": sk_encoding, "context": item.context,
-            "conflict": item.conflict, "values": values}
+            "conflict": item.conflict, "values": _value_documents(item.values)}
 
 
 def _piped(data: bytes) -> str:

@@ -110,3 +110,17 @@ def test_a_grace_under_4_antientropy_periods_is_refused_naming_both(node) -> Non
     assert refused.returncode == 5
     assert b"600 s" in refused.stderr and b"300 s" in refused.stderr
     assert run(node, "bucket", "set", "cache", "--grace", "20m").returncode == 0
+
+
+def test_an_expired_item_leaves_queries_and_counts_at_once(node) -> None:
+    assert run(node, "put", "T", "stays", "--sk", "a").returncode == 0
+    assert run(node, "put", "T", "goes", "--sk", "b", "--ttl", "2").returncode == 0
+    code, doc = dynctl_json("--node", node.addr, "query", "T")
+    shown = {item["sk"]: item["values"][0] for item in doc["items"]}
+    assert code == 0 and set(shown) == {"a", "b"}
+    assert "expires_at" in shown["b"] and "expires_at" not in shown["a"]
+    wait_until(lambda: run(node, "get", "T", "--sk", "b").returncode == 1, 15,
+               "the item to expire")
+    assert run(node, "query", "T").stdout == b"a\tstays\n"
+    assert run(node, "query", "T", "--count").stdout.strip() == b"1"
+    assert run(node, "query", "T", "--eq", "b", "--exists").returncode == 1
