@@ -45,15 +45,21 @@ FEATURE_PROBES = {
 }
 
 
+def _has_commit(commit: str) -> bool:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet",
+                           f"{commit}^{{commit}}"], capture_output=True).returncode == 0
+
+
 @pytest.fixture(params=sorted(RELEASES), ids=lambda commit: f"from-{commit}")
 def previous_release(request: pytest.FixtureRequest,
                      tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An earlier release's source tree. A clone without that commit (a shallow one)
     fails here, saying so: skipping would hide that the upgrade went untested."""
     commit = request.param
-    found = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet",
-                            f"{commit}^{{commit}}"], capture_output=True)
-    if found.returncode != 0:
+    if not _has_commit(commit):  # a shallow clone: fetch its history, if the remote answers
+        subprocess.run(["git", "-C", str(REPO), "fetch", "--quiet", "--unshallow"],
+                       capture_output=True, timeout=120)
+    if not _has_commit(commit):
         pytest.fail(f"the rolling upgrade test needs commit {commit} ({RELEASES[commit]}) "
                     f"in the git history of {REPO} (a shallow clone lacks it: "
                     "git fetch --unshallow)",
