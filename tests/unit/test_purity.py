@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PURE = sorted(ROOT.glob("common/*.py")) + [
     ROOT / "dynd" / f"{name}.py"
-    for name in ("ring", "claim", "membership", "detector", "quorum", "merkle", "routing")
+    for name in ("ring", "claim", "membership", "auth", "detector", "quorum", "merkle", "routing")
 ]
 FORBIDDEN = {"trio", "socket", "rocksdict", "time", "random", "asyncio", "os", "subprocess",
              "threading", "selectors", "ssl", "dynd.storage", "dynd.transport", "dynd.server",
