@@ -42,9 +42,11 @@ class Admin:
     def __init__(self, view: ClusterView, identity: Identity, storage: Storage,
                  liveness: Liveness, peers: Peers, *, push_gossip: Callable[[], None],
                  transfer_rows: Callable[[], list[dict[str, Any]]],
-                 exchange_rows: Callable[[], list[dict[str, Any]]], features: Features) -> None:
+                 exchange_rows: Callable[[], list[dict[str, Any]]], features: Features,
+                 status_fields: Callable[[], dict[str, Any]] = dict) -> None:
         """``transfer_rows``, ``exchange_rows``: the transfers and anti-entropy exchanges
-        ``status`` shows (Transfers.rows, AntiEntropy.status_rows)."""
+        ``status`` shows (Transfers.rows, AntiEntropy.status_rows); ``status_fields``: more
+        that ``p_status`` reports (AuthAdmin.status_fields)."""
         self.view = view
         self.identity = identity
         self.storage = storage
@@ -54,6 +56,7 @@ class Admin:
         self.transfer_rows = transfer_rows
         self.exchange_rows = exchange_rows
         self.features = features
+        self.status_fields = status_fields
 
     async def _change(self, state: ClusterState) -> None:
         """Adopt, wait until durable, then tell every member."""
@@ -222,7 +225,7 @@ class Admin:
     async def op_p_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"epoch": self.view.state.epoch,
                 "pending_transfers": len(membership.pending_transfers(self.view.state)),
-                "features": self.features.wire()}
+                "features": self.features.wire(), **self.status_fields()}
 
     async def op_cluster_check(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Has every reachable member the same epoch, with no transfer pending and no

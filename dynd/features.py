@@ -17,8 +17,9 @@ from dynd import membership
 from dynd.cluster import ClusterView
 
 SORT_KEYS = "sk"  # items with a sort key: (bucket, key, sk)
-SUPPORTED = frozenset({SORT_KEYS})
-_NEEDS = {SORT_KEYS: "sort keys"}
+RBAC = "rbac"  # access control: the `auth` key of the cluster state
+SUPPORTED = frozenset({SORT_KEYS, RBAC})
+_NEEDS = {SORT_KEYS: "sort keys", RBAC: "access control"}
 
 
 class Features:

@@ -125,7 +125,7 @@ cbor_values = st.recursive(
 )
 names = st.sampled_from(["default", "b", "n1", "n2", "x", ""]) | st.text(max_size=12)
 _TYPED = {bytes: st.binary(max_size=40), str: names, int: st.integers(-3, 70),
-          dict: cbor_values, list: cbor_values}
+          dict: cbor_values, list: cbor_values, bool: st.booleans()}
 
 
 def typed(spec: type | tuple[type, ...]) -> st.SearchStrategy[Any]:
