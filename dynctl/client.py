@@ -67,6 +67,7 @@ from common.wire.connection import (
 )
 from common.wire.tls import TLSFileError, new_context
 from common.wire.trio_helpers import single_exception_unwrapped
+from dynctl.auth_client import AuthMethods, AuthSyncMethods
 
 log = logging.getLogger("dynctl.client")
 
@@ -163,7 +164,7 @@ def descends(read: VersionVector, written: VersionVector) -> bool:
     return all(read.get(actor, 0) >= counter for actor, counter in written.items())
 
 
-class Client:
+class Client(AuthMethods):
     """The key-value API over one Connection. Obtain one with ``Client.connect``."""
 
     def __init__(self, connection: Connection, timeout: float, *,
@@ -292,7 +293,7 @@ class Client:
         raise Unavailable(f"{op} on {self.addr} timed out after {self.timeout:g}s")
 
 
-class SyncClient:
+class SyncClient(AuthSyncMethods):
     """The Client for blocking code: a trio loop in a background thread runs the requests.
 
     Thread-safe: requests from several threads are pipelined over the one connection.
