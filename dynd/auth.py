@@ -439,15 +439,18 @@ def from_wire(obj: Any) -> AuthState:
     grants: dict[GrantKey, Register] = {}
     for role, generation, op, bucket, prefix, *register in _rows(obj["grants"], "grants", 8,
                                                                  MAX_GRANTS):
-        if op not in _BIT:
+        if not isinstance(op, str) or op not in _BIT:
             raise AuthError(f"unknown op {op!r:.40} in a grant")
         _check_grant((op,), check_bucket(bucket), check_prefix(prefix))
-        grants[(role, generation, op, bucket, prefix)] = _register_from_wire(register, "grant")
+        key = (check_role_name(role), _check_counter(generation, "grant generation"), op,
+               bucket, prefix)
+        grants[key] = _register_from_wire(register, "grant")
     members: dict[MemberKey, Register] = {}
     for user, role, generation, *register in _rows(obj["members"], "memberships", 6,
                                                    MAX_MEMBERSHIPS):
-        members[(check_user(user), role, generation)] = _register_from_wire(register,
-                                                                            "membership")
+        key = (check_user(user), check_role_name(role),
+               _check_counter(generation, "membership generation"))
+        members[key] = _register_from_wire(register, "membership")
     if len(grants) != len(obj["grants"]) or len(members) != len(obj["members"]):
         raise AuthError("a grant or membership is listed twice")
     auth = AuthState(_register_from_wire(enabled, "enabled"), roles, grants, members)

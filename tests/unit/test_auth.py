@@ -237,6 +237,10 @@ def test_a_default_auth_state_leaves_the_digest_as_old_nodes_compute_it() -> Non
     lambda w: {**w, "enabled": [1, 1, "n1"]},
     lambda w: {**w, "roles": [["r", True, 1, -1, "n1"]]},
     lambda w: {**w, "grants": [["r", 1, "get", "app", b"", True, 1, "n1"]] * 5000},
+    lambda w: {**w, "grants": [["r", 1, ["get"], "app", b"", True, 1, "n1"]]},  # unhashable
+    lambda w: {**w, "grants": [[["r"], 1, "get", "app", b"", True, 1, "n1"]]},
+    lambda w: {**w, "members": [["bob", ["r"], 1, True, 1, "n1"]]},
+    lambda w: {**w, "members": [["bob", "r", [1], True, 1, "n1"]]},
 ])
 def test_from_wire_refuses_malformed_states(corrupt: Any) -> None:
     wire = auth.to_wire(auth.create_role(auth.EMPTY, "r", "n1")[0])
@@ -245,3 +249,25 @@ def test_from_wire_refuses_malformed_states(corrupt: Any) -> None:
     cluster = membership.to_wire(founded_cluster(1))
     with pytest.raises(membership.MembershipError, match="auth"):
         membership.from_wire({**cluster, "auth": corrupt(wire)})
+
+
+atoms = (st.none() | st.booleans() | st.integers(-2, 2**64)
+         | st.sampled_from(["r", "*", "get", "", "a b"]) | st.binary(max_size=4))
+junk = atoms | st.lists(atoms, max_size=3) | st.dictionaries(st.text(max_size=3), atoms,
+                                                             max_size=2)
+
+
+def rows(width: int) -> st.SearchStrategy[list]:
+    return st.lists(st.lists(junk, min_size=width, max_size=width), max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({"enabled": st.just([True, 1, "n1"]) | junk,
+                              "roles": st.just([["r", True, 1, 1, "n1"]]) | rows(5),
+                              "grants": rows(8), "members": rows(6)}) | junk)
+def test_from_wire_never_crashes_on_junk(obj: Any) -> None:
+    """A hostile peer's auth state is refused with AuthError, never another exception."""
+    try:
+        auth.from_wire(obj)
+    except AuthError:
+        pass
