@@ -72,6 +72,7 @@ class AuthAdmin:
                       change: Callable[[AuthState], AuthState]) -> None:
         """Apply ``change`` to the auth state, then wait for the reachable members."""
         self.features.require(RBAC)  # a node without it could not read the state any more
+        reachable = [m for m in self._others() if self.liveness.is_up(m)]
         current = self.view.state
         try:
             updated = change(current.auth)
@@ -85,22 +86,25 @@ class AuthAdmin:
                 await ticket.wait()
             log.info("event=auth_change node=%s by=%r change=%r", self.node_id,
                      principal(peer), what)
-        await self._confirm()
+        await self._confirm(reachable)
 
-    async def _confirm(self) -> None:
-        """Return once every reachable member reports our auth digest; else Unavailable."""
-        waiting: list[str] = []
+    async def _confirm(self, members: list[str]) -> None:
+        """Return once each of ``members`` (those reachable when the change was made)
+        reports our auth digest; else Unavailable naming the others. A member that stops
+        answering meanwhile is named too: it may still serve clients with the old grants."""
+        waiting = members
         with trio.move_on_after(self.confirm_timeout):
             while True:
                 self.push_gossip()
-                waiting = await self._unconfirmed()
+                waiting = await self._unconfirmed(waiting)
                 if not waiting:
                     return
                 await trio.sleep(CONFIRM_POLL)
         raise Unavailable(f"applied on {self.node_id}, not yet confirmed by: "
                           f"{', '.join(waiting)} (gossip will carry it)")
 
-    async def _unconfirmed(self) -> list[str]:
+    async def _unconfirmed(self, members: list[str]) -> list[str]:
+        """Those of ``members`` that do not report our auth digest now."""
         ours = auth.digest(self.view.state.auth)
         waiting: list[str] = []
 
@@ -108,16 +112,14 @@ class AuthAdmin:
             try:
                 reply = await self.peers.call(member, "p_status", {}, STATUS_TIMEOUT)
             except DynError:
-                if self.liveness.is_up(member):
-                    waiting.append(member)
+                waiting.append(member)
                 return
             if reply.get("auth_digest") != ours:
                 waiting.append(member)
 
         async with trio.open_nursery() as nursery:
-            for member in self._others():
-                if self.liveness.is_up(member):
-                    nursery.start_soon(ask, member)
+            for member in members:
+                nursery.start_soon(ask, member)
         return sorted(waiting)
 
     def _others(self) -> list[str]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
+from common.errors import Unavailable
 from dynd import auth
 from dynd.auth import Policy
 from tests.sim.harness import Scenario, SimCluster, SimNode, settled_cluster, until
@@ -74,3 +76,20 @@ async def test_grants_and_revokes_on_both_sides_converge(
             assert policy.allows("bob", "get", "app", b"A#1") is None  # the revoke held
             assert policy.allows("carol", "put", "app", b"D#1") is not None
             assert policy.allows("bob", "query", "app", b"C#1") is not None
+
+
+async def test_a_change_not_confirmed_by_a_reachable_member_is_exit_4(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Cut off before the detector notices: the change applies here, the error names the
+    members that did not confirm, and gossip carries it to them after the heal."""
+    async with settled_cluster(SCENARIO, autojump_clock, "sim-auth-") as (cluster, sims):
+        await until("rbac active", lambda: all(
+            s.node is not None and "rbac" in s.node.view.state.features for s in sims))
+        cluster.network.partition([[sims[0].addr], [s.addr for s in sims[1:]]])
+        with pytest.raises(Unavailable, match="not yet confirmed by: n") as refused:
+            await _admin(cluster, sims[0], "role_create", name="late")
+        assert refused.value.exit_code == 4
+        assert auth.live_roles(_auth(sims[0])) == ["late"]
+        cluster.network.heal()
+        await until("the change reached every node", lambda: all(
+            auth.live_roles(_auth(s)) == ["late"] for s in sims))
