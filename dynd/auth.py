@@ -41,6 +41,10 @@ MAX_WIRE_BYTES = 256 * 1024
 MAX_PREFIX_BYTES = 1024
 MAX_USER_CHARS = 128
 MAX_COUNTER = 2**63 - 1
+# Local changes keep the limits above; copies changed apart (a partition) may merge into
+# more, so a state from a peer is accepted up to this many times the limits: refusing it
+# would stop gossip everywhere. Further local changes are refused until some are deleted.
+MERGE_SLACK = 4
 MAX_POLICY_CACHE = 10_000  # compiled callers kept per state; cleared when full
 _ROLE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _BUCKET_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -194,7 +198,7 @@ def _bump(register: Register | None, present: bool, writer: str) -> Register:
 def set_enabled(auth: AuthState, enabled: bool, writer: str) -> AuthState:
     if auth.enabled.present == enabled:
         return auth
-    return _checked(replace(auth, enabled=_bump(auth.enabled, enabled, writer)))
+    return _checked(replace(auth, enabled=_bump(auth.enabled, enabled, writer)), auth)
 
 
 def create_role(auth: AuthState, name: str, writer: str) -> tuple[AuthState, bool]:
@@ -205,14 +209,14 @@ def create_role(auth: AuthState, name: str, writer: str) -> tuple[AuthState, boo
         return auth, False
     generation = 1 if known is None else known.generation + 1
     roles = {**auth.roles, name: RoleRegister(generation, 1, True, writer)}
-    return _checked(normalize(replace(auth, roles=roles))), True
+    return _checked(normalize(replace(auth, roles=roles)), auth), True
 
 
 def delete_role(auth: AuthState, name: str, writer: str) -> AuthState:
     role = _live(auth, name)
     roles = {**auth.roles, name: replace(role, version=role.version + 1, exists=False,
                                          writer=writer)}
-    return _checked(normalize(replace(auth, roles=roles)))
+    return _checked(normalize(replace(auth, roles=roles)), auth)
 
 
 def _live(auth: AuthState, name: str) -> RoleRegister:
@@ -232,7 +236,7 @@ def grant(auth: AuthState, role: str, perms: Iterable[Any], bucket: str, prefix:
         key = (role, generation, op, bucket, prefix)
         if not (key in grants and grants[key].present):
             grants[key] = _bump(grants.get(key), True, writer)
-    return _checked(replace(auth, grants=grants))
+    return _checked(replace(auth, grants=grants), auth)
 
 
 def revoke(auth: AuthState, role: str, perms: Iterable[Any], bucket: str, prefix: bytes,
@@ -251,7 +255,7 @@ def revoke(auth: AuthState, role: str, perms: Iterable[Any], bucket: str, prefix
     if not matched:
         shown = "; ".join(describe(g) for g in role_grants(auth, role)) or "none"
         raise AuthNotFound(f"role {role!r} has no such grant; its grants: {shown}")
-    return _checked(replace(auth, grants=grants))
+    return _checked(replace(auth, grants=grants), auth)
 
 
 def set_membership(auth: AuthState, user: str, role: str, present: bool,
@@ -267,7 +271,7 @@ def set_membership(auth: AuthState, user: str, role: str, present: bool,
             return auth
         raise AuthNotFound(f"user {user!r} does not hold role {role!r}")
     members = {**auth.members, key: _bump(known, present, writer)}
-    return _checked(replace(auth, members=members))
+    return _checked(replace(auth, members=members), auth)
 
 
 # ------------------------------------------------------------------ merge
@@ -430,15 +434,16 @@ def from_wire(obj: Any) -> AuthState:
     if not isinstance(enabled, list) or len(enabled) != 3:
         raise AuthError("auth enabled must be [bool, version, writer]")
     roles: dict[str, RoleRegister] = {}
-    for name, exists, generation, version, writer in _rows(obj["roles"], "roles", 5, MAX_ROLES):
+    for name, exists, generation, version, writer in _rows(obj["roles"], "roles", 5,
+                                                                  MAX_ROLES * MERGE_SLACK):
         register = _register_from_wire([exists, version, writer], "role")
         roles[check_role_name(name)] = RoleRegister(
             _check_counter(generation, "role generation"), register.version, exists, writer)
     if len(roles) != len(obj["roles"]):
         raise AuthError("a role is listed twice")
     grants: dict[GrantKey, Register] = {}
-    for role, generation, op, bucket, prefix, *register in _rows(obj["grants"], "grants", 8,
-                                                                 MAX_GRANTS):
+    for role, generation, op, bucket, prefix, *register in _rows(
+            obj["grants"], "grants", 8, MAX_GRANTS * MERGE_SLACK):
         if not isinstance(op, str) or op not in _BIT:
             raise AuthError(f"unknown op {op!r:.40} in a grant")
         _check_grant((op,), check_bucket(bucket), check_prefix(prefix))
@@ -447,7 +452,7 @@ def from_wire(obj: Any) -> AuthState:
         grants[key] = _register_from_wire(register, "grant")
     members: dict[MemberKey, Register] = {}
     for user, role, generation, *register in _rows(obj["members"], "memberships", 6,
-                                                   MAX_MEMBERSHIPS):
+                                                   MAX_MEMBERSHIPS * MERGE_SLACK):
         key = (check_user(user), check_role_name(role),
                _check_counter(generation, "membership generation"))
         members[key] = _register_from_wire(register, "membership")
@@ -456,19 +461,22 @@ def from_wire(obj: Any) -> AuthState:
     auth = AuthState(_register_from_wire(enabled, "enabled"), roles, grants, members)
     if normalize(auth) != auth:
         raise AuthError("a grant or membership names a role generation that is not current")
-    return _checked(auth)
+    return auth
 
 
-def _checked(auth: AuthState) -> AuthState:
-    """``auth`` unless it exceeds a limit (AuthFull, exit 5)."""
-    for count, limit, what in ((len(auth.roles), MAX_ROLES, "roles"),
-                               (len(auth.grants), MAX_GRANTS, "grant entries"),
-                               (len(auth.members), MAX_MEMBERSHIPS, "memberships")):
-        if count > limit:
+def _checked(auth: AuthState, before: AuthState) -> AuthState:
+    """``auth``, the result of a local change to ``before``, unless the change grew it
+    beyond a limit (AuthFull, exit 5). A change that adds nothing (a revoke, a delete)
+    always passes, so a state merged beyond the limits can be brought back under them."""
+    for count, was, limit, what in (
+            (len(auth.roles), len(before.roles), MAX_ROLES, "roles"),
+            (len(auth.grants), len(before.grants), MAX_GRANTS, "grant entries"),
+            (len(auth.members), len(before.members), MAX_MEMBERSHIPS, "memberships")):
+        if count > limit and count > was:
             raise AuthFull(f"auth state full: more than {limit} {what} (deleted roles and "
                            "revoked entries count too)")
     size = len(cbor2.dumps(to_wire(auth)))
-    if size > MAX_WIRE_BYTES:
+    if size > MAX_WIRE_BYTES and size > len(cbor2.dumps(to_wire(before))):
         raise AuthFull(f"auth state full: {size} bytes on the wire, limit {MAX_WIRE_BYTES}")
     return auth
 

@@ -271,3 +271,18 @@ def test_from_wire_never_crashes_on_junk(obj: Any) -> None:
         auth.from_wire(obj)
     except AuthError:
         pass
+
+
+def test_copies_filled_apart_still_merge_and_gossip_but_take_no_more_roles() -> None:
+    """Each side of a partition stays under the limit; their merge may not: peers must
+    still accept it (or gossip would stop everywhere), and local changes are refused."""
+    left = right = auth.EMPTY
+    for i in range(200):
+        left = auth.create_role(left, f"left{i}", "n1")[0]
+        right = auth.create_role(right, f"right{i}", "n2")[0]
+    merged = auth.merge(left, right)
+    assert len(auth.live_roles(merged)) == 400
+    assert auth.from_wire(auth.to_wire(merged)) == merged
+    with pytest.raises(AuthFull, match="more than 256 roles"):
+        auth.create_role(merged, "one-more", "n1")
+    assert auth.delete_role(merged, "left0", "n1").live_role("left0") is None
