@@ -312,15 +312,23 @@ def normalize(auth: AuthState) -> AuthState:
 # ------------------------------------------------------------------ views
 
 
+def _present_ops(auth: AuthState) -> dict[tuple[str, str, bytes], set[str]]:
+    """(role, bucket, prefix) -> the ops granted there, over every live role, in one pass
+    (``normalize`` already dropped the entries of old or deleted generations)."""
+    ops: dict[tuple[str, str, bytes], set[str]] = {}
+    for (role, _, op, bucket, prefix), register in auth.grants.items():
+        if register.present:
+            ops.setdefault((role, bucket, prefix), set()).add(op)
+    return ops
+
+
 def role_grants(auth: AuthState, role: str) -> list[Grant]:
     """The role's present grants, one per (bucket, prefix), ops in OPS order."""
-    role_register = _live(auth, role)
-    ops: dict[tuple[str, bytes], set[str]] = {}
-    for (name, generation, op, bucket, prefix), register in auth.grants.items():
-        if name == role and generation == role_register.generation and register.present:
-            ops.setdefault((bucket, prefix), set()).add(op)
-    return [Grant(role, tuple(op for op in OPS if op in found), bucket, prefix)
-            for (bucket, prefix), found in sorted(ops.items())]
+    _live(auth, role)
+    found = {(bucket, prefix): ops for (name, bucket, prefix), ops in _present_ops(auth).items()
+             if name == role}
+    return [Grant(role, tuple(op for op in OPS if op in ops), bucket, prefix)
+            for (bucket, prefix), ops in sorted(found.items())]
 
 
 def describe(grant: Grant) -> str:
@@ -355,10 +363,10 @@ class Policy:
         self.auth = auth
         self.enabled = auth.enabled.present
         self._grants: dict[str, list[tuple[str, int, bytes, Grant]]] = {}
-        for grant_ in (g for role in live_roles(auth) for g in role_grants(auth, role)):
-            mask = sum(_BIT[op] for op in grant_.ops)
-            self._grants.setdefault(grant_.role, []).append(
-                (grant_.bucket, mask, grant_.prefix, grant_))
+        for (role, bucket, prefix), ops in sorted(_present_ops(auth).items()):
+            grant_ = Grant(role, tuple(op for op in OPS if op in ops), bucket, prefix)
+            mask = sum(_BIT[op] for op in ops)
+            self._grants.setdefault(role, []).append((bucket, mask, prefix, grant_))
         self._roles: dict[str, list[str]] = {}
         for (who, role, generation), register in auth.members.items():
             if register.present and _current(auth, role, generation):
