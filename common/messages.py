@@ -43,6 +43,12 @@ _BUCKET = (str, True)
 _KEY = (bytes, True)
 _SK = (bytes, False)  # an item's sort key; absent for a plain key
 _PARTITION = (int, True)
+# role_grant and role_revoke: ``bucket`` may also be "*" (every bucket).
+_GRANT = {"name": (str, True), "perms": (list, True), "bucket": (str, True),
+          "prefix": (bytes, False)}
+MAX_ROLE_NAME_BYTES = 64
+MAX_PERMS = 16  # permission names in one grant or revoke
+MAX_USER_CHARS = 128  # a user is a certificate CN
 
 SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     # Client ops.
@@ -80,6 +86,22 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "repair": {"bucket": (str, False), "partition": (int, False)},
     "stats": {},
     "backup": {"dir": (str, True)},
+    # Access control (dynd/auth_admin.py).
+    "role_create": {"name": (str, True)},
+    "role_delete": {"name": (str, True)},
+    "role_list": {},
+    "role_get": {"name": (str, True)},
+    "role_grant": _GRANT,
+    "role_revoke": _GRANT,
+    "user_list": {},
+    "user_get": {"user": (str, True)},
+    "user_grant_role": {"user": (str, True), "role": (str, True)},
+    "user_revoke_role": {"user": (str, True), "role": (str, True)},
+    "auth_set": {"enabled": (bool, True)},
+    "auth_status": {},
+    "auth_whoami": {},
+    "auth_check": {"check_op": (str, True), "bucket": (str, True), "key": _KEY, "sk": _SK,
+                   "user": (str, False)},
     # Peer ops.
     "p_get": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "partition": _PARTITION,
               "hint_for": (str, False)},
@@ -106,6 +128,11 @@ CLIENT_OPS = frozenset(SCHEMA) - PEER_OPS
 # `cluster status` and `cluster wait` included.
 ADMIN_OPS = frozenset(op for op in CLIENT_OPS if op.startswith("cluster_")) | {
     "tokens", "bucket_set", "repair", "backup"}
+# Access-control admin commands: every change, and reading who holds what. `auth_check`
+# with a `user` other than the caller is admin too (dynd/security.py).
+AUTH_ADMIN_OPS = frozenset({"role_create", "role_delete", "role_list", "role_get",
+                            "role_grant", "role_revoke", "user_list", "user_get",
+                            "user_grant_role", "user_revoke_role", "auth_set"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +216,7 @@ def validate_request(msg: Any, limits: Limits) -> Request:
             wanted = " or ".join(t.__name__ for t in expected)
             raise ProtocolError(f"field {name!r} of op {op!r} must be {wanted}, "
                                 f"not {type(value).__name__}")
-        check = _VALUE_CHECKS.get(name)
+        check = _OP_VALUE_CHECKS.get((op, name)) or _VALUE_CHECKS.get(name)
         if check is not None:
             check(name, value, limits)
     for name, (_, required) in schema.items():
@@ -322,6 +349,25 @@ def _check_via(name: str, via: list[Any], limits: Limits) -> None:
         _check_node_id(name, node, limits)
 
 
+def _check_grant_bucket(name: str, bucket: str, limits: Limits) -> None:
+    if bucket != "*":
+        _check_bucket(name, bucket, limits)
+
+
+def _check_role(name: str, role: str, limits: Limits) -> None:
+    _check_name("role name", role, MAX_ROLE_NAME_BYTES)
+
+
+def _check_perms(name: str, perms: list[Any], limits: Limits) -> None:
+    if not 1 <= len(perms) <= MAX_PERMS or any(type(perm) is not str for perm in perms):
+        raise ProtocolError(f"{name} must be a list of 1..{MAX_PERMS} permission names")
+
+
+def _check_user(name: str, user: str, limits: Limits) -> None:
+    if not 1 <= len(user) <= MAX_USER_CHARS:
+        raise Rejected(f"{name} must be 1..{MAX_USER_CHARS} characters")
+
+
 _check_replication = _in_range(1, MAX_N)
 _check_primary_quorum = _in_range(0, MAX_N)
 _check_non_negative = _in_range(0, None)
@@ -367,4 +413,16 @@ _VALUE_CHECKS: dict[str, Callable[[str, Any, Limits], None]] = {
     "now": _check_non_negative,
     "max_bytes": _in_range(1, None),
     "via": _check_via,
+    "role": _check_role,
+    "perms": _check_perms,
+    "user": _check_user,
+    "prefix": _check_value,
+}
+# Where one op gives a field a wider meaning than the table above.
+_OP_VALUE_CHECKS: dict[tuple[str, str], Callable[[str, Any, Limits], None]] = {
+    ("role_grant", "bucket"): _check_grant_bucket,
+    ("role_revoke", "bucket"): _check_grant_bucket,
+    ("auth_check", "bucket"): _check_grant_bucket,
+    **{(op, "name"): _check_role for op in ("role_create", "role_delete", "role_get",
+                                            "role_grant", "role_revoke")},
 }

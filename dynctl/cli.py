@@ -25,6 +25,7 @@ from click.shell_completion import get_completion_class
 from common.errors import Conflict, DynError, NotFound, Unavailable, UsageError
 from common.limits import MAX_N, MAX_SORT_KEY_BYTES, MAX_TTL_SECONDS
 from dynctl import devcluster
+from dynctl.auth_commands import register_auth
 from dynctl.bench.command import register_bench
 from dynctl.client import (
     DEFAULT_ADDR,
@@ -1086,6 +1087,7 @@ async def stats(client: Client) -> Outcome:
 
 
 register_bench(main, command)
+register_auth(main, command, KEY)
 
 
 # -- shell completion --------------------------------------------------------------------

@@ -86,6 +86,7 @@ from common.wire.connection import (
 )
 from common.wire.tls import TLSFileError, new_context
 from common.wire.trio_helpers import single_exception_unwrapped
+from dynctl.auth_client import AuthMethods, AuthSyncMethods
 from dynctl.topology import Topology
 
 log = logging.getLogger("dynctl.client")
@@ -296,7 +297,7 @@ def attempt_budget(time_left: float, attempts_left: int) -> float:
     return time_left / max(1, min(attempts_left, MAX_ATTEMPT_SHARES))
 
 
-class Client:
+class Client(AuthMethods):
     """The key-value API over connections to one or several nodes. Obtain one with
     ``Client.connect``."""
 
@@ -645,7 +646,7 @@ class Client:
         self._nursery.start_soon(refresh)
 
 
-class SyncClient:
+class SyncClient(AuthSyncMethods):
     """The Client for blocking code: a trio loop in a background thread runs the requests.
 
     Thread-safe: requests from several threads are pipelined over the one connection.

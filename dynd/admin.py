@@ -52,13 +52,15 @@ class Admin:
                  exchange_rows: Callable[[], list[dict[str, Any]]], features: Features,
                  antientropy: AntiEntropyConfig, wall: Callable[[], float],
                  clock_offsets: ClockOffsets,
-                 hint_ages: Callable[[], dict[str, float]] = dict) -> None:
+                 hint_ages: Callable[[], dict[str, float]] = dict,
+                 status_fields: Callable[[], dict[str, Any]] = dict) -> None:
         """``transfer_rows``, ``exchange_rows``, ``hint_ages``: the transfers, anti-entropy
         exchanges and seconds each target's hints have been pending that ``status`` shows
         (Transfers.rows, AntiEntropy.status_rows, HintAgeWatch.ages); ``antientropy``: the
         period a bucket's grace must exceed, and the grace of a bucket without one;
         ``wall``: the clock p_status reports; ``clock_offsets``: the peers' offsets gossip
-        measured (``status`` shows them)."""
+        measured (``status`` shows them); ``status_fields``: more that ``p_status``
+        reports (AuthAdmin.status_fields)."""
         self.view = view
         self.identity = identity
         self.storage = storage
@@ -72,6 +74,7 @@ class Admin:
         self.wall = wall
         self.clock_offsets = clock_offsets
         self.hint_ages = hint_ages
+        self.status_fields = status_fields
 
     async def _change(self, state: ClusterState) -> None:
         """Adopt, wait until durable, then tell every member."""
@@ -261,7 +264,8 @@ class Admin:
     async def op_p_status(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"epoch": self.view.state.epoch,
                 "pending_transfers": len(membership.pending_transfers(self.view.state)),
-                "features": self.features.wire(), "wall_ms": int(self.wall() * 1000)}
+                "features": self.features.wire(), "wall_ms": int(self.wall() * 1000),
+                **self.status_fields()}
 
     async def op_cluster_check(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Has every reachable member the same epoch, with no transfer pending and no

@@ -16,6 +16,7 @@ import trio
 
 from common.errors import Unavailable
 from dynd import membership
+from dynd.auth import Policy
 from dynd.membership import ClusterState
 from dynd.routing import Routing
 from dynd.storage import Batch, Storage, Ticket
@@ -45,6 +46,7 @@ class ClusterView:
         self.state = state
         self._changed = trio.Event()
         self._routing = Routing(state)
+        self._policy = Policy(state.auth)
 
     @property
     def epoch(self) -> int:
@@ -55,6 +57,12 @@ class ClusterView:
         if self._routing.state is not self.state:
             self._routing = Routing(self.state)
         return self._routing
+
+    def policy(self) -> Policy:
+        """The access-control grants of the current state, compiled once per state."""
+        if self._policy.auth is not self.state.auth:
+            self._policy = Policy(self.state.auth)
+        return self._policy
 
     def set_state(self, state: ClusterState) -> Ticket | None:
         """Adopt a new cluster state (local change or gossip) and persist it; the ticket

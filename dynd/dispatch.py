@@ -60,7 +60,8 @@ class Dispatcher:
                 if not self.ready.is_set():
                     raise Unavailable(f"node {self.node_id} is starting: waiting for its seeds "
                                       f"{', '.join(self.config.seeds)} to recover its state")
-            authorize(request, peer, self.config.tls, self.view.state.members)
+            authorize(request, peer, self.config.tls, self.view.state.members,
+                      self.view.policy())
             handler = self._handlers.get(request.op)
             if handler is not None:
                 return await handler(request.fields, peer)
@@ -84,7 +85,8 @@ class Dispatcher:
             reply(result, error)
 
         try:
-            authorize(request, peer, self.config.tls, self.view.state.members)
+            authorize(request, peer, self.config.tls, self.view.state.members,
+                      self.view.policy())
             if now(request.op, request.fields, peer, replied):
                 return True
         except Exception as exc:  # noqa: BLE001 - the error reply, as handle would raise it

@@ -18,8 +18,10 @@ from dynd.cluster import ClusterView
 
 SORT_KEYS = "sk"  # items with a sort key: (bucket, key, sk)
 EXPIRY = "ttl"  # siblings with expires_at (3-item wire form), bucket ttl and grace
-SUPPORTED = frozenset({SORT_KEYS, EXPIRY})
-_NEEDS = {SORT_KEYS: "sort keys", EXPIRY: "writes with an expiry and bucket ttl/grace"}
+RBAC = "rbac"  # access control: the `auth` key of the cluster state
+SUPPORTED = frozenset({SORT_KEYS, EXPIRY, RBAC})
+_NEEDS = {SORT_KEYS: "sort keys", EXPIRY: "writes with an expiry and bucket ttl/grace",
+          RBAC: "access control"}
 
 
 class Features:

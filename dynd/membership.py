@@ -47,6 +47,8 @@ import cbor2
 
 from common.limits import MAX_N, MAX_TTL_SECONDS
 from common.ring import Ring, check_ring_size
+from dynd import auth as auth_model
+from dynd.auth import AuthError, AuthState
 from dynd.claim import Claimant, ClaimError, claim
 
 STATUSES = ("joining", "valid", "leaving", "removed")
@@ -182,6 +184,8 @@ class ClusterState:
     # Features every non-removed member reported supporting once (dynd/features.py):
     # grow-only, so a member down for a while does not switch one off again.
     features: frozenset[str] = frozenset()
+    # Roles, grants and memberships (dynd/auth.py): merged by their own registers.
+    auth: AuthState = auth_model.EMPTY
 
 
 @dataclass(frozen=True)
@@ -747,7 +751,7 @@ def reconcile(a: ClusterState, b: ClusterState) -> ClusterState:
         next_owners=ring_side.next_owners, transfers=ring_side.transfers, done=done,
         staged=staged_side.staged, staged_version=staged_side.staged_version,
         staged_by=staged_side.staged_by, buckets=FrozenMap(buckets),
-        features=a.features | b.features)
+        features=a.features | b.features, auth=auth_model.merge(a.auth, b.auth))
 
 
 # -------------------------------------------------------------------- features
@@ -782,7 +786,7 @@ _STATE_KEYS = ("format", "cluster_id", "ring_size", "epoch", "members", "owners"
                "buckets")
 # Written only once non-empty, as the bucket's optional keys: nodes that predate it read
 # the state, and compute the same digest, until a feature is activated.
-_STATE_OPTIONAL_KEYS = ("features",)
+_STATE_OPTIONAL_KEYS = ("features", "auth")
 
 
 def to_wire(state: ClusterState) -> dict[str, Any]:
@@ -807,6 +811,8 @@ def to_wire(state: ClusterState) -> dict[str, Any]:
     }
     if state.features:
         wire["features"] = sorted(state.features)
+    if not state.auth.is_default():
+        wire["auth"] = auth_model.to_wire(state.auth)
     return wire
 
 
@@ -941,7 +947,17 @@ def from_wire(obj: Any) -> ClusterState:
         staged_version=_check_int(wire["staged_version"], "staged_version"),
         staged_by=_check_name(wire["staged_by"], "staged_by", empty_ok=True),
         buckets=FrozenMap(_buckets_from_wire(wire["buckets"])),
-        features=_features_from_wire(wire.get("features", [])))
+        features=_features_from_wire(wire.get("features", [])),
+        auth=_auth_from_wire(wire.get("auth")))
+
+
+def _auth_from_wire(obj: Any) -> AuthState:
+    if obj is None:
+        return auth_model.EMPTY
+    try:
+        return auth_model.from_wire(obj)
+    except AuthError as exc:
+        raise MembershipError(f"auth: {exc}") from None
 
 
 def _features_from_wire(obj: Any) -> frozenset[str]:

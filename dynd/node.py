@@ -24,6 +24,7 @@ from common.config import Config
 from dynd import backup, identity, membership
 from dynd.admin import Admin
 from dynd.antientropy import AntiEntropy
+from dynd.auth_admin import AuthAdmin
 from dynd.cluster import ClusterView, stored_state
 from dynd.coordinator import Coordinator
 from dynd.detector import PhiAccrualDetector
@@ -116,12 +117,16 @@ class Node:
                           self.stats, config, require_feature=self.features.require,
                           read_incomplete=self.transfers.read_incomplete, wall=wall,
                           spawn=self._spawn)
+        auth_admin = AuthAdmin(self.id, self.view, self.peers, self.liveness, self.features,
+                               config.tls, push_gossip=push_gossip,
+                               confirm_timeout=config.limits.request_timeout / 2)
         admin = Admin(self.view, self.identity, storage, self.liveness, self.peers,
                       push_gossip=push_gossip, transfer_rows=self.transfers.rows,
                       exchange_rows=self.antientropy.status_rows, features=self.features,
                       antientropy=config.antientropy, wall=wall,
                       clock_offsets=self.gossip.offsets,
-                      hint_ages=lambda: self.stats.hint_ages.ages)
+                      hint_ages=lambda: self.stats.hint_ages.ages,
+                      status_fields=auth_admin.status_fields)
         self.gauges = NodeCollector(self.view, self.liveness, storage, self.stats,
                                     gossip_totals=self.gossip.totals,
                                     last_exchange=self.antientropy.last_exchange,
@@ -129,7 +134,8 @@ class Node:
         self.dispatch = Dispatcher(self.id, self.view, self.stats, config)
         self.dispatch.register(requests, requests.OPS, requests.NOW_OPS)
         self.dispatch.register(queries, queries.OPS, queries.NOW_OPS)
-        for service in (self.gossip, self.hints, self.transfers, self.antientropy, admin):
+        for service in (self.gossip, self.hints, self.transfers, self.antientropy, admin,
+                        auth_admin):
             self.dispatch.register(service, service.OPS)
         self.dispatch.check_complete()
         self.handle = self.dispatch.handle

@@ -19,6 +19,17 @@ The second gate, ``authorize``, decides per request from the certificate's commo
   member asking to join (a node may only stage itself, and a staged join still needs an
   admin's ``cluster commit``).
 
+With access control (dynd/auth.py) the caller is resolved to a principal by one function,
+``principal`` (today: the certificate CN). While it is enabled, key-scoped data ops need a
+grant of their op on the request's bucket and partition key (``KEYED_OPS``), and peer ops
+need a member's certificate whatever ``peer_identity`` says: otherwise any certificate of
+the CA could write replicas or gossip a cluster state, around every grant, and even rewrite
+the grants. Admin ops, and every change to roles, users and access control itself
+(``AUTH_ADMIN_OPS``), need a CN in ``tls.admins`` (superusers: no gossiped mistake can lock
+them out) or an ``admin`` grant, which counts whether access control is enabled or not.
+The check reads this node's own copy of the grants, compiled once per cluster state, so it
+keeps working through partitions and costs a dict look-up and a few prefix tests.
+
 Without ``[tls]`` nothing is checked (the node then listens on loopback by default).
 """
 
@@ -31,12 +42,19 @@ from collections.abc import Mapping
 
 from common.config import TLSConfig
 from common.errors import Unauthorized
-from common.messages import ADMIN_OPS, PEER_OPS, Request
+from common.messages import ADMIN_OPS, AUTH_ADMIN_OPS, PEER_OPS, Request
 from common.wire.tls import TLSFileError, new_context
+from dynd.auth import ANY_BUCKET, EMPTY, Policy
 from dynd.membership import Member
 from dynd.server import Peer
 
 log = logging.getLogger("dynd.security")
+
+# Data ops tied to one key -> the permission they need on its bucket and partition key
+# (``key``; a plain key is its own partition key). `resolve` is a get and a put.
+KEYED_OPS = {"get": "get", "put": "put", "delete": "delete", "replicas": "get",
+             "query": "query"}
+OPEN_POLICY = Policy(EMPTY)  # access control never enabled: no grant needed
 
 class TLSSetupError(ValueError):
     """A TLS file that is missing, unreadable or not a usable PEM (dynd exits 2)."""
@@ -74,32 +92,48 @@ def _context(tls: TLSConfig, *, server_side: bool) -> ssl.SSLContext:
                             f"certificate and its key (do they match?): {exc.cause}") from exc
 
 
+def principal(peer: Peer) -> str | None:
+    """Who the caller is for access control: its certificate's CN (None: no CN). The one
+    place identity is resolved, so that another source can be added here later."""
+    return peer.identity
+
+
+def is_admin(caller: str | None, tls: TLSConfig, policy: Policy) -> bool:
+    """A superuser ([tls] admins) or a holder of ``admin`` on ``*``."""
+    return caller is not None and (caller in tls.admins
+                                   or policy.allows(caller, "admin", ANY_BUCKET) is not None)
+
+
 def authorize(request: Request, peer: Peer, tls: TLSConfig | None,
-              members: Mapping[str, Member]) -> None:
+              members: Mapping[str, Member], policy: Policy = OPEN_POLICY) -> None:
     """Raise Unauthorized (exit 5), and log it, unless ``peer`` may run ``request``.
 
-    ``members`` is this node's current view of the cluster, for peer ops.
+    ``members`` is this node's current view of the cluster, for peer ops; ``policy`` its
+    compiled grants (ClusterView.policy).
     """
     if tls is None:
         return
-    reason = _refusal(request, peer.identity, tls, members)
+    caller = principal(peer)
+    reason = _refusal(request, caller, tls, members, policy)
     if reason is None:
         return
-    log.warning("event=unauthorized op=%s peer=%s identity=%r reason=%r",
-                request.op, peer.address, peer.identity, reason)
+    log.warning("event=unauthorized op=%s peer=%s caller=%r reason=%r",
+                request.op, peer.address, caller, reason)
     raise Unauthorized(f"{request.op}: not authorized: {reason}")
 
 
 def _refusal(request: Request, identity: str | None, tls: TLSConfig,
-             members: Mapping[str, Member]) -> str | None:
+             members: Mapping[str, Member], policy: Policy) -> str | None:
     """Why ``identity`` may not run ``request``, or None when it may."""
     op = request.op
     who = f"certificate CN {identity!r}" if identity is not None else "a certificate without CN"
-    if op in ADMIN_OPS:
-        if identity in tls.admins:
+    if op in ADMIN_OPS or op in AUTH_ADMIN_OPS or (op == "auth_check"
+                                                    and "user" in request.fields):
+        if is_admin(identity, tls, policy):
             return None
-        return f"admin command needs a certificate whose CN is in [tls] admins; {who} is not"
-    if op in PEER_OPS and tls.peer_identity == "ca":
+        return (f"admin command needs a certificate whose CN is in [tls] admins or holds "
+                f"admin on '*'; {who} does not")
+    if op in PEER_OPS and tls.peer_identity == "ca" and not policy.enabled:
         return None  # a certificate of the same CA may gossip and replicate (docs/security.md)
     if op == "p_join":
         joining = request.fields["member"].get("id")
@@ -111,4 +145,10 @@ def _refusal(request: Request, identity: str | None, tls: TLSConfig,
         if member is not None and member.status != "removed":
             return None
         return f"peer operation needs the certificate of a cluster member; {who} is not one"
-    return None
+    permission = KEYED_OPS.get(op)
+    if permission is None or not policy.enabled or identity in tls.admins:
+        return None
+    bucket, key = request.fields["bucket"], request.fields["key"]
+    if identity is not None and policy.allows(identity, permission, bucket, key) is not None:
+        return None
+    return f"{who} holds no grant of {permission} on bucket {bucket!r} for key {key!r:.80}"

@@ -124,8 +124,8 @@ cbor_values = st.recursive(
     max_leaves=12,
 )
 names = st.sampled_from(["default", "b", "n1", "n2", "x", ""]) | st.text(max_size=12)
-_TYPED = {bytes: st.binary(max_size=40), str: names, int: st.integers(-3, 70), bool: st.booleans(),
-          dict: cbor_values, list: cbor_values}
+_TYPED = {bytes: st.binary(max_size=40), str: names, int: st.integers(-3, 70),
+          dict: cbor_values, list: cbor_values, bool: st.booleans()}
 
 
 def typed(spec: type | tuple[type, ...]) -> st.SearchStrategy[Any]:

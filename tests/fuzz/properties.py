@@ -34,6 +34,15 @@ _SEED_FIELDS = {
     "p_gossip": {"state": {"members": {}}, "heartbeats": {"n1": [1, 2]}},
     "p_fetch": {"partition": 1, "after": ["b", b"k"], "limit": 10},
     "tokens": {"node": "n1", "count": 4},
+    "role_grant": {"name": "self-service", "perms": ["readwrite"], "bucket": "*",
+                   "prefix": b"USER#${cn}#"},
+    "role_revoke": {"name": "analyst", "perms": ["read", "admin"], "bucket": "accounts"},
+    "user_grant_role": {"user": "all", "role": "self-service"},
+    "auth_set": {"enabled": True},
+    "auth_check": {"check_op": "get", "bucket": "app", "key": b"USER#bob#", "user": "alice"},
+    "p_gossip_auth": {"state": {"auth": {"enabled": [True, 1, "n1"], "roles": [
+        ["r", True, 1, 1, "n1"]], "grants": [["r", 1, "get", "*", b"", True, 1, "n1"]],
+        "members": [["all", "r", 1, True, 1, "n1"]]}}},
 }
 
 
@@ -77,5 +86,11 @@ def seed(corpus: Path) -> None:
     corpus.mkdir(parents=True, exist_ok=True)
     if any(corpus.iterdir()):
         return
-    for rid, (op, fields) in enumerate(_SEED_FIELDS.items(), start=1):
-        (corpus / f"seed-{op}").write_bytes(b"\xff" + encode_frame(request(op, rid, **fields)))
+    for rid, name in enumerate(_SEED_FIELDS, start=1):
+        (corpus / f"seed-{name}").write_bytes(seed_input(name, rid))
+
+
+def seed_input(name: str, rid: int = 1) -> bytes:
+    """The corpus input of seed ``name``: chunk byte 0xff, then its frame."""
+    op = name.removesuffix("_auth")  # several seeds of one op: p_gossip with an auth state
+    return b"\xff" + encode_frame(request(op, rid, **_SEED_FIELDS[name]))

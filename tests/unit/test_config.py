@@ -275,4 +275,5 @@ def test_the_example_tls_section_is_valid_once_uncommented(tmp_path: Path) -> No
                             if re.match(r"# (\[tls\]|\w+ =)", line))
     config = load_config(write(tmp_path, uncommented))
     assert config.tls == TLSConfig(ca="/etc/dynd/ca.pem", cert="/etc/dynd/node.pem",
-                                   key="/etc/dynd/node.key", admins=("ops",))
+                                   key="/etc/dynd/node.key", admins=("ops",),
+                                   peer_identity="member")

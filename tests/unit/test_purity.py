@@ -10,8 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PURE = sorted(ROOT.glob("common/*.py")) + [
     ROOT / "dynd" / f"{name}.py"
-    for name in ("claim", "membership", "detector", "quorum", "merkle", "routing", "clocks",
-                 "querymerge")
+    for name in ("claim", "membership", "auth", "detector", "quorum", "merkle", "routing",
+                 "clocks", "querymerge")
 ] + [ROOT / "dynctl" / "topology.py"]
 FORBIDDEN = {"trio", "socket", "rocksdict", "time", "random", "asyncio", "os", "subprocess",
              "threading", "selectors", "ssl", "dynd.storage", "dynd.transport", "dynd.server",
