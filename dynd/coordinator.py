@@ -28,6 +28,7 @@ from common.limits import MAX_TTL_SECONDS
 from common.ring import Target
 from dynd import membership
 from dynd.cluster import ClusterView
+from dynd.features import DIGEST_READS
 from dynd.liveness import Liveness
 from dynd.metrics import Stats
 from dynd.peers import Peers
@@ -85,6 +86,13 @@ class Expiry:
         seconds = bucket_ttl if self.ttl is None else self.ttl
         return written_at + seconds * 1000 if seconds else None
 
+
+
+def _digest_from_peer(wire: Any) -> bytes | None:
+    """A replica's digest reply: ``DIGEST_BYTES`` bytes, or None when it holds nothing."""
+    if wire is None or (isinstance(wire, bytes) and len(wire) == dvvset.DIGEST_BYTES):
+        return wire
+    raise Rejected(f"invalid digest from peer: {wire!r:.40}")
 
 
 def _primaries(targets: list[Target]) -> int:
@@ -253,31 +261,55 @@ class Coordinator:
                 answer(None, Unavailable(f"read quorum not met: {core.describe()}"))
 
         # Our own copy first: a replica answering with the very bytes we hold (replicas in
-        # sync, the common case) needs no parse and validation of its own.
+        # sync, the common case) needs no parse and validation of its own. Once the cluster
+        # has digest reads, our copy is the data and the other replicas send only a digest
+        # of theirs (a node outside the key's list reads every replica in full).
         local_raw: bytes | None = None
         local: DVVSet | None = None
+        digests = False
         for target in place.targets:
             if target.node == self.node_id:
                 local_raw = self.replica.get_encoded(place.partition, bucket, key,
                                                      target.hint_for, sk)
                 local = None if local_raw is None else dvvset.decode_stored(local_raw)
-                core.add_reply(target.node, local, fallback=target.role == "fallback",
-                               incomplete=self.read_incomplete(place.partition,
-                                                                  target.hint_for))
+                fallback = target.role == "fallback"
+                incomplete = self.read_incomplete(place.partition, target.hint_for)
+                digests = DIGEST_READS in self.view.state.features
+                if digests:
+                    core.add_data(target.node, local, None if local_raw is None
+                                  else dvvset.digest_encoded(local_raw),
+                                  fallback=fallback, incomplete=incomplete)
+                else:
+                    core.add_reply(target.node, local, fallback=fallback,
+                                   incomplete=incomplete)
+
+        def read(target: Target, digest: bool) -> None:
+            fields = replica_fields(target, place.partition, bucket, key, sk)
+            if digest:
+                fields["digest"] = True
+            fan.send(target.node, "p_get", fields, partial(replied, target))
 
         def replied(target: Target, result: dict[str, Any] | None,
                     error: DynError | None) -> None:
+            fallback = target.role == "fallback"
             try:
                 if error is not None:
                     raise error
                 assert result is not None
-                wire = result.get("clock")
-                clock = local if wire == local_raw else clock_from_peer(wire)
+                incomplete = result.get("incomplete") is True
+                if "digest" in result:
+                    if not core.add_digest(target.node, _digest_from_peer(result["digest"]),
+                                           fallback=fallback, incomplete=incomplete):
+                        self.stats.count("digest_mismatch")
+                        read(target, False)  # only the full reply counts
+                        return
+                else:
+                    wire = result.get("clock")
+                    clock = local if wire == local_raw else clock_from_peer(wire)
+                    core.add_reply(target.node, clock, fallback=fallback,
+                                   incomplete=incomplete)
             except DynError as exc:
-                core.add_failure(target.node, exc.message, fallback=target.role == "fallback")
-            else:
-                core.add_reply(target.node, clock, fallback=target.role == "fallback",
-                               incomplete=result.get("incomplete") is True)
+                core.add_failure(target.node, exc.message, fallback=fallback)
             if core.settled():
                 decide()
 
@@ -288,9 +320,7 @@ class Coordinator:
         fan = _FanOut(self, finished)
         for target in place.targets:
             if target.node != self.node_id:
-                fan.send(target.node, "p_get",
-                         replica_fields(target, place.partition, bucket, key, sk),
-                         partial(replied, target))
+                read(target, digests)
         fan.arm()
         if core.settled():
             decide()

@@ -183,3 +183,46 @@ def test_put_with_pw_is_hopeless_once_too_few_primaries_can_acknowledge() -> Non
     assert core.describe().startswith(
         "2 of 2 required acknowledgements, 1 of 2 required from primaries")
     assert PutCore(w=1, n=3, pw=1, primaries=0).hopeless()
+
+
+def test_a_matching_digest_counts_as_a_reply_holding_the_data() -> None:
+    data = clock_with(b"x")
+    core = GetCore(r=2, n=3)
+    core.add_data("n1", data, dvvset.digest(data))
+    assert not core.settled()
+    assert core.add_digest("n2", dvvset.digest(data))
+    assert core.settled() and core.enough()
+    assert core.merged() is data and core.stale(data) == []
+
+
+def test_a_differing_digest_counts_for_nothing_until_its_full_reply() -> None:
+    old = clock_with(b"old")
+    new = clock_with(b"new", stored=old)
+    core = GetCore(r=2, n=3)
+    core.add_data("n1", old, dvvset.digest(old))
+    assert not core.add_digest("n2", dvvset.digest(new))
+    assert not core.settled() and "n2" not in core.replies
+    core.add_reply("n2", new)  # the full read the coordinator made of n2
+    assert core.settled()
+    assert core.merged() == new and core.stale(core.merged()) == ["n1"]
+
+
+def test_a_replica_holding_nothing_matches_only_data_that_is_nothing() -> None:
+    data = clock_with(b"x")
+    holds = GetCore(r=2, n=3)
+    holds.add_data("n1", data, dvvset.digest(data))
+    assert not holds.add_digest("n2", None)  # read in full: read repair must reach it
+    empty = GetCore(r=2, n=3)
+    empty.add_data("n1", None, None)
+    assert not empty.add_digest("n2", dvvset.digest(data))
+    assert empty.add_digest("n3", None)
+    assert empty.settled() and empty.merged() is None
+
+
+def test_a_digest_without_data_or_from_an_incomplete_copy_is_no_answer() -> None:
+    data = clock_with(b"x")
+    core = GetCore(r=2, n=3)
+    assert not core.add_digest("n2", dvvset.digest(data))  # no data replica yet
+    core.add_data("n1", data, dvvset.digest(data))
+    assert core.add_digest("n3", dvvset.digest(data), incomplete=True)
+    assert not core.enough()  # an incomplete copy never counts toward R
