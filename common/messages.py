@@ -82,7 +82,7 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
     "backup": {"dir": (str, True)},
     # Peer ops.
     "p_get": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "partition": _PARTITION,
-              "hint_for": (str, False), "digest": (bool, False)},
+              "hint_for": (str, False)},
     "p_put": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "partition": _PARTITION,
               "clock": (bytes, True), "hint_for": (str, False)},
     "p_forward": {"req": (dict, True), "via": (list, True)},

@@ -28,7 +28,6 @@ from common.limits import MAX_TTL_SECONDS
 from common.ring import Target
 from dynd import membership
 from dynd.cluster import ClusterView
-from dynd.features import DIGEST_READS
 from dynd.liveness import Liveness
 from dynd.metrics import Stats
 from dynd.peers import Peers
@@ -86,13 +85,6 @@ class Expiry:
         seconds = bucket_ttl if self.ttl is None else self.ttl
         return written_at + seconds * 1000 if seconds else None
 
-
-
-def _digest_from_peer(wire: Any) -> bytes | None:
-    """A replica's digest reply: ``DIGEST_BYTES`` bytes, or None when it holds nothing."""
-    if wire is None or (isinstance(wire, bytes) and len(wire) == dvvset.DIGEST_BYTES):
-        return wire
-    raise Rejected(f"invalid digest from peer: {wire!r:.40}")
 
 
 def _primaries(targets: list[Target]) -> int:
@@ -261,55 +253,31 @@ class Coordinator:
                 answer(None, Unavailable(f"read quorum not met: {core.describe()}"))
 
         # Our own copy first: a replica answering with the very bytes we hold (replicas in
-        # sync, the common case) needs no parse and validation of its own. Once the cluster
-        # has digest reads, our copy is the data and the other replicas send only a digest
-        # of theirs (a node outside the key's list reads every replica in full).
+        # sync, the common case) needs no parse and validation of its own.
         local_raw: bytes | None = None
         local: DVVSet | None = None
-        digests = False
         for target in place.targets:
             if target.node == self.node_id:
                 local_raw = self.replica.get_encoded(place.partition, bucket, key,
                                                      target.hint_for, sk)
                 local = None if local_raw is None else dvvset.decode_stored(local_raw)
-                fallback = target.role == "fallback"
-                incomplete = self.read_incomplete(place.partition, target.hint_for)
-                digests = DIGEST_READS in self.view.state.features
-                if digests:
-                    core.add_data(target.node, local, None if local_raw is None
-                                  else dvvset.digest_encoded(local_raw),
-                                  fallback=fallback, incomplete=incomplete)
-                else:
-                    core.add_reply(target.node, local, fallback=fallback,
-                                   incomplete=incomplete)
-
-        def read(target: Target, digest: bool) -> None:
-            fields = replica_fields(target, place.partition, bucket, key, sk)
-            if digest:
-                fields["digest"] = True
-            fan.send(target.node, "p_get", fields, partial(replied, target))
+                core.add_reply(target.node, local, fallback=target.role == "fallback",
+                               incomplete=self.read_incomplete(place.partition,
+                                                                  target.hint_for))
 
         def replied(target: Target, result: dict[str, Any] | None,
                     error: DynError | None) -> None:
-            fallback = target.role == "fallback"
             try:
                 if error is not None:
                     raise error
                 assert result is not None
-                incomplete = result.get("incomplete") is True
-                if "digest" in result:
-                    if not core.add_digest(target.node, _digest_from_peer(result["digest"]),
-                                           fallback=fallback, incomplete=incomplete):
-                        self.stats.count("digest_mismatch")
-                        read(target, False)  # only the full reply counts
-                        return
-                else:
-                    wire = result.get("clock")
-                    clock = local if wire == local_raw else clock_from_peer(wire)
-                    core.add_reply(target.node, clock, fallback=fallback,
-                                   incomplete=incomplete)
+                wire = result.get("clock")
+                clock = local if wire == local_raw else clock_from_peer(wire)
             except DynError as exc:
-                core.add_failure(target.node, exc.message, fallback=fallback)
+                core.add_failure(target.node, exc.message, fallback=target.role == "fallback")
+            else:
+                core.add_reply(target.node, clock, fallback=target.role == "fallback",
+                               incomplete=result.get("incomplete") is True)
             if core.settled():
                 decide()
 
@@ -320,7 +288,9 @@ class Coordinator:
         fan = _FanOut(self, finished)
         for target in place.targets:
             if target.node != self.node_id:
-                read(target, digests)
+                fan.send(target.node, "p_get",
+                         replica_fields(target, place.partition, bucket, key, sk),
+                         partial(replied, target))
         fan.arm()
         if core.settled():
             decide()

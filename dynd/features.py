@@ -18,10 +18,8 @@ from dynd.cluster import ClusterView
 
 SORT_KEYS = "sk"  # items with a sort key: (bucket, key, sk)
 EXPIRY = "ttl"  # siblings with expires_at (3-item wire form), bucket ttl and grace
-DIGEST_READS = "digest"  # p_get with digest: true, answered with a digest of the stored bytes
-SUPPORTED = frozenset({SORT_KEYS, EXPIRY, DIGEST_READS})
-_NEEDS = {SORT_KEYS: "sort keys", EXPIRY: "writes with an expiry and bucket ttl/grace",
-          DIGEST_READS: "digest reads"}
+SUPPORTED = frozenset({SORT_KEYS, EXPIRY})
+_NEEDS = {SORT_KEYS: "sort keys", EXPIRY: "writes with an expiry and bucket ttl/grace"}
 
 
 class Features:

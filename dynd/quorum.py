@@ -36,10 +36,6 @@ class GetCore:
     failures: dict[str, str] = field(default_factory=dict)
     fallbacks: set[str] = field(default_factory=set)  # replicas asked as fallbacks
     incomplete: set[str] = field(default_factory=set)
-    # A digest read (Cassandra's): one replica sends the data, the others a digest of
-    # their stored bytes. These are the data replica and the digest of its bytes.
-    data_node: str | None = None
-    data_digest: bytes | None = None
 
     def add_reply(self, node: str, clock: DVVSet | None, *, fallback: bool = False,
                   incomplete: bool = False) -> None:
@@ -48,25 +44,6 @@ class GetCore:
             self.fallbacks.add(node)
         if incomplete:
             self.incomplete.add(node)
-
-    def add_data(self, node: str, clock: DVVSet | None, digest: bytes | None, *,
-                 fallback: bool = False, incomplete: bool = False) -> None:
-        """The data replica's reply: its clock and the digest of the bytes it is stored
-        as (None: it holds nothing), which the digest replies are compared with."""
-        self.add_reply(node, clock, fallback=fallback, incomplete=incomplete)
-        self.data_node, self.data_digest = node, digest
-
-    def add_digest(self, node: str, digest: bytes | None, *, fallback: bool = False,
-                   incomplete: bool = False) -> bool:
-        """A digest reply (None: the replica holds nothing). Equal to the data's digest,
-        the replica holds the same bytes: it counts as a reply with the data's clock
-        (True). Otherwise (False) it counts for nothing: the coordinator reads that
-        replica in full and adds the full reply, which merges and read-repairs as any."""
-        if self.data_node is None or digest != self.data_digest:
-            return False
-        self.add_reply(node, self.replies[self.data_node], fallback=fallback,
-                       incomplete=incomplete)
-        return True
 
     def primary_replies(self) -> int:
         """Replies of primaries whose copy is complete: what PR counts."""

@@ -148,14 +148,9 @@ class Requests:
 
     def now_p_get(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
         # The stored bytes as they are: the coordinator validates them (clock_from_peer).
-        # A digest read asks for their digest only (None: nothing stored): the coordinator
-        # compares it with its data replica's and reads in full only on a difference.
         partition, hint_for = fields["partition"], fields.get("hint_for")
-        raw = self.replica.get_encoded(partition, fields["bucket"], fields["key"], hint_for,
-                                       fields.get("sk"))
-        result: dict[str, Any] = (
-            {"digest": None if raw is None else dvvset.digest_encoded(raw)}
-            if fields.get("digest") else {"clock": raw})
+        result: dict[str, Any] = {"clock": self.replica.get_encoded(
+            partition, fields["bucket"], fields["key"], hint_for, fields.get("sk"))}
         if self.read_incomplete(partition, hint_for):
             result["incomplete"] = True  # merged by the coordinator, not counted toward R
         reply(result, None)
