@@ -60,15 +60,20 @@ def _check(result: subprocess.CompletedProcess, what: str) -> None:
 
 
 @contextmanager
-def dynd_cluster(root: Path, nodes: int, n: int, r: int, w: int,
-                 sync: str) -> Iterator[tuple[list[str], list[int]]]:
-    """``nodes`` dynd processes, joined and committed, default bucket set to n/r/w."""
+def dynd_cluster(root: Path, nodes: int, n: int, r: int, w: int, sync: str,
+                 code: Path | None = None) -> Iterator[tuple[list[str], list[int]]]:
+    """``nodes`` dynd processes, joined and committed, default bucket set to n/r/w; with
+    ``code``, the dynd of that source tree (an A/B run against another commit)."""
     root.mkdir(parents=True, exist_ok=True)
     config = root / "dynd.toml"
     config.write_text(f'sync = "{sync}"\n')
     cluster = Cluster(root)
     try:
-        members = [cluster.add(f"n{i + 1}", "-c", str(config)) for i in range(nodes)]
+        members = [cluster.add(f"n{i + 1}", "-c", str(config), start=False)
+                   for i in range(nodes)]
+        for member in members:
+            member.code = code
+            member.start()
         for member in members[1:]:
             _check(dynctl("--node", member.addr, "cluster", "join", members[0].addr), "join")
         if nodes > 1:
