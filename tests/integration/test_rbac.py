@@ -14,14 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trio
 import trustme
 
-from common.errors import DynError, NotFound, Unauthorized
-from dynctl.client import Connection, SyncClient
-from dynd import security
+from common.errors import NotFound, Unauthorized
+from dynctl.client import SyncClient
 from tests.integration.harness import DyndProcess, cluster, dynctl_json, join_and_commit
-from tests.integration.test_tls import Identity, issue, run, start_tls_node, wait_until_reachable
+from tests.integration.test_tls import (
+    Identity,
+    call_as,
+    issue,
+    run,
+    start_tls_node,
+    wait_until_reachable,
+)
 
 USERS = ("ops", "alice", "bob", "priya", "mallory")
 
@@ -147,34 +152,19 @@ def test_enable_then_each_caller_reaches_only_its_grants(world: World) -> None:
         assert bob.get(b"USER#bob#profile", bucket="app").value == b"bob's"
 
 
-async def call_as(world: World, identity: Identity, op: str, fields: dict) -> dict:
-    context = security.client_context(identity.tls())
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(10):
-            connection = await Connection.open(world.nodes[0].addr, nursery,
-                                               ssl_context=context)
-            try:
-                return await connection.call(op, fields)
-            except DynError as exc:
-                error = exc
-            finally:
-                connection.close()
-    raise error
-
-
 async def test_a_client_certificate_cannot_send_peer_frames_once_enabled(world: World) -> None:
     n2 = Identity(world.ids["ops"].ca, world.root / "certs" / "n2.pem",
                   world.root / "certs" / "n2.key")
-    state = (await call_as(world, n2, "p_gossip", {}))["state"]
+    state = (await call_as(world.nodes[0], n2, "p_gossip", {}))["state"]
     assert state["auth"]["enabled"][0] is True
     forged = {**state, "auth": {**state["auth"], "enabled": [False, 2**40, "n9"]}}
     with pytest.raises(Unauthorized, match="cluster member"):
-        await call_as(world, world.ids["alice"], "p_gossip", {"state": forged})
+        await call_as(world.nodes[0], world.ids["alice"], "p_gossip", {"state": forged})
     with pytest.raises(Unauthorized, match="cluster member"):
-        await call_as(world, world.ids["alice"], "p_put", {
+        await call_as(world.nodes[0], world.ids["alice"], "p_put", {
             "bucket": "app", "key": b"USER#bob#profile", "partition": 0, "clock": b""})
     assert world.ctl("ops", "auth", "status") == (0, {"enabled": True})
-    got = await call_as(world, world.ids["bob"], "get", {"bucket": "app",
+    got = await call_as(world.nodes[0], world.ids["bob"], "get", {"bucket": "app",
                                                          "key": b"USER#bob#profile"})
     assert [v["value"] for v in got["values"]] == [b"bob's"]
 

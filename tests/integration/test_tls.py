@@ -203,12 +203,13 @@ def test_admin_commands_need_an_admin_certificate(world: World) -> None:
     assert_serving(world)
 
 
-async def call_as(world: World, identity: Identity, op: str, fields: dict) -> dict:
-    """One request as ``identity``; a DynError reply is raised outside the nursery's group."""
+async def call_as(node: DyndProcess, identity: Identity, op: str, fields: dict) -> dict:
+    """One raw request to ``node`` as ``identity``; a DynError reply is raised outside the
+    nursery's group."""
     context = security.client_context(identity.tls())
     async with trio.open_nursery() as nursery:
         with trio.fail_after(10):
-            connection = await Connection.open(world.n1.addr, nursery, ssl_context=context)
+            connection = await Connection.open(node.addr, nursery, ssl_context=context)
             try:
                 return await connection.call(op, fields)
             except DynError as exc:
@@ -220,16 +221,16 @@ async def call_as(world: World, identity: Identity, op: str, fields: dict) -> di
 
 async def test_data_client_cannot_act_as_a_peer(world: World) -> None:
     with pytest.raises(Unauthorized, match="cluster member"):
-        await call_as(world, world.alice, "p_gossip", {})
+        await call_as(world.n1, world.alice, "p_gossip", {})
     with pytest.raises(Unauthorized, match="cluster member"):
-        await call_as(world, world.alice, "p_put", {
+        await call_as(world.n1, world.alice, "p_put", {
             "bucket": "default", "key": b"k", "partition": 0, "clock": b""})
     with pytest.raises(Unauthorized, match="only ask to join as itself"):
-        await call_as(world, world.alice, "p_join", {"member": {
+        await call_as(world.n1, world.alice, "p_join", {"member": {
             "id": "n9", "addr": "127.0.0.1:1", "zone": "default", "incarnation": 1}})
     # A member's certificate is a peer.
     n2 = Identity(world.admin.ca, world.root / "certs" / "n2.pem", world.root / "certs" / "n2.key")
-    reply = await call_as(world, n2, "p_gossip", {})
+    reply = await call_as(world.n1, n2, "p_gossip", {})
     assert {m["id"] for m in reply["state"]["members"]} == {"n1", "n2"}
 
 
