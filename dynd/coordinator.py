@@ -282,12 +282,14 @@ class Coordinator:
                 decide()
 
         def finished() -> None:
+            core.give_up(self._no_reply())
             decide()
             self._read_repair(place, bucket, key, sk, core)
 
         fan = _FanOut(self, finished)
         for target in place.targets:
             if target.node != self.node_id:
+                core.ask(target.node, fallback=target.role == "fallback")
                 fan.send(target.node, "p_get",
                          replica_fields(target, place.partition, bucket, key, sk),
                          partial(replied, target))
@@ -295,6 +297,11 @@ class Coordinator:
         if core.settled():
             decide()
         return True
+
+    def _no_reply(self) -> str:
+        """Why a replica that had not answered when its fan-out ended did not count (a
+        fan-out that ends before its deadline has none left)."""
+        return f"no reply within {self.request_timeout:g}s"
 
     def _read_repair(self, place: Placement, bucket: str, key: bytes, sk: bytes | None,
                      core: GetCore) -> None:
@@ -435,6 +442,8 @@ class Coordinator:
             check()
 
         def replicate(target: Target, counted: bool) -> None:
+            if counted:
+                core.ask(target.node, fallback=target.role == "fallback")
             fields = replica_fields(target, place.partition, bucket, key, sk, clock=encoded)
             fan.send(target.node, "p_put", fields, partial(acked, target, counted))
 
@@ -456,7 +465,11 @@ class Coordinator:
                     replicate(replacement, True)
             check()
 
-        fan = _FanOut(self, decide)
+        def finished() -> None:
+            core.give_up(self._no_reply())
+            decide()
+
+        fan = _FanOut(self, finished)
         fan.track(ticket, landed)
         for target in place.targets:
             if target.node != self.node_id:

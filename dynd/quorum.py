@@ -19,8 +19,44 @@ from common import dvvset
 from common.dvvset import DVVSet
 
 
+@dataclass(kw_only=True)
+class _Asked:
+    """The replicas one request went to, and those that failed with why: an error that
+    says a quorum was not met names every replica that did not count."""
+
+    failures: dict[str, str] = field(default_factory=dict)
+    fallbacks: set[str] = field(default_factory=set)  # replicas asked as fallbacks
+    asked: set[str] = field(default_factory=set)
+
+    def ask(self, node: str, *, fallback: bool = False) -> None:
+        """A request went to ``node``: until it answers, it is waited for."""
+        self.asked.add(node)
+        if fallback:
+            self.fallbacks.add(node)
+
+    def add_failure(self, node: str, reason: str, *, fallback: bool = False) -> None:
+        self.failures[node] = reason
+        if fallback:
+            self.fallbacks.add(node)
+
+    def answered(self) -> set[str]:
+        """The replicas whose reply (acknowledgement) is in."""
+        raise NotImplementedError
+
+    def give_up(self, reason: str) -> None:
+        """The request's deadline passed: every replica still waited for failed, for
+        ``reason``."""
+        for node in self.asked - self.answered() - set(self.failures):
+            self.failures[node] = reason
+
+    def reasons(self) -> dict[str, str]:
+        """Why each asked replica that did not count did not (a failure, or no reply yet)."""
+        waiting = self.asked - self.answered() - set(self.failures)
+        return {**self.failures, **dict.fromkeys(waiting, "no reply yet")}
+
+
 @dataclass
-class GetCore:
+class GetCore(_Asked):
     """Collects p_get replies; `merged` is the answer once `enough()`.
 
     A reply marked incomplete (its replica's pull of the partition is not in: it became
@@ -33,8 +69,6 @@ class GetCore:
     pr: int = 0
     primaries: int | None = None  # how many of the n replicas asked are primaries (None: all)
     replies: dict[str, DVVSet | None] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
-    fallbacks: set[str] = field(default_factory=set)  # replicas asked as fallbacks
     incomplete: set[str] = field(default_factory=set)
 
     def add_reply(self, node: str, clock: DVVSet | None, *, fallback: bool = False,
@@ -67,10 +101,8 @@ class GetCore:
         primary_misses = self.primary_replies()
         return primary_misses >= self.r or len(self.replies) + len(self.failures) >= self.n
 
-    def add_failure(self, node: str, reason: str, *, fallback: bool = False) -> None:
-        self.failures[node] = reason
-        if fallback:
-            self.fallbacks.add(node)
+    def answered(self) -> set[str]:
+        return set(self.replies)
 
     def enough(self) -> bool:
         return (len(self.replies) - len(self.incomplete) >= self.r
@@ -95,7 +127,7 @@ class GetCore:
 
     def describe(self) -> str:
         """What is known when R was not met, for the error message."""
-        why = {**self.failures,
+        why = {**self.reasons(),
                **{node: "its pull of the partition is not in" for node in self.incomplete}}
         reasons = "".join(f"; {node}: {text}" for node, text in sorted(why.items()))
         primaries = (f", {self.primary_replies()} of {self.pr} required from primaries"
@@ -113,7 +145,7 @@ class GetCore:
 
 
 @dataclass
-class PutCore:
+class PutCore(_Asked):
     """Counts replica acknowledgements against W, and those of primaries against PW."""
 
     w: int
@@ -121,18 +153,14 @@ class PutCore:
     pw: int = 0
     primaries: int | None = None  # how many of the n replicas written are primaries (None: all)
     acks: set[str] = field(default_factory=set)
-    failures: dict[str, str] = field(default_factory=dict)
-    fallbacks: set[str] = field(default_factory=set)  # replicas holding the write as a hint
 
     def add_ack(self, node: str, *, fallback: bool = False) -> None:
         self.acks.add(node)
         if fallback:
             self.fallbacks.add(node)
 
-    def add_failure(self, node: str, reason: str, *, fallback: bool = False) -> None:
-        self.failures[node] = reason
-        if fallback:
-            self.fallbacks.add(node)
+    def answered(self) -> set[str]:
+        return set(self.acks)
 
     def primary_acks(self) -> int:
         return len(self.acks - self.fallbacks)
@@ -151,7 +179,7 @@ class PutCore:
         """What is known when W was not met, for the error message. The count is of the
         answer's moment: replicas still writing may hold the value later, so the write
         is indeterminate (exit 4), not undone."""
-        reasons = "; ".join(f"{node}: {why}" for node, why in sorted(self.failures.items()))
+        reasons = "; ".join(f"{node}: {why}" for node, why in sorted(self.reasons().items()))
         text = f"{len(self.acks)} of {self.w} required acknowledgements"
         if self.pw:
             text = f"{text}, {self.primary_acks()} of {self.pw} required from primaries"

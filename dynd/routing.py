@@ -118,14 +118,24 @@ class Routing:
 
     def placement(self, bucket: str, key: bytes, n: int, up: frozenset[str]) -> Placement:
         """A key's sloppy preference list among the ``up`` members, and the future owners
-        of its partition (in transfer) that are not among the current primaries."""
+        of its partition (in transfer) that are not among the current primaries.
+
+        A down primary left without a fallback (too few members up to give every one
+        its own) stays on the list, after the others: being judged down is a guess (a node
+        just restarted has heard no heartbeat yet; a survivor's beats come late while the
+        gossip rounds go to a dead node), and asking costs one failed request where
+        leaving it out would cost the quorum with two of three replicas up."""
         partition = partition_of(bucket, key, self.ring.ring_size)
         cache_key = (partition, n, up)
         found = self._placements.get(cache_key)
         if found is None:
             if len(self._placements) >= self.MAX_PLACEMENTS:
                 self._placements.clear()
-            targets = tuple(self.ring.preference_list(partition, n, up, self.zones))
+            listed = self.ring.preference_list(partition, n, up, self.zones)
+            covered = {target.primary for target in listed}
+            targets = (*listed, *(Target(node, node, "primary")
+                                  for node in self.primaries(partition, n)
+                                  if node not in covered))
             current = set(self.primaries(partition, n))
             extra = tuple(node for node in self.primaries(partition, n, self.state.next_owners)
                           if node not in current)

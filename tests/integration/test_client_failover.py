@@ -47,19 +47,15 @@ def test_dynctl_with_three_nodes_survives_any_one_down(dyn_cluster: Cluster):
     assert first_primaries(ring, KEYS) == {node.addr for node in nodes}
     for victim in nodes:  # killed: refused at once, whether first in the list or not
         victim.kill()
-        # The survivors notice first: in the seconds before, a coordinator may still answer
-        # a write "quorum not met" (a node's answer: not retried elsewhere).
-        wait_until(lambda v=victim: all(_sees_down(node, v) for node in nodes if node is not v),
-                   30, f"the survivors to see {victim.node_id} down")
+        # At once, before any survivor's detector judged it down: two replicas make W=2.
         shell_session(addrs, KEYS, f"without-{victim.node_id}")
         ping = dynctl("--node", addrs, "ping")
         assert ping.returncode == 0
         assert ping.stderr.decode().startswith("answered by ")
         assert victim.addr not in ping.stderr.decode()
         victim.start()
-        wait_until(lambda: not any(_sees_down(node, other) for node in nodes
-                                   for other in nodes if other is not node),
-                   30, f"every node to see {victim.node_id} back")
+        # At once too: the restarted node has heard no heartbeat yet, and coordinates anyway.
+        shell_session(addrs, KEYS, f"back-{victim.node_id}")
     stopped = nodes[1]  # silent: passed over once its share of the deadline is spent
     os.kill(stopped.proc.pid, signal.SIGSTOP)
     try:
@@ -72,12 +68,6 @@ def test_dynctl_with_three_nodes_survives_any_one_down(dyn_cluster: Cluster):
         result = dynctl("--node", addrs, "--timeout", "2", *args)
         assert result.returncode == 4, (args, result.stderr)
         assert b"no node answered" in result.stderr
-
-
-def _sees_down(node, victim) -> bool:
-    result = dynctl("--node", node.addr, "--json", "status")
-    members = json.loads(result.stdout).get("members", [])
-    return any(m["id"] == victim.node_id and not m["reachable"] for m in members)
 
 
 async def _ask_ring(addrs: str) -> dict:

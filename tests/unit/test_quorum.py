@@ -183,3 +183,25 @@ def test_put_with_pw_is_hopeless_once_too_few_primaries_can_acknowledge() -> Non
     assert core.describe().startswith(
         "2 of 2 required acknowledgements, 1 of 2 required from primaries")
     assert PutCore(w=1, n=3, pw=1, primaries=0).hopeless()
+
+
+def test_a_quorum_failure_names_every_replica_asked_that_did_not_count() -> None:
+    """A replica that has not answered is named too: "no reply yet" while the request is
+    waiting, the deadline's reason once given up on."""
+    put = PutCore(w=2, n=3)
+    for node in ("n1", "n2", "n3"):
+        put.ask(node)
+    put.add_ack("n1")
+    put.add_failure("n2", "refused")
+    assert put.describe() == ("1 of 2 required acknowledgements (n2: refused; n3: no reply "
+                              "yet); the value may still reach other replicas")
+    put.give_up("no reply within 5s")
+    assert put.failures == {"n2": "refused", "n3": "no reply within 5s"}
+    get = GetCore(r=2, n=3)
+    for node in ("n1", "n2", "n3"):
+        get.ask(node, fallback=node == "n3")
+    get.add_reply("n1", None)
+    assert get.describe() == "1 of 2 replies; n2: no reply yet; n3: no reply yet"
+    get.give_up("no reply within 5s")
+    assert get.describe() == "1 of 2 replies; n2: no reply within 5s; n3: no reply within 5s"
+    assert get.fallbacks == {"n3"}
