@@ -29,7 +29,7 @@ from typing import Any
 import trio
 from hdrh.histogram import HdrHistogram
 
-from common.errors import DynError, error_from_wire
+from common.errors import DynError, UsageError, error_from_wire
 from dynctl.bench.config import MAX_PROCS, BenchConfig, Target
 from dynctl.bench.drivers import ScanResult, load_driver_factory
 from dynctl.bench.report import LATENCY_MAX_US, latency_histogram, machine, summarize
@@ -44,6 +44,7 @@ from dynctl.ycsb import (
 
 PROGRESS_INTERVAL = 0.25  # seconds between two progress reports of a client process
 _VALUE_POOL_BYTES = 256 * 1024
+ITEM_METHODS = ("insert_item", "get_item", "scan")  # what workload E asks of a driver
 
 
 # -- one client process ------------------------------------------------------------------
@@ -106,6 +107,9 @@ async def _run_phase(target: Target, config: BenchConfig, phase: str, proc_index
     shift = proc_index * connections % len(target.addrs)  # processes cover every node
     target = replace(target, addrs=target.addrs[shift:] + target.addrs[:shift])
     async with load_driver_factory(target.factory)(target, connections, in_flight) as driver:
+        if config.items and not all(hasattr(driver, method) for method in ITEM_METHODS):
+            raise UsageError(f"{target.name} cannot store items: workload e needs a driver "
+                             f"with {', '.join(ITEM_METHODS)}")
         operations: Any
         if phase == "load":
             records = load_records(config.records, config.procs, proc_index)

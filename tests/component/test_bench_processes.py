@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from common.errors import DynError
+from common.errors import DynError, UsageError
 from dynctl.bench.config import BenchConfig, Target
 from dynctl.bench.engine import run_phase
 from dynctl.cli import main
@@ -91,3 +93,19 @@ def test_workload_e_loads_items_and_scans_them_with_queries(tmp_path: Path) -> N
         empty = _bench_e(node, "--no-load", "--bucket", "empty")
         assert empty["scans"]["items"] == 0  # outcomes count the warm-up's scans too
         assert empty["outcomes"]["short_scans"] >= empty["scans"]["queries"] > 0
+
+
+@asynccontextmanager
+async def keys_only_driver(target: Target, connections: int, in_flight: int
+                           ) -> AsyncIterator[object]:
+    """A driver factory of a store with plain keys only (like Redis here)."""
+    yield object()
+
+
+async def test_workload_e_on_a_store_without_items_is_a_usage_error() -> None:
+    target = Target("plain", (_closed_addr(),),
+                    factory="tests.component.test_bench_processes:keys_only_driver")
+    config = BenchConfig(workload="e", ops=1, duration=None, records=1, warmup=0,
+                         concurrency=1, procs=1)
+    with pytest.raises(UsageError, match="plain cannot store items"):
+        await run_phase(target, config, "run")
