@@ -19,6 +19,7 @@ so single samples are not compared).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -123,6 +124,12 @@ def main() -> None:
         time.sleep(1.0)  # the bucket's properties reach every member by gossip
         target = Target("dynd", tuple(m.addr for m in members), options={"bucket": BUCKET})
         series, report = trio.run(soak, args, [m.data_dir for m in members], target)
+        print()
+        for member in members:  # whether the reaper ran, and whether hints held it back
+            result = dynctl("--json", "--node", member.addr, "stats")
+            stats = json.loads(result.stdout) if result.returncode == 0 else {}
+            print(f"{member.node_id}: reaped {stats.get('events', {}).get('tombstones_reaped')}"
+                  f", hints pending {stats.get('gauges', {}).get('hints_pending')}")
     flat, why = is_flat(series, report["loaded_at"] + warmup)
     verdict = {True: "FLAT", False: "NOT FLAT", None: "UNDECIDED"}[flat]
     reads = report["operations"].get("read", {})
