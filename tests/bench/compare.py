@@ -476,8 +476,9 @@ def main() -> None:
                         help="--ycsb-e: interleaved rounds (medians reported).")
     parser.add_argument("--json", metavar="FILE", help="Also write the reports as JSON.")
     args = parser.parse_args()
-    config = BenchConfig(workload=args.workload, records=args.records, duration=args.duration,
-                         warmup=args.warmup, concurrency=args.concurrency, procs=args.procs,
+    config = BenchConfig(workload="e" if args.ycsb_e else args.workload, records=args.records,
+                         duration=args.duration, warmup=args.warmup,
+                         concurrency=args.concurrency, procs=args.procs,
                          connections=args.connections, value_size=args.value_size)
     mode = (ycsb_e if args.ycsb_e else scale if args.scale else single if args.single
             else run_profile if args.profile else resident if args.rss else compare)
