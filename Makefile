@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint sim fuzz clean chaos deps-chaos bench bench-deps
+.PHONY: run test lint sim fuzz clean chaos deps-chaos bench bench-deps soak-ttl
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,12 @@ bench-deps: $(STAMP)
 
 bench: bench-deps
 	$(BIN)/python -m tests.bench.compare
+
+# TTL soak: a cache workload (95% reads, 5% inserts with TTL 60 s, grace 60 s, anti-entropy
+# every 15 s) on 3 nodes; prints the data dirs' size every 10 s and whether it stays flat.
+SOAK_SECONDS ?= 600
+soak-ttl: $(STAMP)
+	$(BIN)/python -m tests.bench.soak_ttl --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

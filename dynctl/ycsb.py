@@ -7,12 +7,17 @@ constant 0.99 (a zipfian over 10 billion items whose result is FNV-hashed onto t
 range), and workload D reads the latest inserts (a zipfian distance back from the newest
 record). Randomness comes in as a ``random.Random``; nothing here does I/O.
 
+Workload E (short ranges: YCSB's "threaded conversations") stores records as items: record
+``r`` is the post ``r % G`` of the thread ``r // G`` (``item_key``), so a scan is one query
+over a thread's partition key from the post its zipfian start record names.
+
 One difference from YCSB is deliberate: several client processes share the insert key
 space. Process ``p`` of ``P`` inserts record numbers ``records + p``, ``records + p + P``,
 ... and its "latest" distribution ranges over the loaded records plus its own acknowledged
 inserts, so it never asks for a record that no one has written yet.
 
-Limits: ``records`` from 1 to ``MAX_RECORDS``; the latest distribution sums the zeta
+Limits: ``records`` from 1 to ``MAX_RECORDS``; ``items_per_key`` from 1 to
+``MAX_ITEMS_PER_KEY`` (the sort key is 4 bytes); the latest distribution sums the zeta
 series over every record once at start (about 0.1 s per million records).
 """
 
@@ -32,6 +37,8 @@ MAX_RECORDS = 10**9
 FIELD_COUNT = 10  # YCSB's record: 10 fields of 100 bytes, sent here as one value
 FIELD_LENGTH = 100
 RECORD_BYTES = FIELD_COUNT * FIELD_LENGTH
+MAX_ITEMS_PER_KEY = 2**32
+DEFAULT_MAX_SCAN = 100  # YCSB's maxscanlength
 _MASK_64 = (1 << 64) - 1
 
 
@@ -52,6 +59,26 @@ def fnv64(value: int) -> int:
 def key_name(record: int) -> bytes:
     """The key of record number ``record``: ``user`` + its FNV-64 hash (YCSB's hashed keys)."""
     return b"user%d" % fnv64(record)
+
+
+def item_key(record: int, items_per_key: int) -> tuple[bytes, bytes]:
+    """Workload E's (partition key, sort key) of record ``record``: post ``record % G`` of
+    thread ``record // G``, the thread named like a YCSB key and the post a 4-byte
+    big-endian number, so that sort-key order is post order."""
+    return b"thread%d" % fnv64(record // items_per_key), \
+        (record % items_per_key).to_bytes(4, "big")
+
+
+def scan_expectation(record: int, length: int, items_per_key: int, loaded: int,
+                     reverse: bool) -> int:
+    """The fewest items a scan of ``length`` from ``record`` must return when records
+    0..loaded-1 exist: it stops at the end (or, reverse, the start) of the thread. Inserts
+    may add more to the thread's last loaded post range, never fewer."""
+    post = record % items_per_key
+    if reverse:
+        return min(length, post + 1)
+    thread_end = min(items_per_key, loaded - (record - post))
+    return max(0, min(length, thread_end - post))
 
 
 def zeta(count: int, theta: float, start: int = 0, initial: float = 0.0) -> float:
@@ -167,11 +194,12 @@ class Workload:
     update: float = 0.0
     insert: float = 0.0
     read_modify_write: float = 0.0
+    scan: float = 0.0
     distribution: str = "zipfian"  # or "latest"
 
     def operations(self) -> list[tuple[str, float]]:
         mix = [("read", self.read), ("update", self.update), ("insert", self.insert),
-               ("read_modify_write", self.read_modify_write)]
+               ("read_modify_write", self.read_modify_write), ("scan", self.scan)]
         return [(op, share) for op, share in mix if share > 0]
 
 
@@ -182,12 +210,13 @@ WORKLOADS: dict[str, Workload] = {
     "c": Workload("c", "read only", read=1.0),
     "d": Workload("d", "read latest: 95% read, 5% insert", read=0.95, insert=0.05,
                   distribution="latest"),
+    "e": Workload("e", "short ranges: 95% scan, 5% insert", scan=0.95, insert=0.05),
     "f": Workload("f", "50% read, 50% read-modify-write", read=0.5, read_modify_write=0.5),
 }
 
 
 def workload(name: str) -> Workload:
-    """The workload called ``name`` (case-insensitive: load, a, b, c, d, f)."""
+    """The workload called ``name`` (case-insensitive: load, a, b, c, d, e, f)."""
     try:
         return WORKLOADS[name.lower()]
     except KeyError:

@@ -8,18 +8,20 @@ from typing import Any
 import click
 
 from common.errors import UsageError
+from common.messages import MAX_QUERY_LIMIT
 from dynctl.bench.config import MAX_CONCURRENCY, MAX_PROCS, BenchConfig, Target
 from dynctl.bench.engine import run_benchmark
 from dynctl.bench.report import plot, render_report
 from dynctl.client import LIMITS, parse_nodes
 from dynctl.invocation import Session
 from dynctl.output import Outcome, Output
-from dynctl.ycsb import RECORD_BYTES, WORKLOADS, WorkloadError
+from dynctl.ycsb import DEFAULT_MAX_SCAN, MAX_ITEMS_PER_KEY, RECORD_BYTES, WORKLOADS, WorkloadError
 
 EXAMPLES = (
     "dynctl bench --workload a --records 10000 --duration 30 --concurrency 32",
     "dynctl bench --workload c --no-load --ops 200000 --procs 2 --json > c.json",
     "dynctl --node 127.0.0.1:7071 bench -w f --r 2 --w 2 --plot f.png",
+    "dynctl bench -w e --records 100000 --items-per-key 1000 --max-scan 100 --reverse",
 )
 
 
@@ -109,6 +111,19 @@ def register_bench(group: click.Group, command: Callable[..., Any]) -> None:
                   help="server: each connection goes to one node, which coordinates or "
                        "forwards; client: every connection routes each key to its "
                        "preference list (client-driven, needs several nodes).")
+    @click.option("--items-per-key", type=click.IntRange(1, MAX_ITEMS_PER_KEY), default=1000,
+                  show_default=True, help="Workload e: items (posts) per partition key "
+                                          "(thread); record r is item r % G of key r // G.")
+    @click.option("--min-scan", type=click.IntRange(1, MAX_QUERY_LIMIT), default=1,
+                  show_default=True, help="Workload e: shortest scan, items.")
+    @click.option("--max-scan", type=click.IntRange(1, MAX_QUERY_LIMIT),
+                  default=DEFAULT_MAX_SCAN, show_default=True,
+                  help="Workload e: longest scan, items (lengths are uniform).")
+    @click.option("--reverse", is_flag=True,
+                  help="Workload e: scan down from the start item (descending sort keys).")
+    @click.option("--scan-as-gets", is_flag=True,
+                  help="Workload e's baseline: read a scan's items by one get each, all "
+                       "at once, instead of one query.")
     @click.option("--seed", type=int, help="Seed of the generators (default: random).")
     @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
                   help="Also draw throughput and latency percentiles (needs dynd[plot]).")
@@ -116,19 +131,24 @@ def register_bench(group: click.Group, command: Callable[..., Any]) -> None:
                     duration: float | None, warmup: float, concurrency: int, procs: int,
                     connections: int, bucket: str, r: int | None, w: int | None,
                     value_size: int, load: bool, spread: bool, coordination: str,
-                    seed: int | None, plot_path: str | None) -> Outcome:
-        """Run a YCSB core workload (load, a, b, c, d, f) and report throughput and latency.
+                    items_per_key: int, min_scan: int, max_scan: int, reverse: bool,
+                    scan_as_gets: bool, seed: int | None, plot_path: str | None) -> Outcome:
+        """Run a YCSB core workload (load, a, b, c, d, e, f) and report throughput and latency.
 
         Keys are YCSB's (user + FNV-64 of the record number), requests follow the scrambled
-        zipfian (constant 0.99; d: latest), records are --value-size bytes. Latencies are
-        in milliseconds (HDR histograms); errors are counted by kind, the run goes on.
+        zipfian (constant 0.99; d: latest), records are --value-size bytes. Workload e
+        stores records as items (partition key = thread, sort key = post) and scans them
+        with queries: it reports queries/s, items/s and refill rounds per query. Latencies
+        are in milliseconds (HDR histograms); errors are counted by kind, the run goes on.
         """
         try:
             config = BenchConfig(
                 workload=workload_name.lower(), records=records, ops=ops,
                 duration=duration if duration is not None or ops is not None else 10.0,
                 warmup=warmup, concurrency=concurrency, procs=min(procs, concurrency),
-                connections=connections, value_size=value_size, load=load, seed=seed)
+                connections=connections, value_size=value_size, load=load, seed=seed,
+                items_per_key=items_per_key, min_scan=min_scan, max_scan=max_scan,
+                reverse=reverse, scan_as_gets=scan_as_gets)
         except WorkloadError as exc:
             raise UsageError(str(exc)) from exc
         settings = session.settings

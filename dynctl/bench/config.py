@@ -1,7 +1,8 @@
 """What one benchmark is: the target it measures and the knobs it runs with.
 
 Limits: concurrency 1..``MAX_CONCURRENCY`` and at least one request per process; procs
-1..``MAX_PROCS``; value size 1 B..the client's value limit.
+1..``MAX_PROCS``; value size 1 B..the client's value limit; workload E's items per key
+1..``MAX_ITEMS_PER_KEY`` and scans of 1..``MAX_QUERY_LIMIT`` items (one query page).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import UsageError
+from common.messages import MAX_QUERY_LIMIT
 from dynctl.client import LIMITS
-from dynctl.ycsb import RECORD_BYTES, workload
+from dynctl.ycsb import DEFAULT_MAX_SCAN, MAX_ITEMS_PER_KEY, RECORD_BYTES, workload
 
 MAX_CONCURRENCY = 4096
 MAX_PROCS = 64
@@ -42,6 +44,11 @@ class BenchConfig:
     value_size: int = RECORD_BYTES
     load: bool = True
     seed: int | None = None
+    items_per_key: int = 1000  # workload E: posts per thread
+    min_scan: int = 1
+    max_scan: int = DEFAULT_MAX_SCAN
+    reverse: bool = False
+    scan_as_gets: bool = False  # workload E's baseline: a scan's items read by as many gets
 
     def __post_init__(self) -> None:
         workload(self.workload)
@@ -56,10 +63,21 @@ class BenchConfig:
                    f"--concurrency must be in --procs..{MAX_CONCURRENCY}"),
                   (self.connections >= 1, "--connections must be at least 1"),
                   (1 <= self.value_size <= LIMITS.max_value_bytes,
-                   f"--value-size must be in 1..{LIMITS.max_value_bytes}")]
+                   f"--value-size must be in 1..{LIMITS.max_value_bytes}"),
+                  (1 <= self.items_per_key <= MAX_ITEMS_PER_KEY,
+                   f"--items-per-key must be in 1..{MAX_ITEMS_PER_KEY}"),
+                  (1 <= self.min_scan <= self.max_scan <= MAX_QUERY_LIMIT,
+                   f"scan lengths need 1 <= --min-scan <= --max-scan <= {MAX_QUERY_LIMIT}"),
+                  (self.workload == "e" or not (self.reverse or self.scan_as_gets),
+                   "--reverse and --scan-as-gets apply to workload e only")]
         for holds, message in checks:
             if not holds:
                 raise UsageError(message)
+
+    @property
+    def items(self) -> bool:
+        """Whether records are items with sort keys (workload E) rather than plain keys."""
+        return self.workload == "e"
 
     def share(self, total: int, proc_index: int) -> int:
         """Process ``proc_index``'s share of ``total`` (requests in flight, operations)."""

@@ -8,6 +8,9 @@ saw for the key (YCSB's update overwrites the record, and a blind put would inst
 siblings), preceded by a get the first time this process updates the key (counted in
 ``outcomes.reads_before_update``); read-modify-write is a get then a put with the context
 it read. A read that finds several siblings is counted (``outcomes.siblings``), not failed.
+Workload E's items: insert_item is a blind put with the sort key; scan is a query from the
+start sort key (``ge``, or ``le`` reversed) with limit L, following the page's token while
+a page ends early (``outcomes.scan_continuations``); get_item is a get with the sort key.
 
 Limits: the per-process context cache holds at most ``CONTEXT_CACHE_LIMIT`` keys (the
 oldest is dropped: its next update is blind).
@@ -19,6 +22,7 @@ import importlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from common.errors import UsageError
@@ -40,6 +44,27 @@ class Driver(Protocol):
     async def insert(self, key: bytes, value: bytes) -> None: ...
 
     async def read_modify_write(self, key: bytes, value: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """What one scan returned: items, and the refill rounds the coordinator needed."""
+
+    items: int
+    rounds: int = 0
+
+
+class ItemDriver(Driver, Protocol):
+    """A store that also holds items (partition key, sort key) and scans them in order:
+    what workload E needs."""
+
+    async def insert_item(self, key: bytes, sk: bytes, value: bytes) -> None: ...
+
+    async def get_item(self, key: bytes, sk: bytes) -> int:
+        """Read one item; return how many values were found."""
+
+    async def scan(self, key: bytes, start: bytes, limit: int, reverse: bool) -> ScanResult:
+        """Up to ``limit`` items of ``key`` from the sort key ``start`` on (reverse: down)."""
 
 
 # (target, connections, in_flight) -> async context manager yielding a Driver
@@ -95,6 +120,27 @@ class DyndDriver:
     async def read_modify_write(self, key: bytes, value: bytes) -> None:
         context = (await self._get(key)).get("context")
         await self._put(key, value, context if isinstance(context, str) else None)
+
+    async def insert_item(self, key: bytes, sk: bytes, value: bytes) -> None:
+        await self._client().call("put", key=key, sk=sk, value=value, **self._write_fields)
+
+    async def get_item(self, key: bytes, sk: bytes) -> int:
+        result = await self._client().call("get", key=key, sk=sk, **self._read_fields)
+        return len(result.get("values") or ())
+
+    async def scan(self, key: bytes, start: bytes, limit: int, reverse: bool) -> ScanResult:
+        fields = self._read_fields | {"key": key, "cond": ["le" if reverse else "ge", start]}
+        if reverse:
+            fields["reverse"] = True
+        items = rounds = 0
+        while True:
+            result = await self._client().call("query", limit=limit - items, **fields)
+            items += len(result.get("items") or ())
+            rounds += result.get("rounds", 0)
+            if items >= limit or not result.get("next"):
+                return ScanResult(items, rounds)
+            self.outcomes["scan_continuations"] += 1
+            fields["after"] = result["next"]
 
 
 @asynccontextmanager

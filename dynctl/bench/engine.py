@@ -8,6 +8,9 @@ flight over ``connections`` pipelined connections each:
 - run: the workload's operation mix for ``ops`` operations or ``duration`` seconds, after
   ``warmup`` seconds whose operations are not measured.
 
+Workload E loads and inserts items (``dynctl.ycsb.item_key``) and scans them; a scan that
+returns fewer items than its thread holds from its start is counted as ``short_scans``.
+
 Each process records its latencies in one HDR histogram per operation (see
 ``dynctl.bench.report``, which merges them) and reports its progress every
 ``PROGRESS_INTERVAL`` seconds, which drives the live display and the throughput timeline.
@@ -26,14 +29,22 @@ from typing import Any
 import trio
 from hdrh.histogram import HdrHistogram
 
-from common.errors import DynError, error_from_wire
+from common.errors import DynError, UsageError, error_from_wire
 from dynctl.bench.config import MAX_PROCS, BenchConfig, Target
-from dynctl.bench.drivers import load_driver_factory
+from dynctl.bench.drivers import ScanResult, load_driver_factory
 from dynctl.bench.report import LATENCY_MAX_US, latency_histogram, machine, summarize
-from dynctl.ycsb import OperationStream, key_name, load_records, workload
+from dynctl.ycsb import (
+    OperationStream,
+    item_key,
+    key_name,
+    load_records,
+    scan_expectation,
+    workload,
+)
 
 PROGRESS_INTERVAL = 0.25  # seconds between two progress reports of a client process
 _VALUE_POOL_BYTES = 256 * 1024
+ITEM_METHODS = ("insert_item", "get_item", "scan")  # what workload E asks of a driver
 
 
 # -- one client process ------------------------------------------------------------------
@@ -45,6 +56,7 @@ class _Recorder:
     histograms: dict[str, HdrHistogram] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
+    scans: Counter[str] = field(default_factory=Counter)  # measured scans: items, rounds
     completed: int = 0  # every finished operation, warm-up included
     failed: int = 0
     measuring: bool = False
@@ -95,6 +107,9 @@ async def _run_phase(target: Target, config: BenchConfig, phase: str, proc_index
     shift = proc_index * connections % len(target.addrs)  # processes cover every node
     target = replace(target, addrs=target.addrs[shift:] + target.addrs[:shift])
     async with load_driver_factory(target.factory)(target, connections, in_flight) as driver:
+        if config.items and not all(hasattr(driver, method) for method in ITEM_METHODS):
+            raise UsageError(f"{target.name} cannot store items: workload e needs a driver "
+                             f"with {', '.join(ITEM_METHODS)}")
         operations: Any
         if phase == "load":
             records = load_records(config.records, config.procs, proc_index)
@@ -118,14 +133,18 @@ async def _run_phase(target: Target, config: BenchConfig, phase: str, proc_index
                 measured = recorder.measuring  # as issued: --ops counts exactly these
                 key = key_name(record)
                 offset = rng.randrange(_VALUE_POOL_BYTES)
+                value = pool[offset:offset + config.value_size]
                 started = time.perf_counter_ns()
                 try:
                     if op == "read":
                         found = await driver.read(key)
                         if found != 1:
                             recorder.outcomes["not_found" if found == 0 else "siblings"] += 1
+                    elif config.items:
+                        await _item_operation(driver, config, op, record, value, rng,
+                                              recorder, measured)
                     else:
-                        await calls[op](key, pool[offset:offset + config.value_size])
+                        await calls[op](key, value)
                 except Exception as exc:  # noqa: BLE001 - counted by kind, the run goes on
                     recorder.fail(op, exc, measured)
                     continue
@@ -144,9 +163,44 @@ async def _run_phase(target: Target, config: BenchConfig, phase: str, proc_index
         recorder.outcomes.update(getattr(driver, "outcomes", {}))
     return {"histograms": {op: h.encode() for op, h in recorder.histograms.items()},
             "errors": dict(recorder.errors), "outcomes": dict(recorder.outcomes),
+            "scans": dict(recorder.scans),
             "completed": recorder.completed, "failed": recorder.failed,
             "measure_start": recorder.measure_start, "measure_end": recorder.measure_end,
             "cpu": time.process_time() - cpu_start, "wall": time.time() - wall_start}
+
+
+async def _item_operation(driver: Any, config: BenchConfig, op: str, record: int,
+                          value: bytes, rng: random.Random, recorder: _Recorder,
+                          measured: bool) -> None:
+    """Workload E's insert (a new post) or scan (a query over the start record's thread,
+    or with ``scan_as_gets`` the same posts read by one get each, all at once)."""
+    key, sk = item_key(record, config.items_per_key)
+    if op == "insert":
+        await driver.insert_item(key, sk, value)
+        return
+    length = rng.randint(config.min_scan, config.max_scan)
+    if config.scan_as_gets:
+        post = record % config.items_per_key
+        first, last = ((max(0, post - length + 1), post) if config.reverse
+                       else (post, min(config.items_per_key, post + length) - 1))
+        found = [0] * (last - first + 1)
+
+        async def get(index: int) -> None:
+            found[index] = min(1, await driver.get_item(
+                key, (first + index).to_bytes(4, "big")))
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(found)):
+                nursery.start_soon(get, index)
+        result = ScanResult(sum(found))
+    else:
+        result = await driver.scan(key, sk, length, config.reverse)
+    if result.items < scan_expectation(record, length, config.items_per_key, config.records,
+                                       config.reverse):
+        recorder.outcomes["short_scans"] += 1
+    if measured:
+        recorder.scans.update(items=result.items, rounds=result.rounds,
+                              refilled=1 if result.rounds else 0)
 
 
 def _budgeted(stream: OperationStream, budget: int | None, recorder: _Recorder) -> Any:

@@ -19,7 +19,7 @@ from dynctl.output import Output
 LATENCY_MAX_US = 60_000_000
 PERCENTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("p999", 99.9))
 PLOT_PERCENTILES = (0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0)
-OPERATIONS = ("read", "update", "insert", "read_modify_write")
+OPERATIONS = ("read", "update", "insert", "read_modify_write", "scan")
 CLIENT_BOUND_SHARE = 0.85  # a process busier than this share of one core is the bottleneck
 LATENCY_COLUMNS = ("p50", "p95", "p99", "p999", "max")
 
@@ -35,11 +35,13 @@ def summarize(phase: str, results: list[dict[str, Any]],
     merged: dict[str, HdrHistogram] = {}
     errors: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
+    scans: Counter[str] = Counter()
     for result in results:
         for op, encoded in result["histograms"].items():
             merged.setdefault(op, latency_histogram()).decode_and_add(encoded)
         errors.update(result["errors"])
         outcomes.update(result["outcomes"])
+        scans.update(result.get("scans", {}))
     starts = [r["measure_start"] for r in results if r["measure_end"]]
     ends = [r["measure_end"] for r in results if r["measure_end"]]
     seconds = max(ends) - min(starts) if ends else 0.0
@@ -48,10 +50,13 @@ def summarize(phase: str, results: list[dict[str, Any]],
     cpu = sum(r["cpu"] for r in results)
     busiest = max((r["cpu"] / r["wall"] for r in results if r["wall"] > 0), default=0.0)
     operations = {op: _latencies(merged[op], seconds) for op in OPERATIONS if op in merged}
+    scan_summary = _scans(operations["scan"]["count"], scans, seconds) \
+        if "scan" in operations else None
     return {
         "phase": phase, "ops": measured, "seconds": round(seconds, 3),
         "throughput": round(measured / seconds, 1) if seconds > 0 else 0.0,
         "operations": operations, "errors": dict(errors), "outcomes": dict(outcomes),
+        **({"scans": scan_summary} if scan_summary else {}),
         "client_cpu_us_per_op": round(cpu / completed * 1e6, 1) if completed else None,
         "client_cpu_cores": round(cpu / max(r["wall"] for r in results), 2),
         "client_bound": busiest >= CLIENT_BOUND_SHARE,
@@ -59,6 +64,17 @@ def summarize(phase: str, results: list[dict[str, Any]],
         "percentiles": {op: [[pct, round(merged[op].get_value_at_percentile(pct) / 1000, 3)]
                              for pct in PLOT_PERCENTILES] for op in operations},
     }
+
+
+def _scans(queries: int, totals: Counter[str], seconds: float) -> dict[str, Any]:
+    """Workload E's measured scans: items moved, and the coordinators' refill rounds."""
+    return {"queries": queries,
+            "queries_per_s": round(queries / seconds, 1) if seconds else 0.0,
+            "items": totals["items"],
+            "items_per_s": round(totals["items"] / seconds, 1) if seconds else 0.0,
+            "items_per_query": round(totals["items"] / queries, 2) if queries else 0.0,
+            "rounds_per_query": round(totals["rounds"] / queries, 4) if queries else 0.0,
+            "refilled_share": round(totals["refilled"] / queries, 4) if queries else 0.0}
 
 
 def _latencies(histogram: HdrHistogram, seconds: float) -> dict[str, Any]:
@@ -101,11 +117,14 @@ def render_report(out: Output, report: dict[str, Any]) -> None:
         unit = " ms" if out.terminal else "_ms"  # piped: one word per column (col=value)
         out.table("latency", ["op", "count", "ops/s", *(c + unit for c in LATENCY_COLUMNS)],
                   rows, title=title)
+        if "scans" in phase:
+            out.fields(phase["scans"], title="scans: queries, items and refill rounds")
         if phase["errors"]:
             out.table("error", ["op:kind", "count"], sorted(phase["errors"].items()),
                       title="errors by kind")
         if phase["outcomes"]:
-            out.fields(phase["outcomes"], title="reads that did not find exactly one value")
+            out.fields(phase["outcomes"], title="notable outcomes (reads that did not find "
+                                                "exactly one value, short scans, ...)")
 
 
 def plot(report: dict[str, Any], path: str) -> None:

@@ -11,6 +11,7 @@ the reports.
     python -m tests.bench.compare --single              # one request at a time
     python -m tests.bench.compare --profile             # py-spy on the dynd nodes
     python -m tests.bench.compare --rss --records 1000000   # RSS per node after a load
+    python -m tests.bench.compare --ycsb-e --records 20000  # YCSB-E targets, etcd ranges
 
 etcd-server and redis-server come from Debian (``make bench-deps``); a missing one is
 skipped with a note. Server CPU is read from /proc; "client-bound" marks a run whose
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +41,7 @@ from dynctl.bench.config import BenchConfig, Target
 from dynctl.bench.engine import run_phase
 from dynctl.bench.report import machine
 from tests.bench import profile
-from tests.integration.harness import Cluster, dynctl, free_port
+from tests.integration.harness import Cluster, DyndProcess, dynctl, free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STARTUP_TIMEOUT = 30.0
@@ -64,9 +66,19 @@ def dynd_cluster(root: Path, nodes: int, n: int, r: int, w: int, sync: str,
                  code: Path | None = None) -> Iterator[tuple[list[str], list[int]]]:
     """``nodes`` dynd processes, joined and committed, default bucket set to n/r/w; with
     ``code``, the dynd of that source tree (an A/B run against another commit)."""
+    with dynd_members(root, nodes, n, r, w, f'sync = "{sync}"\n', code) as members:
+        yield [m.addr for m in members], [m.proc.pid for m in members if m.proc]
+
+
+@contextmanager
+def dynd_members(root: Path, nodes: int, n: int, r: int, w: int, config_text: str,
+                 code: Path | None = None) -> Iterator[list[DyndProcess]]:
+    """``nodes`` dynd processes with the node config ``config_text`` (the dynd of source
+    tree ``code`` if given), joined and committed, default bucket set to n/r/w; all stopped
+    on exit."""
     root.mkdir(parents=True, exist_ok=True)
     config = root / "dynd.toml"
-    config.write_text(f'sync = "{sync}"\n')
+    config.write_text(config_text)
     cluster = Cluster(root)
     try:
         members = [cluster.add(f"n{i + 1}", "-c", str(config), start=False)
@@ -83,7 +95,7 @@ def dynd_cluster(root: Path, nodes: int, n: int, r: int, w: int, sync: str,
         _check(dynctl("--node", members[0].addr, "bucket", "set", "default", "--n", str(n),
                       "--r", str(r), "--w", str(w)), "bucket set")
         time.sleep(1.0)  # let the bucket properties gossip to every member
-        yield [m.addr for m in members], [m.proc.pid for m in members if m.proc]
+        yield members
     finally:
         cluster.stop_all()
 
@@ -335,6 +347,114 @@ def run_profile(args: argparse.Namespace, config: BenchConfig,
     return [{"target": "dynd", "run": run}]
 
 
+def _run_variant(target: Target, config: BenchConfig, pids: list[int]) -> dict[str, Any]:
+    """One run phase: its queries (or gets) per second, items, latencies and server CPU."""
+    before, started = cpu_seconds(pids), time.monotonic()
+    run = trio.run(run_phase, target, config, "run")
+    server_cores = (cpu_seconds(pids) - before) / (time.monotonic() - started)
+    op = run["operations"]["scan" if "scan" in run["operations"] else "read"]
+    scans = run.get("scans", {"queries_per_s": op["throughput"], "items_per_s": op["throughput"],
+                              "items_per_query": 1.0, "rounds_per_query": 0.0,
+                              "refilled_share": 0.0})
+    return {"per_s": scans["queries_per_s"], "items_per_s": scans["items_per_s"],
+            "items_per_query": scans["items_per_query"],
+            "rounds_per_query": scans["rounds_per_query"],
+            "refilled_pct": round(100 * scans["refilled_share"], 2),
+            "p50": op["p50"], "p99": op["p99"], "p999": op["p999"],
+            "errors": sum(run["errors"].values()),
+            "short_scans": run["outcomes"].get("short_scans", 0),
+            "server_ms_per_op": round(1000 * server_cores / run["throughput"], 3)
+            if run["throughput"] else None}
+
+
+E_COLUMNS = ("per_s", "items_per_s", "items_per_query", "rounds_per_query", "refilled_pct",
+             "p50", "p99", "p999", "errors", "short_scans", "server_ms_per_op")
+
+
+def _medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {column: statistics.median(row[column] or 0 for row in rows) for column in E_COLUMNS}
+
+
+def ycsb_e(args: argparse.Namespace, config: BenchConfig, root: Path) -> list[dict[str, Any]]:
+    """YCSB-E's targets in one run: on one 3-node cluster (N=3 R=W=2) YCSB-C gets, E forward,
+    reverse, as pipelined gets, 50-item scans as a query and as 50 gets, and etcd's range
+    reads, interleaved over ``--rounds`` rounds (medians); then one node stopped and E forward
+    again through the two live nodes."""
+    base = {**config.__dict__, "load": False}
+    e = {**base, "workload": "e"}
+    fifty = {**e, "min_scan": 50, "max_scan": 50}
+    variants = {"C: gets": BenchConfig(**{**base, "workload": "c"}),
+                "E forward": BenchConfig(**e),
+                "E reverse": BenchConfig(**{**e, "reverse": True}),
+                "E as gets": BenchConfig(**{**e, "scan_as_gets": True}),
+                "E L=50 query": BenchConfig(**fifty),
+                "E L=50 as gets": BenchConfig(**{**fifty, "scan_as_gets": True})}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    etcd_ready = "etcd" not in args.skip and shutil.which("etcd") is not None
+    with ExitStack() as stack:
+        members = stack.enter_context(dynd_members(root / "dynd", 3, 3, 2, 2,
+                                                   f'sync = "{args.sync}"\n'))
+        dynd = Target("dynd", tuple(m.addr for m in members))
+        pids = [m.proc.pid for m in members if m.proc]
+        for workload_name in ("c", "e"):
+            trio.run(run_phase, dynd, BenchConfig(**{**base, "workload": workload_name}), "load")
+        if etcd_ready:
+            etcd_addrs, etcd_pids = stack.enter_context(etcd_cluster(root / "etcd"))
+            etcd = Target("etcd", tuple(etcd_addrs), factory="tests.bench.drivers:open_etcd")
+            trio.run(run_phase, etcd, BenchConfig(**e), "load")
+            results["etcd E forward"] = []
+        else:
+            print("note: etcd not installed or skipped (make bench-deps)", file=sys.stderr)
+        for round_index in range(args.rounds):
+            for name, variant in variants.items():
+                results[name].append(_run_variant(dynd, variant, pids))
+                print(f"round {round_index + 1} {name}: {results[name][-1]}", file=sys.stderr,
+                      flush=True)
+            if etcd_ready:
+                results["etcd E forward"].append(
+                    _run_variant(etcd, variants["E forward"], etcd_pids))
+        members[-1].stop()
+        live = Target("dynd", tuple(m.addr for m in members[:-1]))
+        results["E forward, one node down"] = [
+            _run_variant(live, variants["E forward"], pids[:-1]) for _ in range(args.rounds)]
+    medians = {name: _medians(rows) for name, rows in results.items()}
+    print("| variant | queries/s | items/s | items/query | refill rounds/query | "
+          "queries refilled % | p50 ms | p99 ms | p99.9 ms | errors | short scans | "
+          "server CPU ms/op |\n|" + "---|" * 12)
+    for name, row in medians.items():
+        print(f"| {name} | " + " | ".join(f"{row[c]:,.4g}" if abs(row[c]) < 1000
+                                           else f"{row[c]:,.0f}" for c in E_COLUMNS) + " |")
+    print()
+    for line in e_targets(medians):
+        print(line)
+    return [{"target": name, "rounds": rows, "median": medians[name]}
+            for name, rows in results.items()]
+
+
+def e_targets(m: dict[str, dict[str, Any]]) -> list[str]:
+    """The issue's YCSB-E targets as met/missed lines, from the medians."""
+    forward = m["E forward"]
+    items_vs_gets = forward["items_per_s"] / (m["C: gets"]["per_s"] or 1)
+    query_vs_gets = m["E L=50 query"]["per_s"] / (m["E L=50 as gets"]["per_s"] or 1)
+    cpu_vs_gets = (m["E L=50 as gets"]["server_ms_per_op"]
+                   / (m["E L=50 query"]["server_ms_per_op"] or 1))
+    reverse = m["E reverse"]["items_per_s"] / (forward["items_per_s"] or 1)
+    down = m["E forward, one node down"]
+    down_share = down["per_s"] / (forward["per_s"] or 1)
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "MISSED"
+    return [
+        f"- items/s >= 5x YCSB-C gets/s: {items_vs_gets:.2f}x ({verdict(items_vs_gets >= 5)})",
+        f"- 50-item query >= 10x cheaper than 50 gets: {query_vs_gets:.2f}x the rate, "
+        f"{cpu_vs_gets:.2f}x less server CPU ({verdict(min(query_vs_gets, cpu_vs_gets) >= 10)})",
+        f"- refills in < 1% of queries without faults: {forward['refilled_pct']}% "
+        f"({verdict(forward['refilled_pct'] < 1)})",
+        f"- reverse within 10% of forward: {reverse:.2f}x ({verdict(abs(reverse - 1) <= 0.1)})",
+        f"- one node down: {down['errors']} errors, {down_share:.2f}x the healthy rate "
+        f"({verdict(down['errors'] == 0 and down_share >= 0.6)})"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="a")
@@ -356,12 +476,17 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--rss", action="store_true",
                         help="Load --records keys, then report each node's RSS.")
+    parser.add_argument("--ycsb-e", action="store_true",
+                        help="YCSB-E against YCSB-C, pipelined gets and etcd range reads.")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--ycsb-e: interleaved rounds (medians reported).")
     parser.add_argument("--json", metavar="FILE", help="Also write the reports as JSON.")
     args = parser.parse_args()
-    config = BenchConfig(workload=args.workload, records=args.records, duration=args.duration,
-                         warmup=args.warmup, concurrency=args.concurrency, procs=args.procs,
+    config = BenchConfig(workload="e" if args.ycsb_e else args.workload, records=args.records,
+                         duration=args.duration, warmup=args.warmup,
+                         concurrency=args.concurrency, procs=args.procs,
                          connections=args.connections, value_size=args.value_size)
-    mode = (scale if args.scale else single if args.single
+    mode = (ycsb_e if args.ycsb_e else scale if args.scale else single if args.single
             else run_profile if args.profile else resident if args.rss else compare)
     print(f"machine: {machine()['cores']} cores, {machine()['date']}; workload "
           f"{config.workload}, {config.records} records, {config.concurrency} in flight, "

@@ -7,7 +7,10 @@ driven by the same client machinery (dynctl.bench): same processes, same pipelin
 - etcd: its v3 gRPC-gateway (HTTP/1.1 + JSON, keys and values base64) with one keep-alive
   connection per request in flight (HTTP/1.1 answers in order, one at a time).
   read = POST /v3/kv/range (linearizable, etcd's default), update/insert = /v3/kv/put,
-  read-modify-write = range then put.
+  read-modify-write = range then put. Items (workload E) are keys ``pk/sk``; a scan is one
+  range read from ``pk/start`` to the end of the prefix ``pk/`` with ``limit`` L
+  (``etcdctl get --prefix --limit L`` from the start key); reversed, from ``pk/`` up to
+  and including ``pk/start``, sorted by key descending.
 
 Limits: a reply may be at most ``MAX_REPLY_BYTES``; nothing is retried.
 """
@@ -25,6 +28,7 @@ import trio
 
 from common.wire.framing import FrameWriter
 from dynctl.bench.config import Target
+from dynctl.bench.drivers import ScanResult
 from dynctl.client import parse_addr
 
 MAX_REPLY_BYTES = 8 * 1024 * 1024
@@ -238,6 +242,23 @@ class EtcdDriver:
     async def read_modify_write(self, key: bytes, value: bytes) -> None:
         await self.read(key)
         await self.update(key, value)
+
+    async def insert_item(self, key: bytes, sk: bytes, value: bytes) -> None:
+        await self.update(key + b"/" + sk, value)
+
+    async def get_item(self, key: bytes, sk: bytes) -> int:
+        return await self.read(key + b"/" + sk)
+
+    async def scan(self, key: bytes, start: bytes, limit: int, reverse: bool) -> ScanResult:
+        prefix = key + b"/"
+        if reverse:
+            document = {"key": _b64(prefix), "range_end": _b64(prefix + start + b"\0"),
+                        "sort_order": "DESCEND", "sort_target": "KEY"}
+        else:
+            # the end of the prefix "pk/" is "pk0" ("0" is "/" + 1)
+            document = {"key": _b64(prefix + start), "range_end": _b64(key + b"0")}
+        reply = await self._post(b"/v3/kv/range", document | {"limit": limit})
+        return ScanResult(len(reply.get("kvs", ())))
 
 
 @asynccontextmanager

@@ -20,8 +20,10 @@ from dynctl.ycsb import (
     WorkloadError,
     Zipfian,
     fnv64,
+    item_key,
     key_name,
     load_records,
+    scan_expectation,
     workload,
     zeta,
 )
@@ -125,14 +127,16 @@ def test_workload_d_inserts_new_records_in_sequence() -> None:
 
 def test_bad_workload_input_is_a_clear_error() -> None:
     with pytest.raises(WorkloadError, match="unknown workload"):
-        workload("e")
+        workload("g")
     with pytest.raises(WorkloadError, match="records"):
         OperationStream(workload("a"), 0, random.Random(1))
 
 
 @pytest.mark.parametrize("kwargs", [
     {"ops": 10, "duration": 5.0}, {"ops": None, "duration": None}, {"procs": 4, "concurrency": 2},
-    {"value_size": 0}, {"workload": "z"},
+    {"value_size": 0}, {"workload": "z"}, {"workload": "e", "items_per_key": 0},
+    {"workload": "e", "min_scan": 5, "max_scan": 4}, {"workload": "e", "max_scan": 1001},
+    {"workload": "c", "reverse": True}, {"workload": "a", "scan_as_gets": True},
 ])
 def test_bench_config_refuses_inconsistent_knobs(kwargs: dict) -> None:
     with pytest.raises((UsageError, WorkloadError)):
@@ -176,4 +180,31 @@ def test_bench_help_ends_with_an_example_and_bad_flags_exit_2() -> None:
     assert help_text.rstrip().splitlines()[-1].strip().startswith("dynctl ")
     both = runner.invoke(main, ["--json", "bench", "--ops", "10", "--duration", "1"])
     assert both.exit_code == 2 and '"code"' in both.output
-    assert runner.invoke(main, ["bench", "--workload", "e"]).exit_code == 2
+    assert runner.invoke(main, ["bench", "--workload", "g"]).exit_code == 2
+    assert runner.invoke(main, ["bench", "-w", "c", "--reverse"]).exit_code == 2
+
+
+def test_workload_e_items_keep_post_order_within_a_thread() -> None:
+    """Record r is post r % G of thread r // G: one partition key per thread, sort keys in
+    post order, the next thread on another key."""
+    keys = [item_key(record, 1000) for record in range(998, 1002)]
+    assert keys[0][0] == keys[1][0] != keys[2][0] == keys[3][0]
+    assert keys[0][0] == b"thread%d" % fnv64(0)
+    assert [sk for _, sk in keys] == [b"\0\0\x03\xe6", b"\0\0\x03\xe7", b"\0\0\0\0", b"\0\0\0\1"]
+
+
+@pytest.mark.parametrize(("record", "length", "reverse", "expected"), [
+    (0, 100, False, 100), (950, 100, False, 50), (950, 10, False, 10),
+    (950, 100, True, 100), (1005, 100, True, 6), (2010, 100, False, 40), (2049, 5, False, 1)])
+def test_a_scan_expects_the_posts_its_thread_holds_from_the_start(
+        record: int, length: int, reverse: bool, expected: int) -> None:
+    """Forward scans stop at the end of the thread, or of the loaded records (2050 here);
+    reverse ones at the thread's first post."""
+    assert scan_expectation(record, length, 1000, 2050, reverse) == expected
+
+
+def test_workload_e_is_95_percent_scans() -> None:
+    stream = OperationStream(workload("e"), 1000, random.Random(3))
+    ops = Counter(stream.next()[0] for _ in range(20_000))
+    assert set(ops) == {"scan", "insert"}
+    assert 0.94 < ops["scan"] / 20_000 < 0.96
