@@ -93,7 +93,8 @@ def test_bad_context_is_rejected(node) -> None:
 def test_bucket_properties(node) -> None:
     assert run(node, "bucket", "set", "carts", "--n", "3", "--r", "1", "--w", "1").returncode == 0
     code, doc = dynctl_json("--node", node.addr, "bucket", "get", "carts")
-    assert doc["bucket"] == {"name": "carts", "n": 3, "r": 1, "w": 1, "pr": 0, "pw": 0}
+    assert doc["bucket"] == {"name": "carts", "n": 3, "r": 1, "w": 1, "pr": 0, "pw": 0,
+                             "ttl": 0, "grace": 86400}
     code, doc = dynctl_json("--node", node.addr, "bucket", "list")
     assert {b["name"] for b in doc["buckets"]} >= {"default", "carts"}
     assert run(node, "bucket", "set", "carts", "--n", "2", "--r", "3").returncode == 5
@@ -107,7 +108,8 @@ def test_primary_quorums(node) -> None:
     assert run(node, "bucket", "set", "ledger", "--r", "1", "--w", "1", "--pr", "1",
                "--pw", "1").returncode == 0
     code, doc = dynctl_json("--node", node.addr, "bucket", "list")
-    assert {"name": "ledger", "n": 3, "r": 1, "w": 1, "pr": 1, "pw": 1} in doc["buckets"]
+    assert {"name": "ledger", "n": 3, "r": 1, "w": 1, "pr": 1, "pw": 1, "ttl": 0,
+            "grace": 86400} in doc["buckets"]
     assert run(node, "put", "-b", "ledger", "--pw", "1", "k", "v").returncode == 0
     assert run(node, "get", "-b", "ledger", "--pr", "1", "k").stdout == b"v"
     assert run(node, "delete", "-b", "ledger", "--pr", "0", "--pw", "0", "k").returncode == 0
