@@ -57,7 +57,8 @@ chaos: $(STAMP) deps-chaos
 # Many seeds of the fault simulator (tests/sim); a failure prints the seed that reproduces it.
 SEEDS ?= 100
 sim: $(STAMP)
-	PYTHONHASHSEED=0 SEEDS=$(SEEDS) $(BIN)/pytest -q -s -m slow tests/sim/test_sim_faults.py tests/sim/test_sim_expiry.py -k many
+	PYTHONHASHSEED=0 SEEDS=$(SEEDS) $(BIN)/pytest -q -s -m slow tests/sim/test_sim_faults.py tests/sim/test_sim_expiry.py \
+		tests/sim/test_sim_queries.py -k many
 
 lint: $(STAMP)
 	$(BIN)/ruff check common dynd dynctl tests

@@ -245,8 +245,7 @@ class Queries:
         rounds = 0
         while refills := merge.step():
             if (rounds >= MAX_ROUNDS or merge.scanned >= 10 * merge.limit + 1000
-                    or received >= budget_bytes or trio.current_time() >= soft_deadline
-                    or len(merge.cursors) < r):
+                    or received >= budget_bytes or trio.current_time() >= soft_deadline):
                 break  # the page ends at the horizon, with a token
             rounds += 1
             self.stats.count("query_refills", len(refills))
@@ -265,6 +264,10 @@ class Queries:
                     merge.add(node, page, fallback=by_node[node].role == "fallback")
                 except (BadReply, DynError):
                     merge.drop(node)
+            if len(merge.cursors) < r:
+                # Fewer than R replicas vouch for what lies past the horizon (the dropped
+                # one may hold a newer tombstone there): the page ends at the horizon.
+                break
         if not skeletons:
             self.spawn(partial(self._repair, place, bucket, key, merge, by_node, replies,
                                deadline))

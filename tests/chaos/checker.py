@@ -9,6 +9,14 @@ The set check (Jepsen's): every acknowledged element must be in the final read o
 (read with R=N after ``dynctl repair`` on every node); an element in the final read that
 no client ever attempted is *unexpected* (corruption or a resurrected value); an
 element attempted but not acknowledged may be present or absent (indeterminate).
+
+The query check, on the threads (partition key = thread, sort key = post): every query's
+sort keys in strict order (descending when reverse), none twice across its pages; the
+final query of every thread (R=N, after the repair, paged) holds every acknowledged post
+not deleted (a delete attempted may have happened) and no post whose delete was
+acknowledged, nor one never attempted; and a post whose delete a read confirmed never
+shows in a query that started after that read and after the last heal (during a fault a
+sloppy quorum's query may miss the replicas of the delete, so that is not checked).
 """
 
 from __future__ import annotations
@@ -23,7 +31,16 @@ import trio
 from common.dvvset import decode_context
 from common.errors import DynError
 from dynctl.client import Client
-from tests.chaos.workload import Ack, History, cart_key, elements_of
+from tests.chaos.workload import (
+    Ack,
+    History,
+    ItemHistory,
+    QueryRecord,
+    cart_key,
+    elements_of,
+    query_thread,
+    thread_key,
+)
 
 POLL_INTERVAL = 0.5  # seconds between two convergence sweeps
 REQUEST_TIMEOUT = 5.0
@@ -168,3 +185,58 @@ def explain_lost(history: History, result: SetResult, final: FinalRead, limit: i
                 + (", ".join(f"{name} at {at:.2f} {shared}" for at, name, shared in rivals)
                    or "none"))
     return lines
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The outcome of the query check; ``ok`` when every list is empty."""
+
+    queries: int
+    disordered: list[str]  # a query whose sort keys are out of order or shown twice
+    lost: dict[str, list[str]]  # thread -> acknowledged posts, never deleted, not in the final
+    resurrected: dict[str, list[str]]  # thread -> posts deleted (acknowledged) in the final
+    unexpected: dict[str, list[str]]  # thread -> final posts no worker attempted
+    reappeared: list[str]  # confirmed deleted, then shown by a later query after the heal
+
+    @property
+    def ok(self) -> bool:
+        return not (self.disordered or self.lost or self.resurrected or self.unexpected
+                    or self.reappeared)
+
+
+def _in_order(record: QueryRecord) -> bool:
+    pairs = zip(record.sks, record.sks[1:], strict=False)
+    return all((a > b) if record.reverse else (a < b) for a, b in pairs)
+
+
+def check_queries(items: ItemHistory, final: list[QueryRecord], healed_at: float
+                  ) -> QueryResult:
+    """Compare the workers' queries and the final ones with the acknowledged puts and
+    deletes (see the module's docstring)."""
+    disordered = [f"{q.thread} reverse={q.reverse} at {q.started:.1f}: {q.sks}"
+                  for q in items.queries + final if not _in_order(q)]
+    shown = {q.thread: set(q.sks) for q in final}
+    lost, resurrected, unexpected = {}, {}, {}
+    for thread in set(items.attempted) | set(shown):
+        seen = shown.get(thread, set())
+        maybe_deleted = items.delete_attempted.get(thread, set())
+        if missing := items.acked.get(thread, set()) - maybe_deleted - seen:
+            lost[thread] = sorted(missing)
+        if back := items.deleted.get(thread, set()) & seen:
+            resurrected[thread] = sorted(back)
+        if stray := seen - items.attempted.get(thread, set()):
+            unexpected[thread] = sorted(stray)
+    reappeared = [f"{q.thread}/{sk}: confirmed deleted at {items.confirmed[(q.thread, sk)]:.1f}"
+                  f", shown by the query started at {q.started:.1f}"
+                  for q in items.queries if q.started > healed_at for sk in q.sks
+                  if items.confirmed.get((q.thread, sk), q.started) < q.started]
+    return QueryResult(len(items.queries), disordered, lost, resurrected, unexpected,
+                       reappeared)
+
+
+async def final_queries(addr: str, threads: int, r: int, page_size: int,
+                        bucket: str = "default") -> list[QueryRecord]:
+    """Every thread queried with R=``r`` in pages of ``page_size``, forward and reverse."""
+    async with Client.connect(addr, timeout=REQUEST_TIMEOUT * 2) as client:
+        return [await query_thread(client, thread_key(i), reverse, page_size, bucket, r=r)
+                for i in range(threads) for reverse in (False, True)]

@@ -1,9 +1,11 @@
 """One chaos run end to end, and the long runner behind ``make chaos``.
 
-A run: build the namespace network, start and join the nodes, run the set workload while
-the nemesis injects faults, heal, measure the time until every replica agrees (hinted
-handoff and anti-entropy only), ``dynctl repair`` on every node, read every cart with
-R=N, and check that no acknowledged element is lost and nothing unexpected appeared.
+A run: build the namespace network, start and join the nodes, run the set workload (and
+the threads of posts) while the nemesis injects faults, heal, measure the time until
+every replica of every cart agrees (hinted handoff and anti-entropy only), ``dynctl
+repair`` on every node, read every cart with R=N, query every thread with R=N, and check
+that no acknowledged element is lost and nothing unexpected appeared, and the queries
+against the acknowledged puts and deletes of posts.
 
     python -m tests.chaos.run --seconds 300 --nodes 5 [--seed S] [--report FILE]
 
@@ -29,9 +31,12 @@ import trio
 from tests.chaos.checker import (
     Convergence,
     FinalRead,
+    QueryResult,
     SetResult,
+    check_queries,
     check_set,
     explain_lost,
+    final_queries,
     final_read,
     wait_converged,
 )
@@ -58,13 +63,15 @@ class ChaosReport:
     repaired_keys: int
     final: FinalRead
     result: SetResult
+    queries: QueryResult
     run_dir: Path
     leftovers: list[str]  # processes, namespaces and links still present after teardown
     notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return self.result.ok and self.convergence.converged and not self.leftovers
+        return (self.result.ok and self.queries.ok and self.convergence.converged
+                and not self.leftovers)
 
     def render(self) -> str:
         """The report as Markdown lines (what ``make chaos`` prints)."""
@@ -84,6 +91,15 @@ class ChaosReport:
             f"- check after heal: **lost acknowledged writes: {res.lost_count}**, unexpected "
             f"elements: {res.unexpected_count}; indeterminate writes present "
             f"{res.indeterminate_present}, absent {res.indeterminate_absent}",
+            f"- posts: {h.items.acked_count} acknowledged, {h.items.deleted_count} deletes "
+            f"acknowledged ({len(h.items.confirmed)} confirmed by a read); queries: "
+            f"{self.queries.queries} completed, {h.items.queries_failed} failed; "
+            f"**query check: {'ok' if self.queries.ok else 'FAILED'}**"
+            + "".join(f"; {name}: {problems}" for name, problems in (
+                ("out of order", self.queries.disordered[:3]),
+                ("lost", self.queries.lost), ("resurrected", self.queries.resurrected),
+                ("unexpected", self.queries.unexpected),
+                ("reappeared", self.queries.reappeared[:3])) if problems),
             f"- siblings per client read: max {h.max_siblings} (reads by sibling count: "
             f"{siblings}); max in the final R={n} reads: {self.final.max_siblings}",
             f"- convergence after the last heal ({CALM_TAIL:g} s more load, then handoff and "
@@ -163,11 +179,15 @@ def run_chaos(root: Path, *, nodes: int, seconds: float, schedule: Schedule | No
         repaired = repair_everywhere(cluster)
         final = trio.run(final_read, cluster.nodes[0].addr, workload.keys,
                                          nrw[0], workload.bucket)
+        threads = trio.run(final_queries, cluster.nodes[0].addr, workload.threads, nrw[0],
+                           workload.page_size, workload.bucket)
     result = check_set(history.attempted, history.acked, final.elements)
+    queries = check_queries(history.items, threads, nemesis.healed_at)
     leftovers = cluster.network.leftovers() + [
         f"process {node.node_id}" for node in cluster.nodes if node.alive]
     return ChaosReport(seed, nodes, nrw, cluster.network.has_netem, load_seconds, history,
-                       nemesis, convergence, repaired, final, result, root, leftovers, notes)
+                       nemesis, convergence, repaired, final, result, queries, root,
+                       leftovers, notes)
 
 
 def main(argv: list[str] | None = None) -> int:

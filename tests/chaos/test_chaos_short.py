@@ -1,5 +1,6 @@
 """A short chaos run in `make test`: 5 real nodes in network namespaces, each kind of fault
-once (partition, kill -9, SIGSTOP, packet loss), the set workload throughout.
+once (partition, kill -9, SIGSTOP, packet loss), the set workload and the threads of posts
+(puts, deletes, paged queries) throughout.
 
 Needs root (namespaces, veth, bridge, iptables): skipped with the reason otherwise. As
 root, a machine that cannot build the network fails the test loudly (install iproute2
@@ -35,5 +36,9 @@ def test_no_acknowledged_write_is_lost_under_mixed_faults(tmp_path: Path) -> Non
     assert report.history.acked_count >= 200, text
     assert report.result.lost_count == 0, text
     assert report.result.unexpected_count == 0, text
+    items = report.history.items
+    assert items.acked_count >= 50 and items.deleted_count >= 10, text
+    assert report.queries.queries >= 30, text
+    assert report.queries.ok, text
     assert report.convergence.converged, text
     assert report.leftovers == [], text

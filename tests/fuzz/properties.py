@@ -9,24 +9,38 @@ stream itself. The properties, the ones the server relies on:
 - it never buffers more than ``max_frame_bytes + 4 + chunk`` bytes;
 - ``validate_request`` raises nothing but a DynError (ProtocolError or Rejected), and a
   request it accepts has a known op and every required field;
-- an accepted message encodes back into a frame that decodes to the same CBOR.
+- an accepted message encodes back into a frame that decodes to the same CBOR;
+- an accepted ``query``'s condition is one sort-key range and its continuation token is
+  either refused (Rejected: exit 5) or resumes strictly inside that range; an accepted
+  ``p_query`` is a range a query merge can be driven over.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cbor2
 
 from common.codec import FrameDecoder, decode_body, encode_frame
-from common.errors import DynError, ProtocolError
+from common.errors import DynError, ProtocolError, Rejected
 from common.limits import Limits
 from common.messages import SCHEMA, request, validate_request
+from common.skrange import condition_range
+from dynd.querymerge import (
+    QueryMerge,
+    decode_token,
+    encode_token,
+    in_range,
+    query_hash,
+    resume_range,
+)
 
 LIMITS = Limits(max_frame_bytes=64 * 1024, max_key_bytes=64, max_value_bytes=1024,
                 max_bucket_name_bytes=16, max_context_bytes=256)
 MAX_STREAM_BYTES = 256 * 1024  # libFuzzer's -max_len is lower by default; a guard all the same
 
+_SEED_CONDITION = ["between", b"post-1", b"post-5"]
 _SEED_FIELDS = {
     "ping": {}, "get": {"bucket": "default", "key": b"k"},
     "put": {"bucket": "default", "key": b"k", "value": b"v", "context": "", "w": 2},
@@ -43,6 +57,12 @@ _SEED_FIELDS = {
     "p_gossip_auth": {"state": {"auth": {"enabled": [True, 1, "n1"], "roles": [
         ["r", True, 1, 1, "n1"]], "grants": [["r", 1, "get", "*", b"", True, 1, "n1"]],
         "members": [["all", "r", 1, True, 1, "n1"]]}}},
+    "query": {"bucket": "default", "key": b"thread", "cond": _SEED_CONDITION, "limit": 2,
+              "reverse": True, "after": encode_token(b"post-3", True, query_hash(
+                  "default", b"thread", _SEED_CONDITION, True))},
+    "p_query": {"bucket": "default", "key": b"thread", "partition": 3, "lo": b"post-1",
+                "hi": b"post-5\x00", "reverse": False, "want": 2, "now": 1_700_000_000_000,
+                "max_bytes": 65536, "hint_for": "n2", "skeleton": True},
 }
 
 
@@ -79,6 +99,31 @@ def check_message(message: object) -> None:
     frame = encode_frame(message)  # type: ignore[arg-type]
     again = decode_body(frame[4:], LIMITS.max_nesting)
     assert cbor2.dumps(again) == cbor2.dumps(message)
+    if accepted.op == "query":
+        check_query(accepted.fields)
+    elif accepted.op == "p_query":
+        fields = accepted.fields
+        QueryMerge(fields["lo"], fields.get("hi"), reverse=fields["reverse"],
+                   limit=fields["want"], now_ms=fields["now"])
+
+
+def check_query(fields: dict[str, Any]) -> None:
+    """What the coordinator does with a query before it asks any replica: the condition's
+    range, then the token's resume point (refused only as Rejected), a part of that range
+    that leaves out the sort key the previous page ended at."""
+    cond, reverse = fields.get("cond"), fields.get("reverse", False)
+    lo, hi = condition_range(cond)
+    assert hi is None or lo <= hi
+    if "after" not in fields:
+        return
+    try:
+        after = decode_token(fields["after"], query_hash(fields["bucket"], fields["key"],
+                                                         cond, reverse))
+    except Rejected:
+        return
+    resumed_lo, resumed_hi = resume_range(lo, hi, reverse, after)
+    assert lo <= resumed_lo and (hi is None or (resumed_hi is not None and resumed_hi <= hi))
+    assert not in_range(after, resumed_lo, resumed_hi)
 
 
 def seed(corpus: Path) -> None:

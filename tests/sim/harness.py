@@ -75,6 +75,7 @@ class Scenario:
     join_at: float | None = None  # a new node joins (cluster_join + commit) at this time
     converge_within: float = 200.0  # simulated seconds after healing
     gossip_interval: float = 1.0
+    handoff_interval: float = 2.0  # seconds between hint hand-back rounds
     antientropy_period: float = 30.0
     antientropy: bool = True  # False: no exchanges at all (gossip measurements)
     tombstone_grace: float = 20.0
@@ -86,7 +87,7 @@ def node_config(scenario: Scenario, node_id: str, seeds: tuple[str, ...]) -> Con
     return dataclasses.replace(
         base, node_id=node_id, seeds=seeds, ring_size=scenario.ring_size, sync="none",
         gossip=dataclasses.replace(base.gossip, interval=scenario.gossip_interval),
-        handoff=dataclasses.replace(base.handoff, interval=2.0),
+        handoff=dataclasses.replace(base.handoff, interval=scenario.handoff_interval),
         antientropy=dataclasses.replace(
             base.antientropy, enabled=scenario.antientropy, period=scenario.antientropy_period,
             tombstone_grace=scenario.tombstone_grace),
