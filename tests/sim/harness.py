@@ -26,11 +26,12 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 import trio.testing
@@ -550,3 +551,27 @@ def measure_gossip(size: int, ring_size: int = 256) -> GossipMeasure:
     trio._core._run._r.seed(size)
     clock = trio.testing.MockClock(autojump_threshold=0)
     return trio.run(_measure_gossip, size, ring_size, clock, clock=clock)
+
+
+Result = TypeVar("Result")
+
+
+def run_seeds(workload: str, check_seed: Callable[[int], Result]) -> list[Result]:
+    """`make sim SEEDS=N [SEED_START=S]`: ``check_seed`` for seeds S..S+N-1 (default 1..20)
+    of one workload, every seed run even after a failure; fails naming each failed seed's
+    first line, and returns what the passing seeds returned."""
+    first = int(os.environ.get("SEED_START", "1"))
+    count = int(os.environ.get("SEEDS", "20"))
+    failures: list[str] = []
+    results: list[Result] = []
+    started = time.monotonic()
+    for seed in range(first, first + count):
+        try:
+            results.append(check_seed(seed))
+        except AssertionError as exc:
+            failures.append(str(exc).splitlines()[0])
+            print(exc)
+    print(f"{workload}: {count} seeds in {time.monotonic() - started:.0f}s, "
+          f"{len(failures)} failed")
+    assert not failures, "\n".join(failures)
+    return results

@@ -13,9 +13,7 @@ back), and no replica, hint or hash tree holds a dead object any more. Fixed see
 
 from __future__ import annotations
 
-import os
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +26,15 @@ from common.errors import DynError, Rejected
 from dynd.features import SUPPORTED
 from dynd.merkle import PartitionTree
 from dynd.replica import key_id
-from tests.sim.harness import BASE_WALL, Scenario, SimCluster, SimNode, settled_cluster, until
+from tests.sim.harness import (
+    BASE_WALL,
+    Scenario,
+    SimCluster,
+    SimNode,
+    run_seeds,
+    settled_cluster,
+    until,
+)
 from tests.sim.network import LinkFaults
 
 CACHE = "cache"
@@ -210,19 +216,7 @@ def test_expired_and_overwritten_values_never_come_back(seed: int) -> None:
 @pytest.mark.timeout(0)
 def test_many_seeds() -> None:
     """`make sim SEEDS=...` runs seeds 1..SEEDS (or SEED_START..) of this workload too."""
-    first = int(os.environ.get("SEED_START", "1"))
-    count = int(os.environ.get("SEEDS", "20"))
-    failures = []
-    started = time.monotonic()
-    for seed in range(first, first + count):
-        try:
-            check_expiry(seed)
-        except AssertionError as exc:
-            failures.append(str(exc).splitlines()[0])
-            print(exc)
-    print(f"expiry: {count} seeds in {time.monotonic() - started:.0f}s, "
-          f"{len(failures)} failed")
-    assert not failures, "\n".join(failures)
+    run_seeds("expiry", check_expiry)
 
 
 def test_expiry_waits_for_every_member() -> None:

@@ -7,12 +7,9 @@ tests/sim/test_sim_faults.py -k many` (the way `make sim` runs it).
 
 from __future__ import annotations
 
-import os
-import time
-
 import pytest
 
-from tests.sim.harness import Scenario, check
+from tests.sim.harness import Scenario, check, run_seeds
 
 # Seeds that found product bugs, kept as regressions (the table in docs/testing.md):
 # 5: a fallback coordinator minted a dot that repeated one already handed back (lost write);
@@ -36,16 +33,5 @@ def test_node_joins_under_faults() -> None:
 @pytest.mark.timeout(0)  # many seeds in one test: make sim SEEDS=1000 runs for an hour
 def test_many_seeds() -> None:
     """`make sim SEEDS=1000`: seeds 1..SEEDS (or SEED_START..), each a full run."""
-    first = int(os.environ.get("SEED_START", "1"))
-    count = int(os.environ.get("SEEDS", "20"))
-    failures = []
-    started = time.monotonic()
-    for seed in range(first, first + count):
-        scenario = Scenario(join_at=40.0 if seed % 5 == 0 else None)
-        try:
-            check(seed, scenario)
-        except AssertionError as exc:
-            failures.append(str(exc).splitlines()[0])
-            print(exc)
-    print(f"{count} seeds in {time.monotonic() - started:.0f}s, {len(failures)} failed")
-    assert not failures, "\n".join(failures)
+    run_seeds("faults", lambda seed: check(
+        seed, Scenario(join_at=40.0 if seed % 5 == 0 else None)))

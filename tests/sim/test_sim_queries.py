@@ -28,9 +28,7 @@ replicas are still equal. Fixed seeds in `make test`, many with `make sim` (``-k
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +49,7 @@ from tests.sim.harness import (
     Scenario,
     SimCluster,
     SimNode,
+    run_seeds,
     settled_cluster,
     until,
 )
@@ -399,19 +398,6 @@ def test_queries_under_faults_never_resurrect_and_match_the_converged_state(seed
 @pytest.mark.timeout(0)
 def test_many_seeds() -> None:
     """`make sim SEEDS=...` runs seeds 1..SEEDS (or SEED_START..) of this workload too."""
-    first = int(os.environ.get("SEED_START", "1"))
-    count = int(os.environ.get("SEEDS", "20"))
-    failures = []
-    pages = refilled = 0
-    started = time.monotonic()
-    for seed in range(first, first + count):
-        try:
-            checks = check_queries(seed)
-            pages += checks.pages
-            refilled += checks.refilled_pages
-        except AssertionError as exc:
-            failures.append(str(exc).splitlines()[0])
-            print(exc)
-    print(f"queries: {count} seeds in {time.monotonic() - started:.0f}s, {pages} pages "
-          f"({refilled} refilled), {len(failures)} failed")
-    assert not failures, "\n".join(failures)
+    checks = run_seeds("queries", check_queries)
+    print(f"queries: {sum(c.pages for c in checks)} pages, "
+          f"{sum(c.refilled_pages for c in checks)} refilled")
