@@ -149,12 +149,15 @@ class AntiEntropy:
         return {"items": [_segment_item(kid, digest) for kid, digest in items.items()]}
 
     async def op_p_digests(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        """The digest of our copy of each item (null: none), for the reaper to compare."""
+        """The digest of our copy of each item, for the reaper to compare; null where we
+        hold none or our own clock does not find it dead past the grace yet, so that an
+        item any primary would refuse is deleted by none."""
         partition = fields["partition"]
-        digests = []
+        digests: list[bytes | None] = []
         for bucket, key, sk in fields["items"]:
             raw = self.replica.get_encoded(partition, bucket, key, None, sk)
-            digests.append(None if raw is None else dvvset.digest_encoded(raw))
+            reapable = raw is not None and self._reapable(dvvset.decode_stored(raw), bucket)
+            digests.append(dvvset.digest_encoded(raw) if reapable and raw is not None else None)
         return {"digests": digests}
 
     async def op_p_reap(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
@@ -427,10 +430,11 @@ class AntiEntropy:
     async def _reap_batch(self, partition: int, others: list[str],
                           batch: list[Candidate]) -> int:
         """Reap a batch of candidates: every other primary must hold each item with our
-        digest (p_digests), then each deletes what it still holds so and finds dead by its
-        own clock (batched p_reap), and we delete last what all of them deleted, so that
-        an item another primary refused keeps our copy too. A primary that fails stops
-        the batch; what it kept is retried next round. Returns the items reaped here."""
+        digest and find it dead past the grace by its own clock (p_digests), then each
+        deletes what it still holds so (batched p_reap, which checks both again), and we
+        delete last what all of them deleted, so that an item another primary refused
+        keeps our copy too. A primary that fails stops the batch; what it kept is
+        retried next round. Returns the items reaped here."""
         digests = [dvvset.digest(clock) for *_, clock in batch]
         agreed = list(range(len(batch)))
         for op in ("p_digests", "p_reap"):
