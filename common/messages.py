@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from common.dvvset import DIGEST_BYTES
 from common.errors import DynError, ProtocolError, Rejected, error_from_wire
 from common.limits import MAX_N, MAX_SORT_KEY_BYTES, MAX_TTL_SECONDS, Limits
 from common.skrange import BadCondition, check_condition
@@ -35,6 +36,7 @@ MAX_PATH_CHARS = 4096  # a backup directory on the node's host (Linux's PATH_MAX
 MAX_QUERY_LIMIT = 1000  # items per query page
 MAX_QUERY_TOKEN_CHARS = 4 * MAX_SORT_KEY_BYTES  # a continuation token: base64 around one sort key
 QUERY_SELECTS = ("items", "keys", "count")
+MAX_REAP_ITEMS = 256  # items per p_digests or batched p_reap
 MAX_SEED_CHARS = 261  # "host:port": a 253-character DNS name, ':' and a 5-digit port; brackets
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -118,8 +120,10 @@ SCHEMA: dict[str, dict[str, tuple[_Type, bool]]] = {
                 "hi": (bytes, False), "reverse": (bool, True), "want": (int, True),
                 "now": (int, True), "max_bytes": (int, True), "hint_for": (str, False),
                 "skeleton": (bool, False)},
-    "p_reap": {"bucket": _BUCKET, "key": _KEY, "sk": _SK, "partition": _PARTITION,
-               "clock": (bytes, True)},
+    # One key (the form nodes without batched reaping send) or a batch: see _SHAPES.
+    "p_reap": {"bucket": (str, False), "key": (bytes, False), "sk": _SK,
+               "partition": _PARTITION, "clock": (bytes, False), "items": (list, False)},
+    "p_digests": {"partition": _PARTITION, "items": (list, True)},
 }
 
 PEER_OPS = frozenset(op for op in SCHEMA if op.startswith("p_"))
@@ -222,10 +226,31 @@ def validate_request(msg: Any, limits: Limits) -> Request:
     for name, (_, required) in schema.items():
         if required and name not in fields:
             raise ProtocolError(f"op {op!r} needs field {name!r}")
+    _check_shape(op, fields)
     for exclusive in _EXCLUSIVE_FIELDS.get(op, ()):
         if set(exclusive) <= set(fields):
             raise Rejected(f"op {op!r} takes {' or '.join(exclusive)}, not both")
     return Request(op=op, id=rid, fields=fields)
+
+
+def _check_shape(op: str, fields: dict[str, Any]) -> None:
+    """An op of ``_SHAPES`` carries exactly one of its shapes, whole."""
+    shapes = _SHAPES.get(op)
+    if shapes is None:
+        return
+    chosen = [(required, optional) for required, optional in shapes if required & fields.keys()]
+    if len(chosen) != 1:
+        either = " or ".join("+".join(sorted(required)) for required, _ in shapes)
+        raise ProtocolError(f"op {op!r} takes one of {either}")
+    required, optional = chosen[0]
+    missing = sorted(required - fields.keys())
+    if missing:
+        raise ProtocolError(f"op {op!r} needs field {missing[0]!r}")
+    others = set().union(*(r | o for r, o in shapes)) - required - optional
+    stray = sorted(others & fields.keys())
+    if stray:
+        raise ProtocolError(f"op {op!r} with {'+'.join(sorted(required))} takes no "
+                            f"field {stray[0]!r}")
 
 
 def _refuse_envelope_fields(fields: dict[str, Any], reserved: tuple[str, ...]) -> None:
@@ -368,6 +393,29 @@ def _check_user(name: str, user: str, limits: Limits) -> None:
         raise Rejected(f"{name} must be 1..{MAX_USER_CHARS} characters")
 
 
+def _item_check(with_digest: bool) -> Callable[[str, list[Any], Limits], None]:
+    """The items of p_digests (``[bucket, key, sk or null]``) or of a batched p_reap (the
+    same and the digest the reaper agreed on): 1..MAX_REAP_ITEMS of them."""
+    form = "[bucket, key, sk or null, digest]" if with_digest else "[bucket, key, sk or null]"
+
+    def check(name: str, items: list[Any], limits: Limits) -> None:
+        if not 1 <= len(items) <= MAX_REAP_ITEMS:
+            raise Rejected(f"{name} must hold 1..{MAX_REAP_ITEMS} items, not {len(items)}")
+        for item in items:
+            if (type(item) is not list or len(item) != (4 if with_digest else 3)
+                    or type(item[0]) is not str or type(item[1]) is not bytes
+                    or (item[2] is not None and type(item[2]) is not bytes)
+                    or (with_digest and type(item[3]) is not bytes)):
+                raise ProtocolError(f"{name} must hold {form} items, not {item!r:.60}")
+            _check_bucket(name, item[0], limits)
+            _check_key(f"{name} key", item[1], limits)
+            if item[2] is not None:
+                _check_sort_key(f"{name} sk", item[2], limits)
+            if with_digest and len(item[3]) != DIGEST_BYTES:
+                raise Rejected(f"{name} digest must be {DIGEST_BYTES} bytes, not {len(item[3])}")
+    return check
+
+
 _check_replication = _in_range(1, MAX_N)
 _check_primary_quorum = _in_range(0, MAX_N)
 _check_non_negative = _in_range(0, None)
@@ -375,6 +423,14 @@ _check_non_negative = _in_range(0, None)
 # Fields of one op that exclude each other: a put expires after ``ttl`` seconds or at
 # ``expire_at`` (ms since the epoch), never both.
 _EXCLUSIVE_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {"put": (("ttl", "expire_at"),)}
+
+# Ops with more than one shape: (required fields, optional fields) of each; a request
+# carries exactly one, whole, besides the fields every shape shares. p_reap reaps one key
+# (what nodes without batched reaping send and read) or a batch of items.
+_SHAPES: dict[str, tuple[tuple[frozenset[str], frozenset[str]], ...]] = {
+    "p_reap": ((frozenset({"bucket", "key", "clock"}), frozenset({"sk"})),
+               (frozenset({"items"}), frozenset())),
+}
 
 # Limit and naming checks by field name; a field means the same thing in every op.
 _VALUE_CHECKS: dict[str, Callable[[str, Any, Limits], None]] = {
@@ -423,6 +479,8 @@ _OP_VALUE_CHECKS: dict[tuple[str, str], Callable[[str, Any, Limits], None]] = {
     ("role_grant", "bucket"): _check_grant_bucket,
     ("role_revoke", "bucket"): _check_grant_bucket,
     ("auth_check", "bucket"): _check_grant_bucket,
+    ("p_digests", "items"): _item_check(with_digest=False),
+    ("p_reap", "items"): _item_check(with_digest=True),
     **{(op, "name"): _check_role for op in ("role_create", "role_delete", "role_get",
                                             "role_grant", "role_revoke")},
 }

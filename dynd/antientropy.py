@@ -35,9 +35,11 @@ from common import dvvset
 from common.config import AntiEntropyConfig
 from common.dvvset import DVVSet
 from common.errors import DynError, Rejected
+from common.messages import MAX_REAP_ITEMS
 from common.ring import Target
 from dynd import membership, merkle
 from dynd.cluster import ClusterView
+from dynd.features import BATCHED_REAP
 from dynd.membership import ClusterState
 from dynd.merkle import MerkleError, TreeComparison
 from dynd.metrics import Stats
@@ -48,6 +50,8 @@ from dynd.server import Peer
 from dynd.storage import Storage
 
 log = logging.getLogger("dynd.antientropy")
+
+Candidate = tuple[str, bytes, bytes | None, DVVSet]  # (bucket, key, sk, our clock)
 
 
 def _segment_item(kid: bytes, digest: bytes) -> list[Any]:
@@ -64,6 +68,14 @@ def _remote_digests(items: Any) -> dict[bytes, bytes]:
                 for item in items}
     except (TypeError, IndexError, AttributeError) as exc:
         raise Rejected(f"bad p_segments answer: {exc}") from None
+
+
+def _batch_answers(reply: dict[str, Any], field: str, count: int) -> list[Any]:
+    """A p_digests or batched p_reap answer: one entry per item asked about."""
+    answers = reply.get(field)
+    if not isinstance(answers, list) or len(answers) != count:
+        raise Rejected(f"bad {field} answer: {count} items asked, got {answers!r:.60}")
+    return answers
 
 
 def past_grace(clock: DVVSet, now_ms: int, grace_ms: float) -> bool:
@@ -93,7 +105,7 @@ class ExchangeRecord:
 
 
 class AntiEntropy:
-    OPS = ("repair", "p_tree", "p_segments", "p_reap")
+    OPS = ("repair", "p_tree", "p_segments", "p_reap", "p_digests")
 
     def __init__(self, node_id: str, view: ClusterView, storage: Storage, replica: Replica,
                  access: ReplicaAccess, peers: Peers, stats: Stats, config: AntiEntropyConfig,
@@ -136,7 +148,21 @@ class AntiEntropy:
         items = await self._segment_digests(fields["partition"], fields["segments"])
         return {"items": [_segment_item(kid, digest) for kid, digest in items.items()]}
 
+    async def op_p_digests(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """The digest of our copy of each item, for the reaper to compare; null where we
+        hold none or our own clock does not find it dead past the grace yet, so that an
+        item any primary would refuse is deleted by none."""
+        partition = fields["partition"]
+        digests: list[bytes | None] = []
+        for bucket, key, sk in fields["items"]:
+            raw = self.replica.get_encoded(partition, bucket, key, None, sk)
+            reapable = raw is not None and self._reapable(dvvset.decode_stored(raw), bucket)
+            digests.append(dvvset.digest_encoded(raw) if reapable and raw is not None else None)
+        return {"digests": digests}
+
     async def op_p_reap(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        if "items" in fields:
+            return {"reaped": await self._reap_items(fields["partition"], fields["items"])}
         clock = clock_from_peer(fields["clock"])
         if clock is None or not dvvset.values(clock):
             raise Rejected("p_reap needs a clock with siblings")
@@ -148,6 +174,24 @@ class AntiEntropy:
         if ticket is not None:
             await ticket.wait()
         return {"reaped": ticket is not None}
+
+    async def _reap_items(self, partition: int, items: list[list[Any]]) -> list[bool]:
+        """Delete each item whose copy still has exactly the agreed digest and is dead past
+        the grace by our own clock (skew can delay a reap, never advance it); whether each
+        one was, once the deletes are durable."""
+        tickets = []
+        for bucket, key, sk, digest in items:
+            raw = self.replica.get_encoded(partition, bucket, key, None, sk)
+            ticket = None
+            if raw is not None and dvvset.digest_encoded(raw) == digest:
+                clock = dvvset.decode_stored(raw)
+                if self._reapable(clock, bucket):
+                    ticket = self.replica.reap(partition, bucket, key, clock, sk)
+            tickets.append(ticket)
+        for ticket in tickets:
+            if ticket is not None:
+                await ticket.wait()
+        return [ticket is not None for ticket in tickets]
 
     async def _segment_digests(self, partition: int, segments: list[int]) -> dict[bytes, bytes]:
         """key id -> version digest for every local key in the given segments."""
@@ -315,7 +359,7 @@ class AntiEntropy:
         future = self.view.routing().primaries(partition, owners=self.view.state.next_owners)
         if any(p not in primaries for p in future):
             return 0
-        candidates: list[tuple[str, bytes, bytes | None, DVVSet]] = []
+        candidates: list[Candidate] = []
         async for bucket, key, sk, raw in self.storage.iter_partition(partition):
             clock = dvvset.decode_stored(raw)
             if self._reapable(clock, bucket):
@@ -323,9 +367,15 @@ class AntiEntropy:
         if not candidates or not await self._no_hints_anywhere():
             return 0
         reaped = 0
-        for bucket, key, sk, clock in candidates:
-            if await self._reap_everywhere(partition, primaries, bucket, key, sk, clock):
-                reaped += 1
+        if BATCHED_REAP in self.view.state.features:
+            others = [p for p in primaries if p != self.node_id]
+            for start in range(0, len(candidates), MAX_REAP_ITEMS):
+                reaped += await self._reap_batch(
+                    partition, others, candidates[start:start + MAX_REAP_ITEMS])
+        else:  # a member may not read the batch: one key per call, as it does
+            for bucket, key, sk, clock in candidates:
+                if await self._reap_everywhere(partition, primaries, bucket, key, sk, clock):
+                    reaped += 1
         if reaped:
             self.stats.count("tombstones_reaped", reaped)
         return reaped
@@ -376,3 +426,41 @@ class AntiEntropy:
             if reply.get("reaped") is not True:  # changed since, or not dead by its clock
                 return False
         return True
+
+    async def _reap_batch(self, partition: int, others: list[str],
+                          batch: list[Candidate]) -> int:
+        """Reap a batch of candidates: every other primary must hold each item with our
+        digest and find it dead past the grace by its own clock (p_digests), then each
+        deletes what it still holds so (batched p_reap, which checks both again), and we
+        delete last what all of them deleted, so that an item another primary refused
+        keeps our copy too. A primary that fails stops the batch; what it kept is
+        retried next round. Returns the items reaped here."""
+        digests = [dvvset.digest(clock) for *_, clock in batch]
+        agreed = list(range(len(batch)))
+        for op in ("p_digests", "p_reap"):
+            for primary in others:
+                if not agreed:
+                    return 0
+                items = [[*batch[i][:3], digests[i]] if op == "p_reap" else [*batch[i][:3]]
+                         for i in agreed]
+                try:
+                    reply = await self.call(primary, op, {"partition": partition,
+                                                          "items": items})
+                    if op == "p_digests":
+                        answers = _batch_answers(reply, "digests", len(items))
+                        agreed = [i for i, theirs in zip(agreed, answers, strict=True)
+                                  if theirs == digests[i]]
+                    else:
+                        answers = _batch_answers(reply, "reaped", len(items))
+                        agreed = [i for i, deleted in zip(agreed, answers, strict=True)
+                                  if deleted is True]
+                except DynError as exc:
+                    log.info("event=reap_failed node=%s partition=%d peer=%s error=%r",
+                             self.node_id, partition, primary, exc.message)
+                    return 0
+        tickets = [self.replica.reap(partition, bucket, key, clock, sk)
+                   for bucket, key, sk, clock in (batch[i] for i in agreed)]
+        for ticket in tickets:
+            if ticket is not None:
+                await ticket.wait()
+        return sum(ticket is not None for ticket in tickets)

@@ -154,6 +154,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.storage.run)
+            nursery.start_soon(self.storage.run_compactions)
             if hasattr(self.transport, "run"):
                 await nursery.start(self.transport.run)
             # Serve from here on: fresh peers bootstrapping at the same time may need our

@@ -68,6 +68,9 @@ _BLOOM_BITS_PER_KEY = 10
 DATA_FORMAT = 1  # the layout above; raise it with any change an older dynd would misread
 META_DATA_FORMAT = "data_format"
 SCAN_PAGE = 256  # rows iter_partition reads between two checkpoints (about 0.4 ms of hashing)
+# Data deletes (reaped objects, dropped partitions) staged since the last compaction pass
+# that start the next one (run_compactions).
+COMPACT_AFTER_DELETES = 1000
 
 _Op = tuple[str, bytes, bytes | None]  # (column family, raw key, value or None = delete)
 ItemId = tuple[str, bytes, bytes | None]  # (bucket, key, sort key or None): one item
@@ -319,6 +322,9 @@ class Storage:
         self._has_work = trio.Event()
         self._next_seq = 0
         self._hint_counts: dict[str, int] = {}
+        self._deletes: dict[int, int] = {}  # partition -> data deletes since its compaction
+        self._deletes_total = 0
+        self._compaction_due = trio.Event()
         try:
             self._rebuild_hint_counts()
         except BaseException:
@@ -579,7 +585,13 @@ class Storage:
         for cf, raw_key, value in staged.ops:
             if cf == CF_HINTS:
                 self._count_hint(raw_key, value is not None)
+            elif cf == CF_DATA and value is None:
+                partition = int.from_bytes(raw_key[:4], "big")
+                self._deletes[partition] = self._deletes.get(partition, 0) + 1
+                self._deletes_total += 1
             self._overlay[cf][raw_key] = (value, staged.seq)
+        if self._deletes_total >= COMPACT_AFTER_DELETES:
+            self._compaction_due.set()
         self._queue.append(staged)
         self._has_work.set()
         return staged.ticket
@@ -690,6 +702,44 @@ class Storage:
         self.batches_committed += len(group)
         for staged in group:
             staged.ticket._finish(error)
+
+    async def run_compactions(self) -> None:
+        """Service: once COMPACT_AFTER_DELETES data deletes were staged, compact the key
+        range of every partition that had some, one at a time in a worker thread (RocksDB
+        releases the GIL there, so the node keeps serving), then flush the small column
+        families. Loops until cancelled.
+
+        RocksDB returns a deleted object's space only when a compaction drops it, and the
+        write-ahead log that holds it only once every column family with writes in it is
+        flushed: without this, a cache that reaps as fast as it inserts still grows."""
+        while True:
+            await self._compaction_due.wait()
+            self._compaction_due = trio.Event()
+            partitions, self._deletes, self._deletes_total = sorted(self._deletes), {}, 0
+            for partition in partitions:
+                await self._in_thread(f"compact partition {partition}", self._compact,
+                                      partition)
+            await self._in_thread("flush", self._flush_small)
+
+    async def _in_thread(self, what: str, work: Callable[..., None], *args: int) -> None:
+        """Run one RocksDB maintenance call in a worker thread; a failure is logged, not
+        fatal (the data stays as it was)."""
+        try:
+            await trio.to_thread.run_sync(work, *args)
+        except Exception as exc:  # rocksdict raises plain Exception
+            log.warning("event=compaction_failed what=%r error=%r", what, str(exc))
+
+    def _compact(self, partition: int) -> None:
+        self._check_open()
+        low = _partition_prefix(partition)
+        self._views[CF_DATA].compact_range(low, _prefix_end(low))
+
+    def _flush_small(self) -> None:
+        """Flush hints and meta, whose few writes would otherwise keep every write-ahead
+        log alive, and with it every reaped object written there."""
+        self._check_open()
+        for cf in (CF_HINTS, CF_META):
+            self._views[cf].flush()
 
     def checkpoint(self, path: str) -> None:
         """Write a consistent copy of the whole database (every column family at one

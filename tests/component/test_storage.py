@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,7 +13,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynd.storage import Batch, Storage, StorageClosed, StorageError
+from dynd.storage import COMPACT_AFTER_DELETES, Batch, Storage, StorageClosed, StorageError
 
 
 def _count(storage: Storage, partition: int) -> int:
@@ -292,6 +293,33 @@ async def test_a_write_error_reaches_every_waiter_and_stops_the_writer(
         assert reopened.get(1, "b", b"kept") == b"old"
     finally:
         reopened.close()
+
+
+async def test_deletes_give_their_space_back_once_enough_accumulated(tmp_path: Path) -> None:
+    """Reaped objects free their disk: without the compaction pass the write-ahead log
+    holding them stays (a memtable far below its size is never flushed)."""
+    store = Storage.open(str(tmp_path / "db"))
+    rng = random.Random(7)
+    keys = [f"k{i}".encode() for i in range(COMPACT_AFTER_DELETES)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        nursery.start_soon(store.run_compactions)
+        for key in keys:  # incompressible values: about 4 MiB in all
+            store.stage(Batch().put(5, "default", key, rng.randbytes(4096)))
+        await store.write(Batch().put_meta("note", b"a write in another column family"))
+        written = store.approximate_size()
+        assert written > len(keys) * 4096
+        for key in keys[:-1]:
+            store.stage(Batch().delete(5, "default", key))
+        await store.write(Batch())
+        assert store.approximate_size() >= written  # one delete short of a pass: nothing back
+        await store.write(Batch().delete(5, "default", keys[-1]))
+        with trio.fail_after(30):
+            while store.approximate_size() > written / 4:
+                await trio.sleep(0.05)
+        assert _count(store, 5) == 0
+        nursery.cancel_scope.cancel()
+    store.close()
 
 
 @pytest.mark.parametrize(("call", "message"), [

@@ -21,6 +21,7 @@ from common.limits import Limits
 from common.messages import (
     ADMIN_OPS,
     CLIENT_OPS,
+    MAX_REAP_ITEMS,
     MAX_REQUEST_ID,
     PEER_OPS,
     PROTOCOL_VERSION,
@@ -89,6 +90,7 @@ VALID = {
     "p_segments": {"partition": 1, "segments": []},
     "p_status": {},
     "p_reap": {"bucket": "default", "key": b"k", "partition": 2, "clock": b""},
+    "p_digests": {"partition": 2, "items": [["default", b"k", None], ["app", b"u", b"s"]]},
     "query": {"bucket": "app", "key": b"USER#a", "cond": ["between", b"A", b"B"], "limit": 50,
               "reverse": True, "after": "oQ", "r": 2, "select": "keys"},
     "p_query": {"bucket": "app", "key": b"k", "partition": 1, "lo": b"a", "hi": b"b\x00",
@@ -113,9 +115,14 @@ def test_valid_request_of_every_op_passes(op: str) -> None:
         op=op, id=42, fields=VALID[op])
 
 
+# p_reap's single-key fields are required by its shape, not by SCHEMA (see the tests below).
+SHAPE_REQUIRED = {"p_reap": {"bucket", "key", "clock"}}
+
+
 @pytest.mark.parametrize("op", sorted(op for op in VALID if VALID[op]))
 def test_optional_fields_may_be_left_out(op: str) -> None:
-    required = {name: value for name, value in VALID[op].items() if SCHEMA[op][name][1]}
+    required = {name: value for name, value in VALID[op].items()
+                if SCHEMA[op][name][1] or name in SHAPE_REQUIRED.get(op, ())}
     assert validate_request(request(op, 1, **required), LIMITS).fields == required
 
 
@@ -232,6 +239,54 @@ def test_values_breaking_a_limit_are_rejected_not_protocol_errors(msg: Any, matc
     with pytest.raises(Rejected, match=match) as caught:
         validate_request(msg, LIMITS)
     assert not isinstance(caught.value, ProtocolError)
+
+
+DIGEST = b"d" * 16
+BATCH_REAP = {"partition": 2, "items": [["default", b"k", None, DIGEST],
+                                        ["app", b"u", b"s", DIGEST]]}
+
+
+def test_p_reap_takes_one_key_or_a_batch() -> None:
+    assert validate_request(request("p_reap", 1, **BATCH_REAP), LIMITS).fields == BATCH_REAP
+    single = VALID["p_reap"]
+    assert validate_request(request("p_reap", 1, **single), LIMITS).fields == single
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"partition": 2}, "takes one of bucket\\+clock\\+key or items"),
+    ({**VALID["p_reap"], "items": BATCH_REAP["items"]}, "takes one of"),
+    ({"partition": 2, "bucket": "b", "key": b"k"}, "needs field 'clock'"),
+    ({**BATCH_REAP, "sk": b"s"}, "with items takes no field 'sk'"),
+    ({"partition": 2, "items": [["b", b"k", None]]}, "sk or null, digest"),
+    ({"partition": 2, "items": [("b", b"k", None, DIGEST)]}, "items"),
+    ({"partition": 2, "items": [["b", "k", None, DIGEST]]}, "items"),
+    ({"partition": 2, "items": [["b", b"k", 1, DIGEST]]}, "items"),
+])
+def test_a_p_reap_of_no_one_shape_is_a_protocol_error(fields: dict[str, Any], match: str
+                                                      ) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        validate_request(request("p_reap", 1, **fields), LIMITS)
+
+
+@pytest.mark.parametrize("op, item, match", [
+    ("p_digests", ["bad bucket", b"k", None], "bucket name"),
+    ("p_digests", ["b", b"", None], "key must not be empty"),
+    ("p_digests", ["b", b"k", b""], "sort key"),
+    ("p_reap", ["b", b"k", None, b"short"], "digest must be 16 bytes"),
+])
+def test_batch_items_break_limits_like_single_fields(op: str, item: list[Any], match: str
+                                                      ) -> None:
+    with pytest.raises(Rejected, match=match):
+        validate_request(request(op, 1, partition=1, items=[item]), LIMITS)
+
+
+@pytest.mark.parametrize("count", [0, MAX_REAP_ITEMS + 1])
+def test_a_batch_holds_1_to_max_items(count: int) -> None:
+    with pytest.raises(Rejected, match=f"1..{MAX_REAP_ITEMS} items"):
+        validate_request(request("p_digests", 1, partition=1,
+                                 items=[["b", b"k", None]] * count), LIMITS)
+    validate_request(request("p_digests", 1, partition=1,
+                             items=[["b", b"k", None]] * MAX_REAP_ITEMS), LIMITS)
 
 
 def test_limits_come_from_the_given_limits_object() -> None:
