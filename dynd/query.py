@@ -272,7 +272,7 @@ class Queries:
         # The own copy first: it costs no round trip, and with query_fanout "r" it is one
         # of the R asked. The others keep their preference-list order.
         waiting = deque(sorted(place.targets, key=lambda t: t.node != self.node_id))
-        asked = len(waiting) if self.limits.query_fanout == "n" else r
+        asked = len(waiting) if self.limits.query_fanout == "n" else min(r, len(waiting))
         pending = 0
 
         def ask(target: Target) -> None:
