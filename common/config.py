@@ -252,6 +252,11 @@ _LIMITS: dict[str, _Setting] = {
                              _positive),
     "frame_timeout": _Setting("float", "Seconds allowed to deliver the rest of a started "
                               "frame (slow-loris defence).", _positive),
+    "query_fanout": _Setting("str", "Replicas a query asks first: 'n', all of the preference "
+                             "list, like a get (the extra replies feed read repair); 'r', only "
+                             "R of them, this node's own copy first, and the next one when one "
+                             "fails or the R do not settle (less scan work; the replicas not "
+                             "asked are repaired only by anti-entropy).", _one_of("n", "r")),
 }
 
 _SECTIONS: dict[str, tuple[type, dict[str, _Setting]]] = {

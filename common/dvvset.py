@@ -470,6 +470,19 @@ def decode_stored(data: bytes) -> DVVSet:
         raise InvalidClock(f"stored clock: {exc}") from exc
 
 
+def stored_visible(data: bytes, now_ms: int) -> bool:
+    """``visible_values(decode_stored(data), now_ms)`` is not empty, read straight off the
+    CBOR without building the clock: a replica's query scan asks this of every item it
+    sends, and does not otherwise need the clock. InvalidClock for a malformed copy."""
+    try:
+        entries, anonymous = cbor2.loads(data)
+        return any(sibling[0] is not None and (len(sibling) < 3 or sibling[2] > now_ms)
+                   for siblings in (anonymous, *(values for _, _, values in entries))
+                   for sibling in siblings)
+    except (cbor2.CBORDecodeError, TypeError, ValueError, IndexError) as exc:
+        raise InvalidClock(f"stored clock: {exc}") from exc
+
+
 def digest(clock: DVVSet) -> bytes:
     """16-byte stable hash of the clock: equal clocks, equal digests (Merkle leaves)."""
     return digest_encoded(encode(clock))

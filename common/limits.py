@@ -36,6 +36,7 @@ class Limits:
     request_timeout: float = 5.0  # seconds, default deadline of one client request
     idle_timeout: float = 300.0  # seconds without a frame before a connection is closed
     frame_timeout: float = 10.0  # seconds to deliver the rest of a started frame (slow loris)
+    query_fanout: str = "n"  # replicas a query asks first: "n" all, "r" R of them (own copy first)
 
     @property
     def max_object_bytes(self) -> int:

@@ -12,9 +12,10 @@ from the replies used and from replies that came late.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -54,46 +55,90 @@ MAX_ROUNDS = 8  # refill rounds per page
 TOMBSTONE_LIMIT = 10_000  # dead items one replica reply scans (Scylla's query_tombstone_limit)
 REPLY_BYTES = 1024 * 1024  # what one replica reply holds at most (after its first item)
 WIDE_PARTITION_ITEMS = 100_000  # one scan that passes this many items is logged
-_SCAN_PAGE = 256  # rows read from storage at a time
+_SCAN_PAGE = 256  # most rows read from storage at a time
+
+T = TypeVar("T")
+# A refill's outcome: a peer's reply, the own copy's page and bytes, or the error.
+RefillOutcome = dict[str, Any] | tuple[ReplicaPage, int] | DynError
 
 
-def scan_replica(storage: Storage, fields: dict[str, Any]) -> dict[str, Any]:
-    """This node's answer to a ``p_query``: every item met in [lo, hi) in scan order, dead
-    ones included (a tombstone here must be able to hide a stale copy elsewhere); it stops
-    after ``want`` items live at ``now``, ``TOMBSTONE_LIMIT`` dead ones or ``max_bytes``,
-    always after at least one item. ``more`` is exact: the next row was read."""
+def _scan(storage: Storage, fields: dict[str, Any],
+          item: Callable[[bytes], tuple[T, bool, int]]
+          ) -> tuple[list[tuple[bytes, T]], bool, int]:
+    """The rows of a ``p_query`` scan in order, each made by ``item(stored bytes)`` into
+    (payload, live at ``now``, bytes it counts), whether the range has more, and the
+    bytes of sort keys and payloads. Every
+    item met in [lo, hi) is kept, dead ones included (a tombstone here must be able to
+    hide a stale copy elsewhere); it stops after ``want`` live items, ``TOMBSTONE_LIMIT``
+    dead ones or ``max_bytes``, always after at least one item. ``more`` is exact: the
+    next row was read. Storage is read ``want + 1`` rows first, then in pages that double
+    up to ``_SCAN_PAGE``: a page of live items reads no row it does not need."""
     partition, bucket, key = fields["partition"], fields["bucket"], fields["key"]
     lo, hi, reverse = fields["lo"], fields.get("hi"), fields["reverse"]
-    want, now, max_bytes = fields["want"], fields["now"], fields["max_bytes"]
-    items: list[list[bytes]] = []
+    want, max_bytes = fields["want"], fields["max_bytes"]
+    items: list[tuple[bytes, T]] = []
     live = dead = size = 0
+    page = min(_SCAN_PAGE, want + 1)
     while True:
         rows = storage.scan_items(partition, bucket, key, lo, hi, reverse=reverse,
-                                  limit=_SCAN_PAGE, hint_for=fields.get("hint_for"))
+                                  limit=page, hint_for=fields.get("hint_for"))
         for sk, raw in rows:
             if items and (live >= want or dead >= TOMBSTONE_LIMIT or size >= max_bytes):
-                return {"items": items, "more": True, "last": items[-1][0]}
-            clock = dvvset.decode_stored(raw)
-            if dvvset.visible_values(clock, now):
+                return items, True, size
+            payload, visible, nbytes = item(raw)
+            if visible:
                 live += 1
             else:
                 dead += 1
-            if fields.get("skeleton"):
-                raw = dvvset.encode(skeleton(clock))
-            items.append([sk, raw])
-            size += len(sk) + len(raw)
-        if len(rows) < _SCAN_PAGE:
-            result: dict[str, Any] = {"items": items, "more": False}
-            if items:
-                result["last"] = items[-1][0]
-            return result
+            items.append((sk, payload))
+            size += len(sk) + nbytes
+        if len(rows) < page:
+            return items, False, size
         if reverse:
             hi = rows[-1][0]
         else:
             lo = rows[-1][0] + b"\x00"
-        if live + dead > WIDE_PARTITION_ITEMS and (live + dead) % WIDE_PARTITION_ITEMS < _SCAN_PAGE:
+        scanned = live + dead
+        if scanned // WIDE_PARTITION_ITEMS > (scanned - len(rows)) // WIDE_PARTITION_ITEMS:
             log.warning("event=wide_partition bucket=%s key=%r scanned=%d", bucket, key[:64],
-                        live + dead)
+                        scanned)
+        page = min(_SCAN_PAGE, 2 * page)
+
+
+def scan_replica(storage: Storage, fields: dict[str, Any]) -> dict[str, Any]:
+    """This node's answer to a ``p_query`` (see ``_scan``): the stored bytes as they are,
+    liveness read off the CBOR without building clocks; skeletons re-encoded."""
+    now = fields["now"]
+
+    def stored(raw: bytes) -> tuple[bytes, bool, int]:
+        return raw, dvvset.stored_visible(raw, now), len(raw)
+
+    def bare(raw: bytes) -> tuple[bytes, bool, int]:
+        clock = dvvset.decode_stored(raw)
+        encoded = dvvset.encode(skeleton(clock))
+        return encoded, bool(dvvset.visible_values(clock, now)), len(encoded)
+
+    items, more, _ = _scan(storage, fields, bare if fields.get("skeleton") else stored)
+    result: dict[str, Any] = {"items": [[sk, raw] for sk, raw in items], "more": more}
+    if items:
+        result["last"] = items[-1][0]
+    return result
+
+
+def scan_local(storage: Storage, fields: dict[str, Any]) -> tuple[ReplicaPage, int]:
+    """The coordinator's own copy as ``scan_replica`` would answer it, with each clock
+    decoded once (the node's own bytes need no validating decode), and the bytes it
+    counts against the query's byte budget."""
+    now, skeletons = fields["now"], fields.get("skeleton")
+
+    def decoded(raw: bytes) -> tuple[dvvset.DVVSet, bool, int]:
+        clock = dvvset.decode_stored(raw)
+        if skeletons:
+            clock = skeleton(clock)
+        return clock, bool(dvvset.visible_values(clock, now)), len(raw)
+
+    items, more, size = _scan(storage, fields, decoded)
+    return ReplicaPage(items, more, items[-1][0] if items else None), size
 
 
 def page_from_reply(result: dict[str, Any]) -> ReplicaPage:
@@ -207,33 +252,55 @@ class Queries:
         core = GetCore(r=r, n=len(place.targets))
         first: dict[str, ReplicaPage] = {}
 
-        def take(target: Target, outcome: dict[str, Any] | DynError) -> None:
+        def take_page(target: Target, page: ReplicaPage, size: int, incomplete: bool) -> None:
             nonlocal received
-            fallback = target.role == "fallback"
+            received += size
+            first[target.node] = page
+            core.add_reply(target.node, dvvset.empty() if page.items else None,
+                           fallback=target.role == "fallback", incomplete=incomplete)
+
+        def take(target: Target, outcome: dict[str, Any] | DynError) -> None:
             try:
                 if isinstance(outcome, DynError):
                     raise outcome
                 page = page_from_reply(outcome)
             except DynError as exc:
-                core.add_failure(target.node, exc.message, fallback=fallback)
+                core.add_failure(target.node, exc.message, fallback=target.role == "fallback")
                 return
-            received += _reply_bytes(outcome)
-            first[target.node] = page
-            core.add_reply(target.node, dvvset.empty() if page.items else None,
-                           fallback=fallback, incomplete=outcome.get("incomplete") is True)
+            take_page(target, page, _reply_bytes(outcome), outcome.get("incomplete") is True)
 
-        for target in place.targets:
+        # The own copy first: it costs no round trip, and with query_fanout "r" it is one
+        # of the R asked. The others keep their preference-list order.
+        waiting = deque(sorted(place.targets, key=lambda t: t.node != self.node_id))
+        asked = len(waiting) if self.limits.query_fanout == "n" else min(r, len(waiting))
+        pending = 0
+
+        def ask(target: Target) -> None:
+            nonlocal pending
             if target.node == self.node_id:
-                take(target, scan_replica(self.storage, request(target)) | (
-                    {"incomplete": True} if self.read_incomplete(place.partition,
-                                                                target.hint_for) else {}))
+                page, size = scan_local(self.storage, request(target))
+                take_page(target, page, size,
+                          self.read_incomplete(place.partition, target.hint_for))
             else:
+                pending += 1
                 self.spawn(partial(self._ask, target, request(target), deadline, send.clone()))
-        send.close()
-        with trio.move_on_at(deadline):
-            while not core.settled():
+
+        def ask_more() -> None:
+            """With fewer than all asked: one more when the replies and those still
+            awaited cannot make R, or when every one asked answered and it is not settled."""
+            while waiting and (len(core.replies) - len(core.incomplete) + pending < r
+                               or (pending == 0 and not core.settled())):
+                ask(waiting.popleft())
+
+        for _ in range(asked):
+            ask(waiting.popleft())
+        ask_more()
+        with send, trio.move_on_at(deadline):
+            while not core.settled() and pending:
                 target, outcome = await replies.receive()
+                pending -= 1
                 take(target, outcome)
+                ask_more()
         if not core.enough():
             replies.close()
             raise Unavailable(f"read quorum not met: {core.describe()}")
@@ -249,7 +316,7 @@ class Queries:
                 break  # the page ends at the horizon, with a token
             rounds += 1
             self.stats.count("query_refills", len(refills))
-            outcomes: dict[str, dict[str, Any] | DynError] = {}
+            outcomes: dict[str, RefillOutcome] = {}
             async with trio.open_nursery() as nursery:
                 for node in refills:
                     nursery.start_soon(self._refill, by_node[node], request(by_node[node]),
@@ -259,8 +326,11 @@ class Queries:
                 try:
                     if outcome is None or isinstance(outcome, DynError):
                         raise BadReply(f"{node}: refill failed")
-                    page = page_from_reply(outcome)
-                    received += _reply_bytes(outcome)
+                    if isinstance(outcome, tuple):
+                        page, size = outcome
+                    else:
+                        page, size = page_from_reply(outcome), _reply_bytes(outcome)
+                    received += size
                     merge.add(node, page, fallback=by_node[node].role == "fallback")
                 except (BadReply, DynError):
                     merge.drop(node)
@@ -291,9 +361,9 @@ class Queries:
                     pass  # the query is over and its late replies are not wanted
 
     async def _refill(self, target: Target, fields: dict[str, Any], deadline: float,
-                      outcomes: dict[str, dict[str, Any] | DynError]) -> None:
+                      outcomes: dict[str, RefillOutcome]) -> None:
         if target.node == self.node_id:
-            outcomes[target.node] = scan_replica(self.storage, fields)
+            outcomes[target.node] = scan_local(self.storage, fields)
             return
         with trio.move_on_at(deadline):
             try:

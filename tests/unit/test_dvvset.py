@@ -195,6 +195,19 @@ def test_clocks_round_trip_through_wire_and_storage_forms(history):
 
 
 @settings(max_examples=100, deadline=None)
+@given(history=histories, now=st.integers(min_value=0, max_value=2**40))
+def test_stored_visible_agrees_with_visible_values_of_the_decoded_clock(history, now):
+    for clock in history.clocks:
+        assert dvv.stored_visible(dvv.encode(clock), now) == bool(dvv.visible_values(clock, now))
+
+
+def test_stored_visible_rejects_a_malformed_copy_with_invalid_clock():
+    for data in (b"\xff", cbor2.dumps([1, 2]), cbor2.dumps([[], [[]]])):
+        with pytest.raises(dvv.InvalidClock):
+            dvv.stored_visible(data, 0)
+
+
+@settings(max_examples=100, deadline=None)
 @given(history=histories, data=st.data())
 def test_digest_tells_clocks_apart(history, data):
     a = data.draw(st.sampled_from(history.clocks))
