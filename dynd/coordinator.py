@@ -2,9 +2,10 @@
 
 The quorum arithmetic lives in dynd.quorum; this module only sends, waits and
 keeps going in the background after the client has its answer (stragglers are
-read-repaired, replication finishes). A replica that fails is marked suspect
-and a fallback takes its place, so a freshly dead node costs one retry, not
-the write.
+read-repaired, replication finishes). A replica that fails is replaced by a
+fallback, so a freshly dead node costs one retry, not the write; one that
+cannot be reached is also marked suspect (dynd.peers), one that answered with
+an error is not (it is up).
 
 Replica requests are sent without a task each (Peers.submit) and come back as
 callbacks, the way riak_kv's get/put FSMs take replies as messages: a request
@@ -455,8 +456,9 @@ class Coordinator:
             if error is None:
                 core.add_ack(target.node, fallback=fallback)
             else:
+                # No suspicion here: an unreachable replica was marked by Peers.submit; one
+                # that answered with an error is up.
                 core.add_failure(target.node, error.message, fallback=fallback)
-                self.liveness.suspect(target.node, "request failed")
                 replacement = self.view.routing().replacement(
                     place, target, self.liveness.up_nodes(), tried)
                 if replacement is not None:

@@ -5,10 +5,11 @@ is up, as a client that sends each request straight to a primary does."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
-from common.errors import DynError
+from common.errors import DynError, Rejected
 from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster
 from tests.sim.network import LinkFaults
 
@@ -82,3 +83,23 @@ async def test_a_quorum_failure_names_why_each_replica_did_not_count(
         for error in errors:
             assert f"{crashed.id}: connection to {crashed.addr} refused" in error, error
             assert f"{silent.id}: " in error, error
+
+
+async def test_a_replica_that_answers_with_an_error_is_not_judged_down(
+        autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal is an answer: the replica is up. Judging it down would move later requests
+    to fallbacks (and, with none spare, to fewer replicas) for nothing."""
+    scenario = Scenario(nodes=3, ring_size=16, faults=LinkFaults())
+    async with settled_cluster(scenario, autojump_clock, "dynd-quorum-refusal-") as (
+            cluster, sims):
+        coordinator, refusing, _ = sims
+        assert coordinator.node is not None and refusing.node is not None
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise Rejected("refused by the test")
+
+        monkeypatch.setattr(refusing.node.coordinator.access, "stage", refuse)
+        for i in range(4):
+            await cluster.client_call("c", coordinator.addr, "put", bucket=BUCKET,
+                                      key=b"k%d" % i, value=b"v", context="")
+        assert refusing.id in coordinator.node.liveness.up_nodes()
