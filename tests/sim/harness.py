@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,8 +36,10 @@ from typing import Any, TypeVar
 import trio
 import trio.testing
 
+from common import dvvset
 from common.config import Config
 from common.errors import DynError
+from common.ring import partition_of
 from dynd import membership
 from dynd.features import SUPPORTED
 from dynd.node import Node
@@ -47,6 +49,8 @@ from tests.sim.checkers import Item, decode_value, encode_value
 from tests.sim.network import LinkFaults, SimNetwork
 from tests.support.cluster import bootstrap_state
 from tests.support.nodes import new_node, seed_state
+
+Result = TypeVar("Result")
 
 log = logging.getLogger("sim.harness")
 
@@ -449,11 +453,17 @@ async def _run(seed: int, scenario: Scenario, clock: trio.testing.MockClock) -> 
     return report
 
 
-def run(seed: int, scenario: Scenario = Scenario()) -> Report:
-    """One deterministic run; trio's scheduler is seeded too, so the seed reproduces it."""
+def seeded_run(seed: int, workload: Callable[..., Awaitable[Result]], *args: Any) -> Result:
+    """``workload(*args, clock)`` under a MockClock in one trio run whose scheduler is seeded
+    with ``seed`` too, so that the seed reproduces the run."""
     trio._core._run._r.seed(seed)
     clock = trio.testing.MockClock(autojump_threshold=0)
-    return trio.run(_run, seed, scenario, clock, clock=clock)
+    return trio.run(workload, *args, clock, clock=clock)
+
+
+def run(seed: int, scenario: Scenario = Scenario()) -> Report:
+    """One deterministic run of the shopping-cart fault mix."""
+    return seeded_run(seed, _run, seed, scenario)
 
 
 def check(seed: int, scenario: Scenario = Scenario(),
@@ -548,12 +558,7 @@ async def _measure_gossip(size: int, ring_size: int, clock: trio.testing.MockClo
 
 def measure_gossip(size: int, ring_size: int = 256) -> GossipMeasure:
     """How a cluster state change spreads by gossip alone (no push) over `size` nodes."""
-    trio._core._run._r.seed(size)
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    return trio.run(_measure_gossip, size, ring_size, clock, clock=clock)
-
-
-Result = TypeVar("Result")
+    return seeded_run(size, _measure_gossip, size, ring_size)
 
 
 def run_seeds(workload: str, check_seed: Callable[[int], Result]) -> list[Result]:
@@ -575,3 +580,28 @@ def run_seeds(workload: str, check_seed: Callable[[int], Result]) -> list[Result
           f"{len(failures)} failed")
     assert not failures, "\n".join(failures)
     return results
+
+
+# ---- items of one partition key ------------------------------------------------------
+
+
+async def item_call(cluster: SimCluster, sim: SimNode, op: str, *, key: bytes,
+                    **fields: Any) -> dict[str, Any]:
+    """A client request about ``key`` of BUCKET through ``sim`` (``sk=`` for an item)."""
+    return await cluster.client_call("client", sim.addr, op, bucket=BUCKET, key=key, **fields)
+
+
+def primaries_of(sims: list[SimNode], key: bytes) -> list[SimNode]:
+    """The primaries of ``key`` of BUCKET, as the first running node sees them."""
+    node = next(s.node for s in sims if s.node is not None)
+    partition = partition_of(BUCKET, key, node.view.state.ring_size)
+    by_id = {s.id: s for s in sims}
+    return [by_id[p] for p in node.view.routing().primaries(partition)]
+
+
+def stored_items(sim: SimNode, key: bytes) -> dict[bytes | None, dvvset.DVVSet]:
+    """Sort key -> ``sim``'s data copy of every item of ``key`` (None: the plain key)."""
+    assert sim.node is not None
+    partition = partition_of(BUCKET, key, sim.node.view.state.ring_size)
+    return {sk: dvvset.decode(raw) for bucket, k, sk, raw
+            in sim.node.storage.scan_partition(partition) if (bucket, k) == (BUCKET, key)}

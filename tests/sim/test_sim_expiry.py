@@ -32,6 +32,7 @@ from tests.sim.harness import (
     SimCluster,
     SimNode,
     run_seeds,
+    seeded_run,
     settled_cluster,
     until,
 )
@@ -199,9 +200,7 @@ async def _cache_run(seed: int, clock: trio.testing.MockClock) -> Checks:
 
 
 def check_expiry(seed: int) -> Checks:
-    trio._core._run._r.seed(seed)
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    checks = trio.run(_cache_run, seed, clock, clock=clock)
+    checks = seeded_run(seed, _cache_run, seed)
     assert not checks.violations, f"seed={seed}: " + "\n  ".join(checks.violations[:30])
     return checks
 

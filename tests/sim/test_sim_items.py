@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -19,12 +20,25 @@ import trio.testing
 
 from common import dvvset
 from common.errors import DynError, Rejected
-from common.ring import partition_of
-from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
+from tests.sim.harness import (
+    BUCKET,
+    Scenario,
+    SimNode,
+    item_call,
+    primaries_of,
+    settled_cluster,
+    stored_items,
+    until,
+)
 from tests.sim.network import LinkFaults
 
 SCENARIO = Scenario(nodes=5, ring_size=16, faults=LinkFaults(), antientropy=False)
 PK = b"USER#alice"
+
+
+_call = partial(item_call, key=PK)
+_primaries = partial(primaries_of, key=PK)
+_stored_items = partial(stored_items, key=PK)
 SKS = [b"ORDER#1", b"ORDER#2", b"\x00", b"\xff\xff", b"PROFILE"]
 
 
@@ -32,24 +46,7 @@ def _active(sims: list[SimNode]) -> bool:
     return all(s.node is not None and "sk" in s.node.view.state.features for s in sims)
 
 
-async def _call(cluster: SimCluster, sim: SimNode, op: str, **fields: Any) -> dict[str, Any]:
-    return await cluster.client_call("client", sim.addr, op, bucket=BUCKET, key=PK, **fields)
 
-
-def _primaries(sims: list[SimNode]) -> list[SimNode]:
-    node = sims[0].node
-    assert node is not None
-    partition = partition_of(BUCKET, PK, node.view.state.ring_size)
-    by_id = {s.id: s for s in sims}
-    return [by_id[p] for p in node.view.routing().primaries(partition)]
-
-
-def _stored_items(sim: SimNode) -> dict[bytes | None, Any]:
-    """sort key -> this node's data copy of every item of PK."""
-    assert sim.node is not None
-    partition = partition_of(BUCKET, PK, sim.node.view.state.ring_size)
-    return {sk: dvvset.decode(raw) for bucket, key, sk, raw
-            in sim.node.storage.scan_partition(partition) if (bucket, key) == (BUCKET, PK)}
 
 
 def _hinted_items(sim: SimNode) -> set[bytes | None]:

@@ -16,6 +16,7 @@ simulated cluster (ring of 16, N=3, R=2, W=2):
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import pytest
@@ -27,10 +28,25 @@ from common.config import HandoffConfig
 from common.dvvset import DVVSet
 from common.ring import partition_of
 from dynd import membership
-from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
+from tests.sim.harness import (
+    BUCKET,
+    Scenario,
+    SimCluster,
+    SimNode,
+    item_call,
+    primaries_of,
+    settled_cluster,
+    stored_items,
+    until,
+)
 from tests.sim.network import LinkFaults
 
 PK = b"USER#alice"
+
+
+_call = partial(item_call, key=PK)
+_primaries = partial(primaries_of, key=PK)
+_stored_items = partial(stored_items, key=PK)
 SKS = [b"ORDER#1", b"ORDER#2", b"\x00", b"\xff\xff"]
 
 
@@ -38,29 +54,11 @@ def _active(sims: list[SimNode]) -> bool:
     return all(s.node is not None and "sk" in s.node.view.state.features for s in sims)
 
 
-async def _call(cluster: SimCluster, sim: SimNode, op: str, key: bytes = PK,
-                **fields: Any) -> dict[str, Any]:
-    return await cluster.client_call("client", sim.addr, op, bucket=BUCKET, key=key, **fields)
-
 
 def _up(sims: list[SimNode]) -> list[SimNode]:
     return [s for s in sims if s.node is not None]
 
 
-def _primaries(sims: list[SimNode], key: bytes = PK) -> list[SimNode]:
-    node = _up(sims)[0].node
-    assert node is not None
-    partition = partition_of(BUCKET, key, node.view.state.ring_size)
-    by_id = {s.id: s for s in sims}
-    return [by_id[p] for p in node.view.routing().primaries(partition)]
-
-
-def _stored_items(sim: SimNode, key: bytes = PK) -> dict[bytes | None, DVVSet]:
-    """sort key -> this node's data copy of every item of ``key`` (None: the plain key)."""
-    assert sim.node is not None
-    partition = partition_of(BUCKET, key, sim.node.view.state.ring_size)
-    return {sk: dvvset.decode(raw) for bucket, k, sk, raw
-            in sim.node.storage.scan_partition(partition) if (bucket, k) == (BUCKET, key)}
 
 
 def _hinted_items(sim: SimNode, key: bytes = PK) -> set[bytes | None]:
@@ -177,8 +175,8 @@ async def _check_items(cluster: SimCluster, sims: list[SimNode], extra: dict[byt
             fields = {} if sk is None else {"sk": sk}
             got = await _call(cluster, reader, "get", key=key, r=3, **fields)
             assert [v["value"] for v in got["values"]] == [value], (key, sk)
-        for primary in _primaries(sims, key):
-            copy = _stored_items(primary, key)
+        for primary in _primaries(sims, key=key):
+            copy = _stored_items(primary, key=key)
             assert {sk: _live(c) for sk, c in copy.items()} == {
                 sk: [v] for sk, v in expected.items()}, (primary.id, key)
 
@@ -211,11 +209,11 @@ def test_a_join_and_a_leave_move_every_item_with_its_partition(
             epoch = int((await cluster.client_call("admin", admin.addr,
                                                    "cluster_commit"))["epoch"])
             await until("the join settled", lambda: _settled(sims, epoch))
-            assert any(joiner in _primaries(sims, key) for key in KEYS)
+            assert any(joiner in _primaries(sims, key=key) for key in KEYS)
             await _check_items(cluster, sims, {})
 
             # A leave: hold back the leaver's hand-over, give it an item nobody else has.
-            leaver = next(s for s in sims if s in _primaries(sims, KEYS[0]))
+            leaver = next(s for s in sims if s in _primaries(sims, key=KEYS[0]))
             assert leaver.node is not None
             released = trio.Event()
             handed_over = leaver.node.handover._handed_over
@@ -238,12 +236,12 @@ def test_a_join_and_a_leave_move_every_item_with_its_partition(
                 partition, BUCKET, KEYS[0], b"only the leaver", {}, node.identity.actor,
                 int(node.wall() * 1000), sk=b"LEAVER")
             await ticket.wait()
-            assert not any(b"LEAVER" in _stored_items(p, KEYS[0])
-                           for p in _primaries(sims, KEYS[0]))
+            assert not any(b"LEAVER" in _stored_items(p, key=KEYS[0])
+                           for p in _primaries(sims, key=KEYS[0]))
             released.set()
             await until("the leaver dropped its copies", lambda: not _foreign(leaver))
             remaining = [s for s in sims if s is not leaver]
-            assert leaver not in _primaries(remaining, KEYS[0])
+            assert leaver not in _primaries(remaining, key=KEYS[0])
             await _check_items(cluster, remaining, {b"LEAVER": b"only the leaver"})
 
     _run(main)

@@ -50,6 +50,7 @@ from tests.sim.harness import (
     SimCluster,
     SimNode,
     run_seeds,
+    seeded_run,
     settled_cluster,
     until,
 )
@@ -378,9 +379,7 @@ async def _threads_run(seed: int, clock: trio.testing.MockClock) -> Checks:
 
 
 def check_queries(seed: int) -> Checks:
-    trio._core._run._r.seed(seed)
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    checks = trio.run(_threads_run, seed, clock, clock=clock)
+    checks = seeded_run(seed, _threads_run, seed)
     assert not checks.violations, f"seed={seed}: " + "\n  ".join(checks.violations[:30])
     return checks
 

@@ -13,6 +13,7 @@ builds them):
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -20,34 +21,30 @@ import trio
 import trio.testing
 
 from common import dvvset
-from common.dvvset import DVVSet
 from common.errors import Unavailable
-from common.ring import partition_of
 from dynd.query import Queries
-from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
+from tests.sim.harness import (
+    Scenario,
+    SimCluster,
+    SimNode,
+    item_call,
+    primaries_of,
+    settled_cluster,
+    stored_items,
+    until,
+)
 from tests.sim.network import LinkFaults
 
 SCENARIO = Scenario(nodes=5, ring_size=16, faults=LinkFaults(), antientropy=False)
 PK = b"THREAD#1"
 
 
-async def _call(cluster: SimCluster, sim: SimNode, op: str, **fields: Any) -> dict[str, Any]:
-    return await cluster.client_call("client", sim.addr, op, bucket=BUCKET, key=PK, **fields)
+_call = partial(item_call, key=PK)
+_primaries = partial(primaries_of, key=PK)
+_stored = partial(stored_items, key=PK)
 
 
-def _primaries(sims: list[SimNode]) -> list[SimNode]:
-    node = sims[0].node
-    assert node is not None
-    partition = partition_of(BUCKET, PK, node.view.state.ring_size)
-    by_id = {s.id: s for s in sims}
-    return [by_id[p] for p in node.view.routing().primaries(partition)]
 
-
-def _stored(sim: SimNode) -> dict[bytes | None, DVVSet]:
-    assert sim.node is not None
-    partition = partition_of(BUCKET, PK, sim.node.view.state.ring_size)
-    return {sk: dvvset.decode(raw) for bucket, key, sk, raw
-            in sim.node.storage.scan_partition(partition) if (bucket, key) == (BUCKET, PK)}
 
 
 def _live(sim: SimNode) -> dict[bytes | None, list[bytes]]:

@@ -36,6 +36,7 @@ from tests.sim.harness import (
     Scenario,
     SimCluster,
     SimNode,
+    seeded_run,
     settled_cluster,
     until,
 )
@@ -222,9 +223,7 @@ async def _fault_mix(seed: int, pr: int, pw: int, clock: trio.testing.MockClock
 
 def fault_mix(seed: int, pr: int, pw: int) -> tuple[list[str], Counter[str]]:
     """One seeded run (trio's scheduler seeded too, as harness.run does)."""
-    trio._core._run._r.seed(seed)
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    return trio.run(_fault_mix, seed, pr, pw, clock, clock=clock)
+    return seeded_run(seed, _fault_mix, seed, pr, pw)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
