@@ -27,6 +27,7 @@ import random
 import shutil
 import tempfile
 import time
+import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -576,6 +577,9 @@ def run_seeds(workload: str, check_seed: Callable[[int], Result]) -> list[Result
         except AssertionError as exc:
             failures.append(str(exc).splitlines()[0])
             print(exc)
+        except Exception as exc:  # the run itself broke: name the seed, go on
+            failures.append(f"seed={seed}: the run crashed: {exc!r}")
+            traceback.print_exc()
     print(f"{workload}: {count} seeds in {time.monotonic() - started:.0f}s, "
           f"{len(failures)} failed")
     assert not failures, "\n".join(failures)
