@@ -39,7 +39,7 @@ import trio.testing
 
 from common import dvvset
 from common.config import Config
-from common.errors import DynError
+from common.errors import DynError, Unavailable
 from common.ring import partition_of
 from dynd import membership
 from dynd.features import SUPPORTED
@@ -258,6 +258,16 @@ class SimCluster:
     async def client_call(self, client: str, addr: str, op: str, **fields: Any
                           ) -> dict[str, Any]:
         return await self.network.call(client, addr, op, fields, CLIENT_TIMEOUT)
+
+    async def call_until_answered(self, client: str, addr: str, op: str, **fields: Any
+                                  ) -> dict[str, Any]:
+        """``client_call`` of an idempotent request, sent again while the simulated network
+        loses it (the workloads' links drop a share of frames)."""
+        while True:
+            try:
+                return await self.client_call(client, addr, op, **fields)
+            except Unavailable:
+                continue
 
     async def read_values(self, addr: str, bucket: str, key: bytes) -> list[bytes]:
         """The live values a get through ``addr`` answers (client "c")."""

@@ -176,8 +176,8 @@ async def _cache_run(seed: int, clock: trio.testing.MockClock) -> Checks:
             sim.skew = rng.uniform(-2, 2)
         await until("expiry active", lambda: all(
             s.node is not None and "ttl" in s.node.view.state.features for s in sims))
-        await cluster.client_call("admin", sims[0].addr, "bucket_set", name=CACHE, ttl=3,
-                                  grace=GRACE)
+        await cluster.call_until_answered("admin", sims[0].addr, "bucket_set", name=CACHE,
+                                          ttl=3, grace=GRACE)
         checks = Checks()
         stop = trio.Event()
         async with trio.open_nursery() as work:
