@@ -50,6 +50,10 @@ def _sort_key_of(item: list[Any], index: int) -> bytes | None:
 
 _CURSOR_PREFIX = "xfer:"  # meta names of pull cursors: xfer:<epoch>:<partition>
 _META_PULLED_EPOCH = "pulled_epoch"
+# Seconds between two more hand-over drops within a settled epoch: a replica write sent by a
+# coordinator whose view is older (it still counts this node a primary) can store a copy of
+# a partition after this epoch's drop, and nothing else would ever remove it.
+RESWEEP_SECONDS = 60.0
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Transfers:
         self.on_settled = on_settled
         self.progress: dict[int, Progress] = {}
         self.settled_epoch = 0
+        self.swept_at = 0.0  # trio time of the last hand-over drop (see RESWEEP_SECONDS)
         # The last epoch whose gained key partitions are all in; persisted, or every restart
         # would pull them again (from the founder alone, in the first epoch after it).
         self.pulled_epoch = int(storage.get_meta(_META_PULLED_EPOCH) or b"0")
@@ -132,6 +137,10 @@ class Transfers:
                 self._forget_cursors(state.epoch)
                 if await self.on_settled(state.epoch):
                     self.settled_epoch = state.epoch
+                    self.swept_at = trio.current_time()
+            elif not pending and trio.current_time() - self.swept_at >= RESWEEP_SECONDS:
+                await self.on_settled(state.epoch)  # copies that arrived after the drop
+                self.swept_at = trio.current_time()
             with trio.move_on_after(1.0):
                 await self.view.wait_changed()
 

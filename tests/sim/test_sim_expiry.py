@@ -205,7 +205,9 @@ def check_expiry(seed: int) -> Checks:
     return checks
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+# 83: a replica write from a coordinator with an older view stored a copy on a node after
+# its hand-over drop for the epoch; the drop now runs again (transfers.RESWEEP_SECONDS).
+@pytest.mark.parametrize("seed", [1, 2, 83])
 def test_expired_and_overwritten_values_never_come_back(seed: int) -> None:
     checks = check_expiry(seed)
     assert checks.writes > 100 and checks.reads > 100  # the workload ran
