@@ -596,6 +596,13 @@ def run_seeds(workload: str, check_seed: Callable[[int], Result]) -> list[Result
     return results
 
 
+async def restart_after(sim: SimNode, delay: float) -> None:
+    """Start ``sim`` again ``delay`` seconds from now, unless something else already did."""
+    await trio.sleep(delay)
+    if not sim.up:
+        await sim.start()
+
+
 # ---- items of one partition key ------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from tests.sim.harness import (
     Scenario,
     SimCluster,
     SimNode,
+    restart_after,
     run_seeds,
     seeded_run,
     settled_cluster,
@@ -117,19 +118,13 @@ async def _faults(cluster: SimCluster, rng: random.Random, stop: trio.Event) -> 
             victim = rng.choice([s for s in cluster.nodes if s.id != LEAVER])
             if victim.up and len(cluster.live()) == len(cluster.nodes):
                 await victim.crash()
-                cluster.nursery.start_soon(_restart_after, victim, rng.uniform(2, 15))
+                cluster.nursery.start_soon(restart_after, victim, rng.uniform(2, 15))
         else:
             a, b = rng.sample(cluster.nodes, 2)
             cluster.network.block(a.addr, b.addr)
             cluster.network.block(b.addr, a.addr)
             await trio.sleep(rng.uniform(1, 10))
             cluster.network.heal()
-
-
-async def _restart_after(sim: SimNode, delay: float) -> None:
-    await trio.sleep(delay)
-    if not sim.up:
-        await sim.start()
 
 
 def _leftovers(sims: list[SimNode]) -> list[str]:

@@ -49,6 +49,7 @@ from tests.sim.harness import (
     Scenario,
     SimCluster,
     SimNode,
+    restart_after,
     run_seeds,
     seeded_run,
     settled_cluster,
@@ -271,7 +272,7 @@ async def _faults(cluster: SimCluster, rng: random.Random, checks: Checks,
             victim = rng.choice([s for s in cluster.nodes if s.id != LEAVER])
             if victim.up and len(cluster.live()) == len(cluster.nodes):
                 await victim.crash()
-                cluster.nursery.start_soon(_restart_after, victim, rng.uniform(2, 12))
+                cluster.nursery.start_soon(restart_after, victim, rng.uniform(2, 12))
         elif rng.random() < 0.7:
             addrs = [s.addr for s in cluster.nodes]
             rng.shuffle(addrs)
@@ -289,12 +290,6 @@ async def _faults(cluster: SimCluster, rng: random.Random, checks: Checks,
             cluster.network.block(a.addr, b.addr)  # one way
             await trio.sleep(rng.uniform(1, 10))
             cluster.network.heal()
-
-
-async def _restart_after(sim: SimNode, delay: float) -> None:
-    await trio.sleep(delay)
-    if not sim.up:
-        await sim.start()
 
 
 def _expected(finals: dict[tuple[bytes, bytes | None], Any], pk: bytes,
