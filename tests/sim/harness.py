@@ -606,6 +606,11 @@ async def restart_after(sim: SimNode, delay: float) -> None:
 # ---- items of one partition key ------------------------------------------------------
 
 
+def sort_keys_active(sims: list[SimNode]) -> bool:
+    """Every running node records the "sk" feature as switched on."""
+    return all(s.node is not None and "sk" in s.node.view.state.features for s in sims)
+
+
 async def item_call(cluster: SimCluster, sim: SimNode, op: str, *, key: bytes,
                     **fields: Any) -> dict[str, Any]:
     """A client request about ``key`` of BUCKET through ``sim`` (``sk=`` for an item)."""

@@ -27,6 +27,7 @@ from tests.sim.harness import (
     item_call,
     primaries_of,
     settled_cluster,
+    sort_keys_active,
     stored_items,
     until,
 )
@@ -40,10 +41,6 @@ _call = partial(item_call, key=PK)
 _primaries = partial(primaries_of, key=PK)
 _stored_items = partial(stored_items, key=PK)
 SKS = [b"ORDER#1", b"ORDER#2", b"\x00", b"\xff\xff", b"PROFILE"]
-
-
-def _active(sims: list[SimNode]) -> bool:
-    return all(s.node is not None and "sk" in s.node.view.state.features for s in sims)
 
 
 
@@ -80,7 +77,7 @@ def test_sort_keys_wait_for_every_member_then_turn_on_by_themselves() -> None:
             await old.stop()
             old.features = sims[0].features  # upgraded
             await old.start()
-            await until("every node records sort keys as active", lambda: _active(sims))
+            await until("every node records sort keys as active", lambda: sort_keys_active(sims))
             shown = await cluster.client_call("client", sims[0].addr, "cluster_features")
             assert {"feature": "sk", "active": True, "lacking": []} in shown["features"]
             await _call(cluster, sims[0], "put", sk=b"S", value=b"v")
@@ -94,7 +91,7 @@ def test_items_hints_siblings_and_read_repair_per_item_under_faults() -> None:
     async def main(clock: trio.testing.MockClock) -> None:
         async with settled_cluster(SCENARIO, clock, "dyn-items-faults") as (
                 cluster, sims):
-            await until("sort keys active", lambda: _active(sims))
+            await until("sort keys active", lambda: sort_keys_active(sims))
             primaries = _primaries(sims)
             others = [s for s in sims if s not in primaries]
             for i, sk in enumerate(SKS):
@@ -158,7 +155,7 @@ def test_a_replica_refuses_a_malformed_sort_key() -> None:
     async def main(clock: trio.testing.MockClock) -> None:
         async with settled_cluster(SCENARIO, clock, "dyn-items-bad") as (
                 cluster, sims):
-            await until("sort keys active", lambda: _active(sims))
+            await until("sort keys active", lambda: sort_keys_active(sims))
             with pytest.raises(DynError, match="1..1024"):
                 await _call(cluster, sims[0], "put", sk=b"s" * 1025, value=b"v")
 

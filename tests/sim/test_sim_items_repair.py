@@ -36,6 +36,7 @@ from tests.sim.harness import (
     item_call,
     primaries_of,
     settled_cluster,
+    sort_keys_active,
     stored_items,
     until,
 )
@@ -48,10 +49,6 @@ _call = partial(item_call, key=PK)
 _primaries = partial(primaries_of, key=PK)
 _stored_items = partial(stored_items, key=PK)
 SKS = [b"ORDER#1", b"ORDER#2", b"\x00", b"\xff\xff"]
-
-
-def _active(sims: list[SimNode]) -> bool:
-    return all(s.node is not None and "sk" in s.node.view.state.features for s in sims)
 
 
 
@@ -93,7 +90,7 @@ def test_anti_entropy_alone_repairs_every_item_of_a_partitioned_primary(
 
     async def main(clock: trio.testing.MockClock) -> None:
         async with settled_cluster(scenario, clock, "dyn-items-aae") as (cluster, sims):
-            await until("sort keys active", lambda: _active(sims))
+            await until("sort keys active", lambda: sort_keys_active(sims))
             for sim in sims:  # hints never handed back: only anti-entropy can repair
                 assert sim.node is not None
 
@@ -187,7 +184,7 @@ def test_a_join_and_a_leave_move_every_item_with_its_partition(
 
     async def main(clock: trio.testing.MockClock) -> None:
         async with settled_cluster(scenario, clock, "dyn-items-move") as (cluster, sims):
-            await until("sort keys active", lambda: _active(sims))
+            await until("sort keys active", lambda: sort_keys_active(sims))
             for sim in sims:
                 assert sim.node is not None
                 sim.node.transfers.config = _small_pages(sim.node.transfers.config)
@@ -254,7 +251,7 @@ def test_an_item_tombstone_is_reaped_only_under_the_agreement_and_stays_gone() -
 
     async def main(clock: trio.testing.MockClock) -> None:
         async with settled_cluster(scenario, clock, "dyn-items-reap") as (cluster, sims):
-            await until("sort keys active", lambda: _active(sims))
+            await until("sort keys active", lambda: sort_keys_active(sims))
             primaries = _primaries(sims)
             first, away = primaries[0], primaries[2]
             for i, sk in enumerate(SKS):
