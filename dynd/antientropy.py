@@ -138,7 +138,7 @@ class AntiEntropy:
     # ---- peer ops -----------------------------------------------------------------
 
     async def op_p_tree(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        tree = self.replica.tree(fields["partition"])
+        tree = await self.replica.ensure_tree(fields["partition"])
         try:
             return {"hashes": tree.hashes(fields["level"], fields["indices"])}
         except MerkleError as exc:
@@ -196,7 +196,7 @@ class AntiEntropy:
     async def _segment_digests(self, partition: int, segments: list[int]) -> dict[bytes, bytes]:
         """key id -> version digest for every local key in the given segments."""
         wanted = set(segments)
-        size = self.replica.tree(partition).segments
+        size = self.replica.segments
         found: dict[bytes, bytes] = {}
         async for bucket, key, sk, raw in self.storage.iter_partition(partition):
             kid = key_id(bucket, key, sk)
@@ -227,7 +227,7 @@ class AntiEntropy:
         this node was a primary, and anti-entropy (period 300 s against a grace of a day,
         by default) had given it to the other primaries, from which the new ones pulled.
         """
-        comparison = TreeComparison(self.replica.tree(partition))
+        comparison = TreeComparison(await self.replica.ensure_tree(partition))
         while (request := comparison.next_request()) is not None:
             level, indices = request
             reply = await self.call(peer, "p_tree", {"partition": partition, "level": level,

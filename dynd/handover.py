@@ -11,7 +11,7 @@ import trio
 from common.errors import DynError
 from dynd.cluster import ClusterView
 from dynd.replica import Replica
-from dynd.storage import Batch, Storage
+from dynd.storage import Storage
 
 log = logging.getLogger("dynd.handover")
 
@@ -47,10 +47,7 @@ class Handover:
             while rows := self.storage.scan_partition(partition, limit=1000):
                 if self.view.state.epoch != epoch or partition in self._owned():
                     return False  # the ring moved on meanwhile: decide again next time
-                batch = Batch()
-                for bucket, key, sk, _ in rows:
-                    batch.delete(partition, bucket, key, sk)
-                await self.storage.write(batch)
+                await self.replica.drop_copies(partition, rows).wait()
                 dropped += len(rows)
             self.replica.drop_tree(partition)
             await trio.sleep(0)

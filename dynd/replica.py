@@ -16,7 +16,7 @@ from common.dvvset import DVVSet, Sibling
 from common.errors import Rejected
 from common.limits import Limits
 from dynd.merkle import PartitionTree
-from dynd.storage import Batch, Storage, Ticket, data_key
+from dynd.storage import Batch, Row, Storage, Ticket, data_key
 
 _SORT_KEY_FLAG = 0x80  # bucket names are at most 64 bytes: their length byte is below it
 
@@ -87,12 +87,6 @@ class Replica:
         """What a kept actor needs to mint no dot twice besides the stored objects."""
         return {"dot_floor": self.dot_floor, "renewals": dict(self._renewals)}
 
-    def tree(self, partition: int) -> PartitionTree:
-        tree = self.trees.get(partition)
-        if tree is None:
-            tree = self.trees[partition] = PartitionTree(self.segments)
-        return tree
-
     async def rebuild_tree(self, partition: int) -> PartitionTree:
         """Recompute one partition's tree from storage (startup, or a hand-over of a
         partition this node did not own at start), with a checkpoint every page.
@@ -116,10 +110,16 @@ class Replica:
         self.trees[partition] = rebuild.tree
         return rebuild.tree
 
-    async def ensure_tree(self, partition: int) -> None:
-        """Build the partition's tree from storage unless one is kept already."""
-        if partition not in self.trees:
-            await self.rebuild_tree(partition)
+    async def ensure_tree(self, partition: int) -> PartitionTree:
+        """The partition's tree, built from storage unless one is kept already.
+
+        Trees are built at start for the partitions a node owns; any other partition gets
+        its tree here, on first use, never from the writes it took meanwhile: a node can
+        hold a copy of a partition it did not own at start (a hand-over copy not dropped
+        yet), and a tree started empty at the next write would lack that copy's keys.
+        """
+        tree = self.trees.get(partition)
+        return tree if tree is not None else await self.rebuild_tree(partition)
 
     def drop_tree(self, partition: int) -> None:
         """Forget the tree of a partition whose copy was deleted."""
@@ -130,7 +130,9 @@ class Replica:
         """Fold one write into the partition's tree and into every rebuild of it that has
         read the key already (see rebuild_tree)."""
         kid = key_id(bucket, key, sk)
-        self.tree(partition).update(kid, old_digest, new_digest)
+        tree = self.trees.get(partition)
+        if tree is not None:  # else built from storage when first needed (ensure_tree)
+            tree.update(kid, old_digest, new_digest)
         for rebuild in self._rebuilds.get(partition, ()):
             if data_key(partition, bucket, key, sk) <= rebuild.read_up_to:
                 rebuild.tree.update(kid, old_digest, new_digest)
@@ -259,6 +261,19 @@ class Replica:
         batch.delete(partition, bucket, key, sk)
         ticket = self.storage.stage(batch)
         self._update_trees(partition, bucket, key, sk, dvvset.digest(stored), None)
+        return ticket
+
+    def drop_copies(self, partition: int, rows: list[Row]) -> Ticket:
+        """Delete rows of this node's copy of a partition it handed over (as scanned, with
+        no await since), taking them out of the tree and of any rebuild of it: the drop
+        goes page by page and stops half-way when the ring moves on, and what stays
+        stored must be what the tree holds."""
+        batch = Batch()
+        for bucket, key, sk, _ in rows:
+            batch.delete(partition, bucket, key, sk)
+        ticket = self.storage.stage(batch)
+        for bucket, key, sk, raw in rows:
+            self._update_trees(partition, bucket, key, sk, dvvset.digest_encoded(raw), None)
         return ticket
 
     def store_hint(

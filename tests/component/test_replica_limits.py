@@ -16,6 +16,7 @@ from common import dvvset
 from common.errors import DynError, ProtocolError, Rejected, Unavailable
 from common.limits import MAX_SORT_KEY_BYTES, Limits
 from common.messages import request
+from dynd.merkle import PartitionTree
 from dynd.node import Node
 from dynd.replica import Replica
 from dynd.replica_access import clock_from_peer
@@ -40,16 +41,17 @@ def test_a_write_whose_object_would_outgrow_a_replica_frame_stores_nothing(
         tmp_path: Path) -> None:
     storage = Storage.open(str(tmp_path), sync="none")
     replica = Replica(storage, max_siblings=100, max_object_bytes=2500)
+    replica.trees[1] = PartitionTree(replica.segments)  # as on a start owning partition 1
     try:
         for i in range(2):  # blind: two siblings of 1000 bytes fit
             replica.coordinate(1, "b", b"k", bytes([65 + i]) * 1000, {}, "n1.1", i)
         before = replica.get_encoded(1, "b", b"k")
-        digest = replica.tree(1).root()
+        digest = replica.trees[1].root()
         with pytest.raises(Rejected, match=r"with its 3 siblings, a replica takes at most "
                                            r"2500: resolve its siblings"):
             replica.coordinate(1, "b", b"k", b"C" * 1000, {}, "n1.1", 3)
         assert replica.get_encoded(1, "b", b"k") == before
-        assert replica.tree(1).root() == digest
+        assert replica.trees[1].root() == digest
         assert before is not None
         resolved, _, _ = replica.coordinate(1, "b", b"k", b"C" * 1000,
                                             dvvset.join(dvvset.decode(before)), "n1.1", 4)

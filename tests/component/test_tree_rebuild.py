@@ -70,3 +70,51 @@ async def test_a_rebuild_yields_and_folds_in_the_writes_made_meanwhile(tmp_path:
         assert replica.trees[PARTITION].root() != PartitionTree(1024).root()
     finally:
         storage.close()
+
+
+async def test_a_write_to_a_partition_without_a_tree_leaves_its_stored_keys_in_the_tree(
+        tmp_path: Path) -> None:
+    """A node that did not own a partition at start, holding a copy of it (one not dropped
+    yet), takes writes there (a ring change made it a primary again): its tree, once
+    built, holds the copy's keys too, not only those written since."""
+    storage = Storage.open(str(tmp_path), sync="none")
+    replica = Replica(storage, max_siblings=100)
+    try:
+        for i in range(50):
+            _write(replica, f"old{i}".encode(), b"v0")
+        replica.trees.clear()  # as after a start that did not own the partition
+        _write(replica, b"old7", b"v1")
+        _write(replica, b"new", b"v1")
+        await replica.ensure_tree(PARTITION)
+        assert replica.trees[PARTITION] == _tree_of_storage(storage)
+    finally:
+        storage.close()
+
+
+async def test_a_drop_of_a_handed_over_copy_keeps_the_tree_equal_to_what_stays(
+        tmp_path: Path) -> None:
+    """The hand-over drop deletes a copy page by page and stops half-way when the ring
+    moves on (the partition is this node's again): the tree, and a rebuild running
+    meanwhile, hold exactly what is still stored."""
+    storage = Storage.open(str(tmp_path), sync="none")
+    replica = Replica(storage, max_siblings=100)
+    try:
+        for i in range(3 * SCAN_PAGE):
+            _write(replica, f"k{i:05}".encode(), b"v0")
+        replica.trees.clear()
+        rebuilding = trio.Event()
+
+        async def rebuild() -> None:
+            rebuilding.set()
+            await replica.rebuild_tree(PARTITION)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rebuild)
+            await rebuilding.wait()
+            await trio.sleep(0)  # the rebuild has read its first page
+            replica.drop_copies(PARTITION, storage.scan_partition(PARTITION, limit=SCAN_PAGE + 5))
+        assert replica.trees[PARTITION] == _tree_of_storage(storage)
+        replica.drop_copies(PARTITION, storage.scan_partition(PARTITION, limit=10))
+        assert replica.trees[PARTITION] == _tree_of_storage(storage)
+    finally:
+        storage.close()
