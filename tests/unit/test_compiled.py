@@ -41,4 +41,5 @@ def test_the_imported_form_is_the_one_expected(path):
     expect_compiled = os.environ.get("DYND_EXPECT_COMPILED", "0") == "1"
     module = importlib.import_module(_module_name(path))
     loaded_from = Path(module.__file__ or "")
-    assert (loaded_from.suffix == ".so") == expect_compiled, loaded_from
+    hint = "not built: make compiled" if expect_compiled else "left compiled: make pure"
+    assert (loaded_from.suffix == ".so") == expect_compiled, f"{loaded_from} ({hint})"
