@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint sim fuzz clean chaos deps-chaos bench bench-deps soak-ttl
+.PHONY: run test lint sim fuzz clean chaos deps-chaos bench bench-deps soak-ttl \
+	compiled pure test-compiled
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,5 +79,21 @@ SOAK_SECONDS ?= 600
 soak-ttl: $(STAMP)
 	$(BIN)/python -m tests.bench.soak_ttl --seconds $(SOAK_SECONDS)
 
+# Opt-in compiled hot path (setup.py): mypyc compiles the request-path modules into
+# extension modules next to their sources, which Python then imports instead of the .py
+# files. Needs a C compiler and the Python headers; `make pure` goes back to pure Python.
+MYPY_VERSION ?= 2.4.1
+compiled: $(STAMP)
+	$(BIN)/pip install -q 'mypy==$(MYPY_VERSION)'
+	DYND_COMPILE=1 $(BIN)/python setup.py -q build_ext --inplace
+
+pure:
+	rm -f common/*.so dynd/*.so
+
+# The unit, component and fuzz tests against the compiled modules;
+# tests/unit/test_compiled.py checks that they are the ones imported.
+test-compiled: compiled
+	DYND_EXPECT_COMPILED=1 $(BIN)/pytest -q tests/unit tests/component tests/fuzz
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info common/*.so dynd/*.so

@@ -189,7 +189,8 @@ def _add_event(entries: tuple[tuple[str, int, tuple[Sibling, ...]], ...], actor:
     entry's counter while the entry holds values (their dots must stay contiguous below
     the new one), else one above ``max(counter, floor)``; ``update`` says why."""
     index = next((i for i, entry in enumerate(entries) if entry[0] >= actor), len(entries))
-    counter, values = 0, ()
+    counter: int = 0
+    values: tuple[Sibling, ...] = ()
     if index < len(entries) and entries[index][0] == actor:
         _, counter, values = entries[index]
         rest = entries[index + 1:]
@@ -351,7 +352,7 @@ def encode_context(vv: VersionVector) -> str:
     return base64.urlsafe_b64encode(payload).rstrip(b"=").decode("ascii")
 
 
-def decode_context(s: str, max_bytes: int = 16384) -> VersionVector:
+def decode_context(s: object, max_bytes: int = 16384) -> VersionVector:
     """Parse a client context; ``""`` is the empty context (a blind write).
 
     Accepts at most ``max_bytes`` characters; counters are integers in 0..2**63-1,
@@ -447,7 +448,7 @@ def encode(clock: DVVSet) -> bytes:
     return cbor2.dumps(to_wire(clock), canonical=True)
 
 
-def decode(data: bytes) -> DVVSet:
+def decode(data: object) -> DVVSet:
     """Parse the storage form (also what peers send), validating it as strictly as
     ``from_wire``."""
     if not isinstance(data, bytes):

@@ -46,8 +46,8 @@ _KEY = (bytes, True)
 _SK = (bytes, False)  # an item's sort key; absent for a plain key
 _PARTITION = (int, True)
 # role_grant and role_revoke: ``bucket`` may also be "*" (every bucket).
-_GRANT = {"name": (str, True), "perms": (list, True), "bucket": (str, True),
-          "prefix": (bytes, False)}
+_GRANT: dict[str, tuple[_Type, bool]] = {"name": (str, True), "perms": (list, True),
+                                         "bucket": (str, True), "prefix": (bytes, False)}
 MAX_ROLE_NAME_BYTES = 64
 MAX_PERMS = 16  # permission names in one grant or revoke
 MAX_USER_CHARS = 128  # a user is a certificate CN
@@ -206,7 +206,7 @@ def validate_request(msg: Any, limits: Limits) -> Request:
     rid = msg.get("id")
     if type(rid) is not int or not 0 <= rid <= MAX_REQUEST_ID:
         raise ProtocolError(f"request id must be an int in 0..{MAX_REQUEST_ID}")
-    op = msg.get("op")
+    op: Any = msg.get("op")
     schema = SCHEMA.get(op) if type(op) is str else None
     if schema is None:
         raise ProtocolError(f"unknown op {op!r:.70}")
@@ -238,12 +238,12 @@ def _check_shape(op: str, fields: dict[str, Any]) -> None:
     shapes = _SHAPES.get(op)
     if shapes is None:
         return
-    chosen = [(required, optional) for required, optional in shapes if required & fields.keys()]
+    chosen = [(required, optional) for required, optional in shapes if fields.keys() & required]
     if len(chosen) != 1:
         either = " or ".join("+".join(sorted(required)) for required, _ in shapes)
         raise ProtocolError(f"op {op!r} takes one of {either}")
     required, optional = chosen[0]
-    missing = sorted(required - fields.keys())
+    missing = sorted(required.difference(fields))
     if missing:
         raise ProtocolError(f"op {op!r} needs field {missing[0]!r}")
     others = set().union(*(r | o for r, o in shapes)) - required - optional

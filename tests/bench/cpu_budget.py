@@ -12,6 +12,11 @@ library frame belongs to it).
     python -m tests.bench.cpu_budget                      # this tree, 3 rounds
     python -m tests.bench.cpu_budget --base /tmp/old-tree # old tree (A) against this (B)
     python -m tests.bench.cpu_budget --profile            # and the split by component
+
+A tree built with ``make compiled`` runs its compiled modules (Python imports the
+extension modules next to the sources); the header says which form each tree runs, so a
+pure A against a compiled B of the same commit measures the compiled hot path. py-spy
+sees no frames inside compiled code: ``--profile`` charges it to the calling frame.
 """
 
 from __future__ import annotations
@@ -46,6 +51,13 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bookkeeping", ("dynd/", "common/", "dynctl/")),
 )
 OTHER = "other (stdlib, interpreter)"
+THIS_TREE = Path(__file__).resolve().parents[2]
+
+
+def form(tree: Path) -> str:
+    """Whether the nodes of ``tree`` run compiled modules (``make compiled``) or pure Python."""
+    extensions = sorted(tree.glob("common/*.so")) + sorted(tree.glob("dynd/*.so"))
+    return f"compiled ({len(extensions)} extension files)" if extensions else "pure Python"
 
 
 def component(frames: list[str]) -> str:
@@ -109,7 +121,10 @@ def main() -> None:
         trees = {"A (base)": args.base.resolve(), "B (this tree)": None}
     print(f"machine: {machine()['cores']} cores, {machine()['date']}; {args.nodes} nodes, "
           f"sync={args.sync}, YCSB-{args.workload.upper()}, {args.ops} ops a round, "
-          f"{args.records} records, {args.concurrency} in flight\n", flush=True)
+          f"{args.records} records, {args.concurrency} in flight", flush=True)
+    for name, code in trees.items():
+        print(f"{name}: {form(code or THIS_TREE)}")
+    print(flush=True)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory(prefix="dynd-cpu-") as tmp, \
             clusters(Path(tmp), trees, args.nodes, args.sync) as running:

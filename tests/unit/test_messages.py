@@ -152,10 +152,10 @@ SHAPE_ERRORS = [
     ("version float", {**request("ping", 1), "v": 1.0}, "unsupported protocol version"),
     ("negative id", request("ping", -1), "request id"),
     ("id too big", request("ping", MAX_REQUEST_ID + 1), "request id"),
-    ("id as text", request("ping", "1"), "request id"),  # type: ignore[arg-type]
-    ("id as bool", request("ping", True), "request id"),
+    ("id as text", {**request("ping", 1), "id": "1"}, "request id"),
+    ("id as bool", {**request("ping", 1), "id": True}, "request id"),
     ("unknown op", request("fly", 1), "unknown op 'fly'"),
-    ("op as bytes", request(b"ping", 1), "unknown op"),  # type: ignore[arg-type]
+    ("op as bytes", {**request("ping", 1), "op": b"ping"}, "unknown op"),
     ("unknown field", get(colour="red"), "unknown field 'colour' for op 'get'"),
     ("int field name", {**get(), 7: 1}, "unknown field 7"),
     ("key as text", get(key="k"), "field 'key' of op 'get' must be bytes, not str"),
