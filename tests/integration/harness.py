@@ -133,6 +133,14 @@ def cluster(root: Path) -> Iterator[Cluster]:
         c.stop_all()
 
 
+def one_node(root: Path, *extra: str) -> Iterator[DyndProcess]:
+    """A node (dynd options ``extra``) alone in its cluster, stopped after the last use:
+    for a module-scoped fixture whose tests each use keys and buckets of their own, so
+    that the module starts one process, not one per test."""
+    with cluster(root) as c:
+        yield c.add("n1", *extra)
+
+
 def ctl(node: DyndProcess, *args: str) -> subprocess.CompletedProcess:
     """dynctl against ``node``, which must succeed (``args`` may start with TLS options)."""
     result = dynctl("--node", node.addr, *args)

@@ -9,14 +9,13 @@ from collections.abc import Iterator
 import pytest
 
 from dynctl.client import SK, SyncClient
-from tests.integration.harness import DyndProcess, cluster, dynctl, dynctl_json
+from tests.integration.harness import DyndProcess, dynctl, dynctl_json, one_node
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DyndProcess]:
     """One node for the module: each test queries a partition key of its own."""
-    with cluster(tmp_path_factory.mktemp("query")) as c:
-        yield c.add("n1")
+    yield from one_node(tmp_path_factory.mktemp("query"))
 
 
 @pytest.fixture
