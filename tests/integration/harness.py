@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from common.errors import DynError
 from dynctl.client import Client, SyncClient
 
 
@@ -58,8 +59,7 @@ class DyndProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.node_id} exited with {self.proc.returncode}:\n"
                                    + self.log_path.read_text()[-3000:])
-            result = dynctl("--node", self.addr, "--timeout", "1", "ping")
-            if result.returncode == 0:
+            if answers_ping(self.addr):
                 return
             time.sleep(0.1)
         raise RuntimeError(f"{self.node_id} did not answer ping:\n"
@@ -83,6 +83,20 @@ class DyndProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def answers_ping(addr: str) -> bool:
+    """Does the node at ``addr`` answer a ping? Asked in this process: a dynctl run per
+    poll is a process start, which competes with the starting node for the CPU."""
+    async def ping() -> None:
+        async with Client.connect(addr, timeout=1) as client:
+            await client.call("ping")
+
+    try:
+        trio.run(ping)
+    except DynError:
+        return False
+    return True
 
 
 def dynctl(*args: str, input: bytes | None = None, timeout: float = 60.0
@@ -190,6 +204,12 @@ def put_many(node: DyndProcess, keys: range, prefix: str = "k", **kw: object) ->
                     nursery.start_soon(one, i)
 
     trio.run(main)
+
+
+def replica_rows(client: SyncClient, key: str, bucket: str = "default") -> list[dict]:
+    """What ``dynctl replicas`` shows for ``key``, asked on an open client: one connection
+    for many keys, where a dynctl run per key takes seconds."""
+    return client.call("replicas", bucket=bucket, key=key.encode())["replicas"]
 
 
 def missing(node: DyndProcess, keys: range, prefix: str = "k", r: int | None = None) -> list[int]:
