@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,15 +88,17 @@ class DyndProcess:
 
 def answers_ping(addr: str) -> bool:
     """Does the node at ``addr`` answer a ping? Asked in this process: a dynctl run per
-    poll is a process start, which competes with the starting node for the CPU."""
+    poll is a process start, which competes with the starting node for the CPU. In a
+    thread of its own, so that a test may start a node from inside trio.run."""
     async def ping() -> None:
         async with Client.connect(addr, timeout=1) as client:
             await client.call("ping")
 
-    try:
-        trio.run(ping)
-    except DynError:
-        return False
+    with ThreadPoolExecutor(1) as thread:
+        try:
+            thread.submit(trio.run, ping).result()
+        except DynError:
+            return False
     return True
 
 
