@@ -8,7 +8,7 @@ other members at once instead of waiting for the next gossip round.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -29,6 +29,8 @@ from dynd.storage import Storage
 
 log = logging.getLogger("dynd.admin")
 
+StatusProvider = Callable[[], dict[str, Any]]  # fields a node service adds to ``status``
+
 
 def _bucket_wire(props: membership.BucketProps, default_grace: float) -> dict[str, Any]:
     """A bucket's properties as shown; ``grace`` is the node's tombstone grace unless the
@@ -48,32 +50,26 @@ class Admin:
 
     def __init__(self, view: ClusterView, identity: Identity, storage: Storage,
                  liveness: Liveness, peers: Peers, *, push_gossip: Callable[[], None],
-                 transfer_rows: Callable[[], list[dict[str, Any]]],
-                 exchange_rows: Callable[[], list[dict[str, Any]]], features: Features,
-                 antientropy: AntiEntropyConfig, wall: Callable[[], float],
-                 clock_offsets: ClockOffsets,
-                 hint_ages: Callable[[], dict[str, float]] = dict,
+                 features: Features, antientropy: AntiEntropyConfig, wall: Callable[[], float],
+                 clock_offsets: ClockOffsets, status_providers: Sequence[StatusProvider] = (),
                  status_fields: Callable[[], dict[str, Any]] = dict) -> None:
-        """``transfer_rows``, ``exchange_rows``, ``hint_ages``: the transfers, anti-entropy
-        exchanges and seconds each target's hints have been pending that ``status`` shows
-        (Transfers.rows, AntiEntropy.status_rows, HintAgeWatch.ages); ``antientropy``: the
-        period a bucket's grace must exceed, and the grace of a bucket without one;
-        ``wall``: the clock p_status reports; ``clock_offsets``: the peers' offsets gossip
-        measured (``status`` shows them); ``status_fields``: more that ``p_status``
-        reports (AuthAdmin.status_fields)."""
+        """``status_providers``: the other services' parts of ``status`` (transfers,
+        anti-entropy exchanges, hint ages), so that a service shows itself without Admin
+        knowing it; ``antientropy``: the period a bucket's grace must exceed, and the grace
+        of a bucket without one; ``wall``: the clock p_status reports; ``clock_offsets``:
+        the peers' offsets gossip measured (``status`` shows them); ``status_fields``: more
+        that ``p_status`` reports (AuthAdmin.status_fields)."""
         self.view = view
         self.identity = identity
         self.storage = storage
         self.liveness = liveness
         self.peers = peers
         self.push_gossip = push_gossip
-        self.transfer_rows = transfer_rows
-        self.exchange_rows = exchange_rows
         self.features = features
         self.antientropy = antientropy
         self.wall = wall
         self.clock_offsets = clock_offsets
-        self.hint_ages = hint_ages
+        self.status_providers = tuple(status_providers)
         self.status_fields = status_fields
 
     async def _change(self, state: ClusterState) -> None:
@@ -314,7 +310,7 @@ class Admin:
         now = trio.current_time()
         detector = self.liveness.detector.snapshot(now)
         disk_free, disk_total = self.storage.disk_space()
-        return {
+        reply = {
             "node": self.identity.id,
             "actor": self.identity.actor,
             "epoch": self.view.state.epoch,
@@ -322,17 +318,17 @@ class Admin:
                          "phi": _finite(detector.get(row["id"], {}).get("phi"))}
                         for row in self._member_rows()],
             "hints": self.storage.hint_counts(),
-            "transfers": self.transfer_rows(),
-            "antientropy": self.exchange_rows(),
             "storage_bytes": self.storage.approximate_size(),
             # The peer clock furthest from ours (signed, ms; None: nothing measured yet),
             # and each peer's: expiry is as precise as these are small.
             "clock_offset_ms": self.clock_offsets.largest(),
             "clock_offsets_ms": dict(self.clock_offsets.per_peer()),
-            "oldest_hint_seconds": round(max(self.hint_ages().values(), default=0.0), 1),
             "disk_free_bytes": disk_free,
             "disk_total_bytes": disk_total,
         }
+        for provider in self.status_providers:
+            reply.update(provider())
+        return reply
 
     async def op_backup(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """A consistent copy of this node's store in a new directory on its host

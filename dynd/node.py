@@ -121,11 +121,14 @@ class Node:
                                config.tls, push_gossip=push_gossip,
                                confirm_timeout=config.limits.request_timeout / 2)
         admin = Admin(self.view, self.identity, storage, self.liveness, self.peers,
-                      push_gossip=push_gossip, transfer_rows=self.transfers.rows,
-                      exchange_rows=self.antientropy.status_rows, features=self.features,
+                      push_gossip=push_gossip, features=self.features,
                       antientropy=config.antientropy, wall=wall,
                       clock_offsets=self.gossip.offsets,
-                      hint_ages=lambda: self.stats.hint_ages.ages,
+                      status_providers=[
+                          lambda: {"transfers": self.transfers.rows(),
+                                   "antientropy": self.antientropy.status_rows()},
+                          lambda: {"oldest_hint_seconds": round(
+                              max(self.stats.hint_ages.ages.values(), default=0.0), 1)}],
                       status_fields=auth_admin.status_fields)
         self.gauges = NodeCollector(self.view, self.liveness, storage, self.stats,
                                     gossip_totals=self.gossip.totals,

@@ -53,3 +53,21 @@ async def test_fast_path_and_handle_give_the_same_answers(
         node.dispatch.stopping = True  # a stopping node takes nothing on the fast path
         assert await _fast(node, "ping") is None
         nursery.cancel_scope.cancel()
+
+
+async def test_status_shows_each_services_part(make_node: Callable[..., Node]) -> None:
+    """Admin builds ``status`` from its status providers: transfers, anti-entropy
+    exchanges and hint ages each reach the reply, as of the call."""
+    node = make_node()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await node.dispatch.ready.wait()
+        status = await node.handle(validated("status"), PEER)
+        assert status["transfers"] == node.transfers.rows()
+        assert status["antientropy"] == node.antientropy.status_rows()
+        assert status["oldest_hint_seconds"] == 0.0
+        node.stats.hint_ages.check(node.id, {"n2": 3}, now=10.0, warn_after=600.0)
+        node.stats.hint_ages.check(node.id, {"n2": 3}, now=52.25, warn_after=600.0)
+        status = await node.handle(validated("status"), PEER)
+        assert status["oldest_hint_seconds"] == 42.2
+        nursery.cancel_scope.cancel()

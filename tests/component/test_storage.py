@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -364,29 +364,38 @@ _OPS = st.lists(st.one_of(
 def test_reads_match_a_dict_whatever_is_staged(ops: list) -> None:
     async def check(store: Storage) -> None:
         model: dict[tuple[int, str, bytes], bytes] = {}
+        for op, address, value in ops:
+            if op == "commit":
+                await store.write(Batch())
+            elif op == "put":
+                store.stage(Batch().put(*address, value))
+                model[address] = value
+            else:
+                store.stage(Batch().delete(*address))
+                model.pop(address, None)
+            for partition in (0, 1, 2):
+                expected = sorted((b, k, None, v) for (p, b, k), v in model.items()
+                                  if p == partition)
+                rows = store.scan_partition(partition)
+                assert sorted(rows) == expected
+                assert _count(store, partition) == len(expected)
+
+    _check_a_fresh_store(check)
+
+
+def _check_a_fresh_store(check: Callable[[Storage], Awaitable[None]]) -> None:
+    """Run ``check`` on a new store whose writer runs; a directory of its own per call,
+    as each hypothesis example needs one (the tmp_path fixture is one per test)."""
+    async def main(store: Storage) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)
-            for op, address, value in ops:
-                if op == "commit":
-                    await store.write(Batch())
-                elif op == "put":
-                    store.stage(Batch().put(*address, value))
-                    model[address] = value
-                else:
-                    store.stage(Batch().delete(*address))
-                    model.pop(address, None)
-                for partition in (0, 1, 2):
-                    expected = sorted((b, k, None, v) for (p, b, k), v in model.items()
-                                      if p == partition)
-                    rows = store.scan_partition(partition)
-                    assert sorted(rows) == expected
-                    assert _count(store, partition) == len(expected)
+            await check(store)
             nursery.cancel_scope.cancel()
 
     with tempfile.TemporaryDirectory() as directory:
         store = Storage.open(directory, sync="none")
         try:
-            trio.run(check, store)
+            trio.run(main, store)
         finally:
             store.close()
 
@@ -505,29 +514,21 @@ def test_item_scans_match_a_sorted_dict_forward_and_reverse(
     async def check(store: Storage) -> None:
         model: dict[bytes, bytes] = {}
         # Neighbours on both sides of the key's range, and its plain key, never show up.
-        async with trio.open_nursery() as nursery:
-            await nursery.start(store.run)
-            await store.write(Batch().put(0, "b", b"k", b"plain")
-                              .put(0, "b", b"j", b"x", b"\xff")
-                              .put(0, "b", b"k\x00", b"x", b"\x00"))
-            for op, sk, value in ops:
-                if op == "commit":
-                    await store.write(Batch())
-                elif op == "put":
-                    store.stage(Batch().put(0, "b", b"k", value, sk))
-                    model[sk] = value
-                else:
-                    store.stage(Batch().delete(0, "b", b"k", sk))
-                    model.pop(sk, None)
-                for reverse in (False, True):
-                    expected = _expected_items(model, lo, hi, reverse)[:limit]
-                    assert store.scan_items(0, "b", b"k", lo, hi, reverse=reverse,
-                                            limit=limit) == expected
-            nursery.cancel_scope.cancel()
+        await store.write(Batch().put(0, "b", b"k", b"plain")
+                          .put(0, "b", b"j", b"x", b"\xff")
+                          .put(0, "b", b"k\x00", b"x", b"\x00"))
+        for op, sk, value in ops:
+            if op == "commit":
+                await store.write(Batch())
+            elif op == "put":
+                store.stage(Batch().put(0, "b", b"k", value, sk))
+                model[sk] = value
+            else:
+                store.stage(Batch().delete(0, "b", b"k", sk))
+                model.pop(sk, None)
+            for reverse in (False, True):
+                expected = _expected_items(model, lo, hi, reverse)[:limit]
+                assert store.scan_items(0, "b", b"k", lo, hi, reverse=reverse,
+                                        limit=limit) == expected
 
-    with tempfile.TemporaryDirectory() as directory:
-        store = Storage.open(directory, sync="none")
-        try:
-            trio.run(check, store)
-        finally:
-            store.close()
+    _check_a_fresh_store(check)

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
+from common.errors import DynError
 from dynctl.client import Client, SyncClient
 
 
@@ -58,8 +60,7 @@ class DyndProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.node_id} exited with {self.proc.returncode}:\n"
                                    + self.log_path.read_text()[-3000:])
-            result = dynctl("--node", self.addr, "--timeout", "1", "ping")
-            if result.returncode == 0:
+            if answers_ping(self.addr):
                 return
             time.sleep(0.1)
         raise RuntimeError(f"{self.node_id} did not answer ping:\n"
@@ -83,6 +84,22 @@ class DyndProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def answers_ping(addr: str) -> bool:
+    """Does the node at ``addr`` answer a ping? Asked in this process: a dynctl run per
+    poll is a process start, which competes with the starting node for the CPU. In a
+    thread of its own, so that a test may start a node from inside trio.run."""
+    async def ping() -> None:
+        async with Client.connect(addr, timeout=1) as client:
+            await client.call("ping")
+
+    with ThreadPoolExecutor(1) as thread:
+        try:
+            thread.submit(trio.run, ping).result()
+        except DynError:
+            return False
+    return True
 
 
 def dynctl(*args: str, input: bytes | None = None, timeout: float = 60.0
@@ -131,6 +148,14 @@ def cluster(root: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop_all()
+
+
+def one_node(root: Path, *extra: str) -> Iterator[DyndProcess]:
+    """A node (dynd options ``extra``) alone in its cluster, stopped after the last use:
+    for a module-scoped fixture whose tests each use keys and buckets of their own, so
+    that the module starts one process, not one per test."""
+    with cluster(root) as c:
+        yield c.add("n1", *extra)
 
 
 def ctl(node: DyndProcess, *args: str) -> subprocess.CompletedProcess:
@@ -182,6 +207,12 @@ def put_many(node: DyndProcess, keys: range, prefix: str = "k", **kw: object) ->
                     nursery.start_soon(one, i)
 
     trio.run(main)
+
+
+def replica_rows(client: SyncClient, key: str, bucket: str = "default") -> list[dict]:
+    """What ``dynctl replicas`` shows for ``key``, asked on an open client: one connection
+    for many keys, where a dynctl run per key takes seconds."""
+    return client.call("replicas", bucket=bucket, key=key.encode())["replicas"]
 
 
 def missing(node: DyndProcess, keys: range, prefix: str = "k", r: int | None = None) -> list[int]:

@@ -14,16 +14,15 @@ from tests.integration.harness import (
     form,
     missing,
     put_many,
+    replica_rows,
 )
 
 
 def local_copies(node: DyndProcess, keys: range, holder: str) -> int:
     """How many of `keys` the node `holder` holds as a primary, per `dynctl replicas`."""
-    held = 0
-    for i in keys:
-        _, doc = dynctl_json("--node", node.addr, "replicas", f"k{i}")
-        held += any(r["node"] == holder and r["found"] for r in doc["replicas"])
-    return held
+    with SyncClient.connect(node.addr) as client:
+        return sum(any(r["node"] == holder and r["found"] for r in replica_rows(client, f"k{i}"))
+                   for i in keys)
 
 
 def test_wiped_node_gets_every_key_back_with_a_fresh_incarnation(dyn_cluster: Cluster) -> None:
@@ -77,6 +76,7 @@ def test_deletes_while_a_replica_is_down_stay_deleted_after_repair(
         for i in range(25):
             assert not client.get(f"k{i}", r=3).found, f"k{i} came back"
     assert missing(nodes[1], range(25, 50), r=3) == []
-    for i in range(25):  # the tombstones were reaped on every primary
-        _, doc = dynctl_json("--node", nodes[0].addr, "replicas", f"k{i}")
-        assert [(r["found"], r["siblings"]) for r in doc["replicas"]] == [(False, 0)] * 3
+    with SyncClient.connect(nodes[0].addr) as client:
+        for i in range(25):  # the tombstones were reaped on every primary
+            assert [(r["found"], r["siblings"])
+                    for r in replica_rows(client, f"k{i}")] == [(False, 0)] * 3

@@ -4,18 +4,20 @@ codes of bad input (docs/commands.md, "Items with sort keys, queries and expiry"
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from common.errors import Rejected
 from dynctl.client import SyncClient
-from tests.integration.harness import Cluster, dynctl, dynctl_json, wait_until
+from tests.integration.harness import DyndProcess, dynctl, dynctl_json, one_node, wait_until
 
 
-@pytest.fixture
-def node(dyn_cluster: Cluster):
-    return dyn_cluster.add("n1")
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DyndProcess]:
+    """One node for the module: each test writes keys (and buckets) of its own."""
+    yield from one_node(tmp_path_factory.mktemp("expiry"))
 
 
 def run(node, *args: str):
@@ -97,24 +99,25 @@ def test_bad_expiry_options_exit_2(node, args: list[str]) -> None:
 
 def test_an_expire_at_in_the_past_is_refused_naming_the_coordinators_clock(node) -> None:
     past = _rfc3339(datetime.now(UTC) - timedelta(seconds=30))
-    refused = run(node, "put", "k", "v", "--expire-at", past)
+    refused = run(node, "put", "past", "v", "--expire-at", past)
     assert refused.returncode == 5
     assert b"s in the past on n1's clock" in refused.stderr
-    assert run(node, "get", "k").returncode == 1  # nothing was written
+    assert run(node, "get", "past").returncode == 1  # nothing was written
     with SyncClient.connect(node.addr) as client, pytest.raises(Rejected, match="past"):
-        client.put(b"k", b"v", expire_at=datetime.now(UTC) - timedelta(seconds=1))
+        client.put(b"past", b"v", expire_at=datetime.now(UTC) - timedelta(seconds=1))
 
 
 def test_a_grace_under_4_antientropy_periods_is_refused_naming_both(node) -> None:
-    refused = run(node, "bucket", "set", "cache", "--grace", "10m")  # period 300 s
+    refused = run(node, "bucket", "set", "graced", "--grace", "10m")  # period 300 s
     assert refused.returncode == 5
     assert b"600 s" in refused.stderr and b"300 s" in refused.stderr
-    assert run(node, "bucket", "set", "cache", "--grace", "20m").returncode == 0
+    assert run(node, "bucket", "set", "graced", "--grace", "20m").returncode == 0
 
 
 def test_an_expired_item_leaves_queries_and_counts_at_once(node) -> None:
     assert run(node, "put", "T", "stays", "--sk", "a").returncode == 0
-    assert run(node, "put", "T", "goes", "--sk", "b", "--ttl", "2").returncode == 0
+    # 5 s: the query below starts a dynctl process, which takes seconds on a busy machine.
+    assert run(node, "put", "T", "goes", "--sk", "b", "--ttl", "5").returncode == 0
     code, doc = dynctl_json("--node", node.addr, "query", "T")
     shown = {item["sk"]: item["values"][0] for item in doc["items"]}
     assert code == 0 and set(shown) == {"a", "b"}

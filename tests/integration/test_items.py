@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from common.limits import MAX_SORT_KEY_BYTES
 from dynctl.client import SyncClient
-from tests.integration.harness import Cluster, dynctl, dynctl_json
+from tests.integration.harness import DyndProcess, dynctl, dynctl_json, one_node
 
 
-@pytest.fixture
-def node(dyn_cluster: Cluster):
-    return dyn_cluster.add("n1")
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DyndProcess]:
+    """One node for the module: each test writes keys (and buckets) of its own."""
+    yield from one_node(tmp_path_factory.mktemp("items"))
 
 
 def run(node, *args: str, input: bytes | None = None):
@@ -55,16 +58,16 @@ def test_binary_sort_keys_siblings_resolve_and_replicas_per_item(node) -> None:
 
 
 def test_bad_sort_keys_exit_codes(node) -> None:
-    both = run(node, "get", "k", "--sk", "a", "--sk-hex", "61")
+    both = run(node, "get", "bad", "--sk", "a", "--sk-hex", "61")
     assert both.returncode == 2 and b"exclude each other" in both.stderr
-    assert run(node, "get", "k", "--sk-hex", "61", "--sk", "a").returncode == 2
-    assert run(node, "put", "k", "v", "--sk-hex", "zz").returncode == 2
-    assert run(node, "delete", "k", "--sk-hex", "abc").returncode == 2  # odd length
-    over = run(node, "put", "k", "v", "--sk", "s" * (MAX_SORT_KEY_BYTES + 1))
+    assert run(node, "get", "bad", "--sk-hex", "61", "--sk", "a").returncode == 2
+    assert run(node, "put", "bad", "v", "--sk-hex", "zz").returncode == 2
+    assert run(node, "delete", "bad", "--sk-hex", "abc").returncode == 2  # odd length
+    over = run(node, "put", "bad", "v", "--sk", "s" * (MAX_SORT_KEY_BYTES + 1))
     assert over.returncode == 5 and b"1024" in over.stderr
-    assert run(node, "put", "k", "v", "--sk", "s" * MAX_SORT_KEY_BYTES).returncode == 0
-    assert run(node, "get", "k", "--sk", "").returncode == 5  # empty: not the plain key
-    assert run(node, "replicas", "k", "--sk-hex", "").returncode == 5
+    assert run(node, "put", "bad", "v", "--sk", "s" * MAX_SORT_KEY_BYTES).returncode == 0
+    assert run(node, "get", "bad", "--sk", "").returncode == 5  # empty: not the plain key
+    assert run(node, "replicas", "bad", "--sk-hex", "").returncode == 5
 
 
 def test_python_client_items_and_read_your_writes_per_item(node) -> None:

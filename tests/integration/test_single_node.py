@@ -8,6 +8,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Iterator
 
 import cbor2
 import pytest
@@ -17,11 +18,25 @@ from common.limits import MAX_N
 from dynctl.client import Client, SyncClient
 from dynctl.ycsb import key_name as ycsb_key
 from dynd.storage import DATA_FORMAT, META_DATA_FORMAT, Batch, Storage
-from tests.integration.harness import Cluster, dynctl, dynctl_json, free_port
+from tests.integration.harness import (
+    Cluster,
+    DyndProcess,
+    dynctl,
+    dynctl_json,
+    free_port,
+    one_node,
+)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DyndProcess]:
+    """One node for the tests that leave it running: each uses keys and buckets of its own."""
+    yield from one_node(tmp_path_factory.mktemp("single"))
 
 
 @pytest.fixture
-def node(dyn_cluster: Cluster):
+def own_node(dyn_cluster: Cluster) -> DyndProcess:
+    """A node of the test's own, for a test that stops, kills or restarts it."""
     return dyn_cluster.add("n1")
 
 
@@ -77,10 +92,10 @@ def test_blind_puts_make_siblings_and_resolve_settles_them(node) -> None:
 
 
 def test_put_with_stale_context_keeps_both(node) -> None:
-    code, first = dynctl_json("--node", node.addr, "put", "k", "one")
-    run(node, "put", "k", "two")  # reads first: supersedes "one"
-    run(node, "put", "--context", first["context"], "k", "three")  # concurrent with "two"
-    code, doc = dynctl_json("--node", node.addr, "get", "k")
+    code, first = dynctl_json("--node", node.addr, "put", "stale", "one")
+    run(node, "put", "stale", "two")  # reads first: supersedes "one"
+    run(node, "put", "--context", first["context"], "stale", "three")  # concurrent with "two"
+    code, doc = dynctl_json("--node", node.addr, "get", "stale")
     assert code == 3
     assert sorted(v["value"] for v in doc["values"]) == ["three", "two"]
 
@@ -128,35 +143,35 @@ def test_bucket_set_out_of_range_is_rejected_by_the_node(node, options) -> None:
     assert run(node, "bucket", "set", "bx", "--n", str(MAX_N)).returncode == 0
 
 
-def test_restart_keeps_data_and_identity(node) -> None:
+def test_restart_keeps_data_and_identity(own_node: DyndProcess) -> None:
     for i in range(20):
-        assert run(node, "put", f"k{i}", f"v{i}").returncode == 0
-    assert node.stop() == 0
-    node.start()
-    assert run(node, "get", "k7").stdout == b"v7"
-    code, doc = dynctl_json("--node", node.addr, "ping")
+        assert run(own_node, "put", f"k{i}", f"v{i}").returncode == 0
+    assert own_node.stop() == 0
+    own_node.start()
+    assert run(own_node, "get", "k7").stdout == b"v7"
+    code, doc = dynctl_json("--node", own_node.addr, "ping")
     assert doc["node"] == "n1"
 
 
-def test_kill_9_after_acknowledged_writes_loses_none(node) -> None:
+def test_kill_9_after_acknowledged_writes_loses_none(own_node: DyndProcess) -> None:
     async def write_all() -> None:
-        async with Client.connect(node.addr) as client:
+        async with Client.connect(own_node.addr) as client:
             async with trio.open_nursery() as nursery:
                 for i in range(200):
                     nursery.start_soon(client.put, f"key{i}".encode(), f"value{i}".encode())
 
     trio.run(write_all)
-    node.kill()
-    node.start()
-    with SyncClient.connect(node.addr) as client:
+    own_node.kill()
+    own_node.start()
+    with SyncClient.connect(own_node.addr) as client:
         for i in range(200):
             obj = client.get(f"key{i}".encode())
             assert obj.found and obj.value == f"value{i}".encode()
 
 
-def test_sigterm_stops_cleanly_within_ten_seconds(node) -> None:
+def test_sigterm_stops_cleanly_within_ten_seconds(own_node: DyndProcess) -> None:
     start = time.monotonic()
-    assert node.stop(timeout=10) == 0
+    assert own_node.stop(timeout=10) == 0
     assert time.monotonic() - start < 10
 
 

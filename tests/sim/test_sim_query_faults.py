@@ -13,6 +13,8 @@ builds them):
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -30,6 +32,7 @@ from tests.sim.harness import (
     item_call,
     primaries_of,
     settled_cluster,
+    sort_keys_active,
     stored_items,
     until,
 )
@@ -42,9 +45,6 @@ PK = b"THREAD#1"
 _call = partial(item_call, key=PK)
 _primaries = partial(primaries_of, key=PK)
 _stored = partial(stored_items, key=PK)
-
-
-
 
 
 def _live(sim: SimNode) -> dict[bytes | None, list[bytes]]:
@@ -82,9 +82,16 @@ def _keep_hints(sims: list[SimNode], monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(sim.node.hints, "deliver_hints", no_delivery)
 
 
-async def _sort_keys_active(sims: list[SimNode]) -> None:
-    await until("sort keys active", lambda: all(
-        s.node is not None and "sk" in s.node.view.state.features for s in sims))
+@asynccontextmanager
+async def _case(clock: trio.testing.MockClock, prefix: str, monkeypatch: pytest.MonkeyPatch
+                ) -> AsyncIterator[tuple[SimCluster, list[SimNode], list[SimNode], SimNode]]:
+    """Every case's start: the settled cluster (sort keys active, hints kept), PK's three
+    primaries, and a node that is none of them to coordinate from."""
+    async with settled_cluster(SCENARIO, clock, prefix) as (cluster, sims):
+        await until("sort keys active", lambda: sort_keys_active(sims))
+        _keep_hints(sims, monkeypatch)
+        primaries = _primaries(sims)
+        yield cluster, sims, primaries, next(s for s in sims if s not in primaries)
 
 
 def _run(main: Any) -> None:
@@ -95,11 +102,8 @@ def _run(main: Any) -> None:
 def test_a_failed_refill_below_r_ends_the_page_at_the_horizon_with_a_token(
         monkeypatch: pytest.MonkeyPatch) -> None:
     async def main(clock: trio.testing.MockClock) -> None:
-        async with settled_cluster(SCENARIO, clock, "dyn-query-refill") as (cluster, sims):
-            await _sort_keys_active(sims)
-            _keep_hints(sims, monkeypatch)
-            a, b, c = _primaries(sims)
-            via = next(s for s in sims if s not in (a, b, c))
+        async with _case(clock, "dyn-query-refill", monkeypatch) as (
+                cluster, sims, (a, b, c), via):
             for sk in (b"a", b"b", b"c"):
                 await _call(cluster, a, "put", sk=sk, value=b"v-" + sk)
             # a keeps a and b live while b and c delete them; b keeps c live while a and
@@ -138,13 +142,10 @@ def test_a_failed_refill_below_r_ends_the_page_at_the_horizon_with_a_token(
     _run(main)
 
 
-def test_a_query_without_r_replies_is_unavailable() -> None:
+def test_a_query_without_r_replies_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     async def main(clock: trio.testing.MockClock) -> None:
-        async with settled_cluster(SCENARIO, clock, "dyn-query-unavailable") as (
-                cluster, sims):
-            await _sort_keys_active(sims)
-            a, b, c = _primaries(sims)
-            via = next(s for s in sims if s not in (a, b, c))
+        async with _case(clock, "dyn-query-unavailable", monkeypatch) as (
+                cluster, _, (a, b, _), via):
             await _call(cluster, a, "put", sk=b"post", value=b"v")
             cluster.network.block(via.addr, a.addr)  # not yet seen down: still asked
             cluster.network.block(via.addr, b.addr)
@@ -157,10 +158,8 @@ def test_a_query_without_r_replies_is_unavailable() -> None:
 def test_a_query_repairs_an_item_a_primary_lacks_and_keys_only_repairs_nothing(
         monkeypatch: pytest.MonkeyPatch) -> None:
     async def main(clock: trio.testing.MockClock) -> None:
-        async with settled_cluster(SCENARIO, clock, "dyn-query-repair") as (cluster, sims):
-            await _sort_keys_active(sims)
-            _keep_hints(sims, monkeypatch)
-            a, b, c = _primaries(sims)
+        async with _case(clock, "dyn-query-repair", monkeypatch) as (
+                cluster, sims, (a, _, c), _):
             await _call(cluster, a, "put", sk=b"first", value=b"1")
             await _cut_off(cluster, sims, c)
             await _call(cluster, a, "put", sk=b"missed", value=b"2")
