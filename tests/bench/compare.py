@@ -580,6 +580,7 @@ def suite(args: argparse.Namespace, config: BenchConfig, root: Path) -> dict[str
             print(f"round {index + 1}: {figures}", file=sys.stderr, flush=True)
         turns.only("dynd3")
         members[-1].stop()
+        turns.add("dynd3", three_pids[:-1])  # the stopped node's pid may be reused
         live = Target("dynd", tuple(m.addr for m in members[:-1]))
         for figures in measured:
             figures["e_down"] = _run_variant(live, variants["E forward"], three_pids[:-1])
