@@ -282,6 +282,8 @@ def compare(args: argparse.Namespace, config: BenchConfig, root: Path) -> list[d
             reports.append(measure(target, config, pids))
         if name == "etcd":
             reports[-1]["target"] = "etcd 3 members"
+        if fsync.get("fsync_always"):
+            reports[-1]["target"] = "redis appendfsync always"
     print(comparison_table(reports))
     print()
     for report in reports:
@@ -537,6 +539,7 @@ def suite(args: argparse.Namespace, config: BenchConfig, root: Path) -> dict[str
     variants = e_variants(config)
     measured: list[dict[str, Any]] = [{} for _ in range(args.rounds)]
     turns = Turns()
+    load_at_start = os.getloadavg()[0]  # others' work on the machine skews every figure
     with ExitStack() as stack:
         members = stack.enter_context(dynd_members(root / "dynd3", 3, 3, 2, 2,
                                                    f'sync = "{args.sync}"\n'))
@@ -586,8 +589,20 @@ def suite(args: argparse.Namespace, config: BenchConfig, root: Path) -> dict[str
             figures["e_down"] = _run_variant(live, variants["E forward"], three_pids[:-1])
     rounds = [targets.round_figures(figures) for figures in measured]
     rows = targets.evaluate(rounds)
+    where = {"commit": _commit(), "load_average": {"start": load_at_start,
+                                                   "end": os.getloadavg()[0]}}
+    print(f"commit {where['commit']}, load average {load_at_start:.1f} at the start and "
+          f"{where['load_average']['end']:.1f} at the end; {args.rounds} rounds of "
+          f"{config.duration:g} s\n")
     print(targets.table(rows))
-    return {"measured": measured, "figures": rounds, "targets": rows}
+    return {**where, "measured": measured, "figures": rounds, "targets": rows}
+
+
+def _commit() -> str:
+    """The commit of the tree measured (``-dirty`` with uncommitted changes)."""
+    described = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe",
+                                "--always", "--dirty"], capture_output=True, text=True)
+    return described.stdout.strip() or "unknown"
 
 
 def _available(binary: str, name: str, skip: list[str]) -> bool:
