@@ -73,7 +73,8 @@ bench-deps: $(STAMP)
 # rounds, threshold, met/missed, by how much), also written to $(BENCH_JSON). Each round runs
 # 13 measured phases of $(BENCH_DURATION) s plus 3 s warm-up (3 nodes and 1 node against etcd
 # and Redis with appendfsync always, one request at a time, six YCSB-E variants, one with a
-# node down): about 11 minutes with the defaults, about 4 with BENCH_DURATION=2 BENCH_ROUNDS=2.
+# node down), plus starting and loading the stores: about 12 minutes with the defaults on an
+# idle machine, about 5 with BENCH_DURATION=2 BENCH_ROUNDS=2 (7 with the machine loaded).
 BENCH_DURATION ?= 10
 BENCH_ROUNDS ?= 3
 BENCH_JSON ?= build/bench.json
