@@ -5,8 +5,9 @@ client machinery (dynctl.bench: the same processes, concurrency and value size),
 stopped again. Prints Markdown tables (as in docs/benchmarks.md) and, with --json FILE,
 the reports.
 
+    python -m tests.bench.compare --all --json FILE     # every target, one table (make bench)
     python -m tests.bench.compare                       # dynd 3 nodes vs etcd vs redis
-    python -m tests.bench.compare --nodes 1 --workload a   # N=1 against redis
+    python -m tests.bench.compare --nodes 1 --skip etcd --redis-fsync-always  # N=1 vs redis
     python -m tests.bench.compare --scale               # 1/3/5 nodes x value sizes
     python -m tests.bench.compare --single              # one request at a time
     python -m tests.bench.compare --profile             # py-spy on the dynd nodes
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +42,7 @@ import trio
 from dynctl.bench.config import BenchConfig, Target
 from dynctl.bench.engine import run_phase
 from dynctl.bench.report import machine
-from tests.bench import profile
+from tests.bench import profile, targets
 from tests.integration.harness import Cluster, DyndProcess, dynctl, free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -159,11 +161,15 @@ def etcd_cluster(root: Path, members: int = 3) -> Iterator[tuple[list[str], list
 
 
 @contextmanager
-def redis_server(root: Path) -> Iterator[tuple[list[str], list[int]]]:
-    """One redis-server with Debian's defaults minus persistence (no RDB, no AOF)."""
+def redis_server(root: Path, fsync_always: bool = False) -> Iterator[tuple[list[str], list[int]]]:
+    """One redis-server with Debian's defaults minus RDB snapshots; no AOF, or with
+    ``fsync_always`` an AOF fsynced before each write is answered (``appendfsync always``,
+    as durable as dynd's sync=batch)."""
     port = free_port()
+    aof = ["--appendonly", "yes", "--appendfsync", "always"] if fsync_always \
+        else ["--appendonly", "no"]
     process = _spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                      "--save", "", "--appendonly", "no", "--dir", str(root)],
+                      "--save", "", *aof, "--dir", str(root)],
                      root / "redis.log")
     try:
         def answers() -> bool:
@@ -176,13 +182,40 @@ def redis_server(root: Path) -> Iterator[tuple[list[str], list[int]]]:
         _stop([process])
 
 
+class CpuPerOperation:
+    """A progress callback of run_phase: the servers' CPU per completed operation between the
+    first and the last progress report that saw operations, so that starting the client
+    processes (servers idle) does not dilute it."""
+
+    def __init__(self, server_pids: list[int]) -> None:
+        self._pids = server_pids
+        self._first: tuple[float, int] | None = None
+        self._last: tuple[float, int] | None = None
+
+    def __call__(self, phase: str, elapsed: float, completed: int, failed: int,
+                 rate: float) -> None:
+        if completed + failed == 0:
+            return
+        sample = (cpu_seconds(self._pids), completed + failed)
+        self._first = self._first or sample
+        self._last = sample
+
+    def us_per_op(self) -> float | None:
+        if self._first is None or self._last is None or self._last[1] == self._first[1]:
+            return None
+        return round((self._last[0] - self._first[0]) / (self._last[1] - self._first[1]) * 1e6,
+                     1)
+
+
 def measure(target: Target, config: BenchConfig, server_pids: list[int]) -> dict[str, Any]:
     """Load, then run with the server CPU measured over the run phase."""
     load = trio.run(run_phase, target, config, "load") if config.load else None
     before, started = cpu_seconds(server_pids), time.monotonic()
-    run = trio.run(run_phase, target, config, "run")
+    per_op = CpuPerOperation(server_pids)
+    run = trio.run(run_phase, target, config, "run", per_op)
     run["server_cpu_cores"] = round((cpu_seconds(server_pids) - before)
                                     / (time.monotonic() - started), 2)
+    run["server_cpu_us_per_op"] = per_op.us_per_op()
     h = _headline({"run": run})
     print(f"{target.name}: {h['throughput']:,.0f} ops/s, p99 {h['p99']} ms, "
           f"p99.9 {h['p999']} ms, errors {h['errors']}", file=sys.stderr, flush=True)
@@ -243,11 +276,14 @@ def compare(args: argparse.Namespace, config: BenchConfig, root: Path) -> list[d
         if shutil.which(binary) is None:
             print(f"note: {binary} not installed (make bench-deps); skipped", file=sys.stderr)
             continue
-        with start(root / name) as (addrs, pids):
+        fsync = {"fsync_always": args.redis_fsync_always} if name == "redis" else {}
+        with start(root / name, **fsync) as (addrs, pids):
             target = Target(name, tuple(addrs), factory=f"tests.bench.drivers:{factory}")
             reports.append(measure(target, config, pids))
         if name == "etcd":
             reports[-1]["target"] = "etcd 3 members"
+        if fsync.get("fsync_always"):
+            reports[-1]["target"] = "redis appendfsync always"
     print(comparison_table(reports))
     print()
     for report in reports:
@@ -375,20 +411,32 @@ def _medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {column: statistics.median(row[column] or 0 for row in rows) for column in E_COLUMNS}
 
 
+def e_variants(config: BenchConfig) -> dict[str, BenchConfig]:
+    """YCSB-E's variants on already loaded items: C gets, E forward and reverse, E as gets,
+    and 50-item scans as a query and as 50 gets."""
+    base = {**config.__dict__, "load": False}
+    e = {**base, "workload": "e"}
+    fifty = {**e, "min_scan": 50, "max_scan": 50}
+    return {"C: gets": BenchConfig(**{**base, "workload": "c"}),
+            "E forward": BenchConfig(**e),
+            "E reverse": BenchConfig(**{**e, "reverse": True}),
+            "E as gets": BenchConfig(**{**e, "scan_as_gets": True}),
+            "E L=50 query": BenchConfig(**fifty),
+            "E L=50 as gets": BenchConfig(**{**fifty, "scan_as_gets": True})}
+
+
+def _load(target: Target, config: BenchConfig, workloads: tuple[str, ...]) -> None:
+    for workload_name in workloads:
+        trio.run(run_phase, target, BenchConfig(**{**config.__dict__, "workload": workload_name,
+                                                   "load": True}), "load")
+
+
 def ycsb_e(args: argparse.Namespace, config: BenchConfig, root: Path) -> list[dict[str, Any]]:
     """YCSB-E's targets in one run: on one 3-node cluster (N=3 R=W=2) YCSB-C gets, E forward,
     reverse, as pipelined gets, 50-item scans as a query and as 50 gets, and etcd's range
     reads, interleaved over ``--rounds`` rounds (medians); then one node stopped and E forward
     again through the two live nodes."""
-    base = {**config.__dict__, "load": False}
-    e = {**base, "workload": "e"}
-    fifty = {**e, "min_scan": 50, "max_scan": 50}
-    variants = {"C: gets": BenchConfig(**{**base, "workload": "c"}),
-                "E forward": BenchConfig(**e),
-                "E reverse": BenchConfig(**{**e, "reverse": True}),
-                "E as gets": BenchConfig(**{**e, "scan_as_gets": True}),
-                "E L=50 query": BenchConfig(**fifty),
-                "E L=50 as gets": BenchConfig(**{**fifty, "scan_as_gets": True})}
+    variants = e_variants(config)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     etcd_ready = "etcd" not in args.skip and shutil.which("etcd") is not None
     with ExitStack() as stack:
@@ -396,12 +444,11 @@ def ycsb_e(args: argparse.Namespace, config: BenchConfig, root: Path) -> list[di
                                                    f'sync = "{args.sync}"\n'))
         dynd = Target("dynd", tuple(m.addr for m in members))
         pids = [m.proc.pid for m in members if m.proc]
-        for workload_name in ("c", "e"):
-            trio.run(run_phase, dynd, BenchConfig(**{**base, "workload": workload_name}), "load")
+        _load(dynd, config, ("c", "e"))
         if etcd_ready:
             etcd_addrs, etcd_pids = stack.enter_context(etcd_cluster(root / "etcd"))
             etcd = Target("etcd", tuple(etcd_addrs), factory="tests.bench.drivers:open_etcd")
-            trio.run(run_phase, etcd, BenchConfig(**e), "load")
+            _load(etcd, config, ("e",))
             results["etcd E forward"] = []
         else:
             print("note: etcd not installed or skipped (make bench-deps)", file=sys.stderr)
@@ -424,35 +471,147 @@ def ycsb_e(args: argparse.Namespace, config: BenchConfig, root: Path) -> list[di
     for name, row in medians.items():
         print(f"| {name} | " + " | ".join(f"{row[c]:,.4g}" if abs(row[c]) < 1000
                                            else f"{row[c]:,.0f}" for c in E_COLUMNS) + " |")
+    rounds = [targets.round_figures({
+        "e": {name: results[name][index] for name in variants},
+        "e_down": results["E forward, one node down"][index]}) for index in range(args.rounds)]
     print()
-    for line in e_targets(medians):
-        print(line)
+    print(targets.table([row for row in targets.evaluate(rounds) if row["key"].startswith("e_")]))
     return [{"target": name, "rounds": rows, "median": medians[name]}
             for name, rows in results.items()]
 
 
-def e_targets(m: dict[str, dict[str, Any]]) -> list[str]:
-    """The issue's YCSB-E targets as met/missed lines, from the medians."""
-    forward = m["E forward"]
-    items_vs_gets = forward["items_per_s"] / (m["C: gets"]["per_s"] or 1)
-    query_vs_gets = m["E L=50 query"]["per_s"] / (m["E L=50 as gets"]["per_s"] or 1)
-    cpu_vs_gets = (m["E L=50 as gets"]["server_ms_per_op"]
-                   / (m["E L=50 query"]["server_ms_per_op"] or 1))
-    reverse = m["E reverse"]["items_per_s"] / (forward["items_per_s"] or 1)
-    down = m["E forward, one node down"]
-    down_share = down["per_s"] / (forward["per_s"] or 1)
+class Turns:
+    """Stores take turns: the one measured runs, every other one is paused (SIGSTOP), so that
+    an idle store's background work does not take CPU from the measured one."""
 
-    def verdict(met: bool) -> str:
-        return "met" if met else "MISSED"
-    return [
-        f"- items/s >= 5x YCSB-C gets/s: {items_vs_gets:.2f}x ({verdict(items_vs_gets >= 5)})",
-        f"- 50-item query >= 10x cheaper than 50 gets: {query_vs_gets:.2f}x the rate, "
-        f"{cpu_vs_gets:.2f}x less server CPU ({verdict(min(query_vs_gets, cpu_vs_gets) >= 10)})",
-        f"- refills in < 1% of queries without faults: {forward['refilled_pct']}% "
-        f"({verdict(forward['refilled_pct'] < 1)})",
-        f"- reverse within 10% of forward: {reverse:.2f}x ({verdict(abs(reverse - 1) <= 0.1)})",
-        f"- one node down: {down['errors']} errors, {down_share:.2f}x the healthy rate "
-        f"({verdict(down['errors'] == 0 and down_share >= 0.6)})"]
+    RESUME_SETTLE = 1.0  # seconds for a resumed store's heartbeats and timers to catch up
+
+    def __init__(self) -> None:
+        self._stores: dict[str, list[int]] = {}
+        self._running: str | None = None
+
+    def add(self, name: str, pids: list[int]) -> None:
+        self._stores[name] = pids
+
+    def only(self, name: str) -> None:
+        """Pause every store but ``name``, and resume ``name`` if it was paused."""
+        if self._running == name:
+            return
+        for other, pids in self._stores.items():
+            if other != name:
+                _signal(pids, signal.SIGSTOP)
+        _signal(self._stores[name], signal.SIGCONT)
+        self._running = name
+        time.sleep(self.RESUME_SETTLE)
+
+    def resume_all(self) -> None:
+        for pids in self._stores.values():
+            _signal(pids, signal.SIGCONT)
+        self._running = None
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        os.kill(pid, signum)
+
+
+def _a_figures(report: dict[str, Any]) -> dict[str, Any]:
+    h = _headline(report)
+    return {"throughput": h["throughput"], "p999": h["p999"], "errors": h["errors"],
+            "cpu_us_per_op": report["run"]["server_cpu_us_per_op"]}
+
+
+def _one_at_a_time_figures(report: dict[str, Any]) -> dict[str, Any]:
+    operations = report["run"]["operations"]
+    return {"update_p50": operations["update"]["p50"], "read_p50": operations["read"]["p50"],
+            "errors": _headline(report)["errors"]}
+
+
+def suite(args: argparse.Namespace, config: BenchConfig, root: Path) -> dict[str, Any]:
+    """Every target of issues 16 and 19 in one run, ending with one table: 3 nodes (N=3
+    R=W=2) against a 3-member etcd (YCSB-A, its p99.9 and node CPU per operation), 1 node
+    against Redis with ``appendfsync always``, one request at a time against etcd, and
+    YCSB-E's variants; ``--rounds`` interleaved rounds (each store's side first in turn, the
+    idle stores paused), then YCSB-E forward with one of the 3 nodes stopped."""
+    ycsb_a = BenchConfig(**{**config.__dict__, "workload": "a", "load": False})
+    one_at_a_time = BenchConfig(**{**ycsb_a.__dict__, "concurrency": 1, "procs": 1,
+                                   "connections": 1})
+    variants = e_variants(config)
+    measured: list[dict[str, Any]] = [{} for _ in range(args.rounds)]
+    turns = Turns()
+    load_at_start = os.getloadavg()[0]  # others' work on the machine skews every figure
+    with ExitStack() as stack:
+        members = stack.enter_context(dynd_members(root / "dynd3", 3, 3, 2, 2,
+                                                   f'sync = "{args.sync}"\n'))
+        three = Target("dynd", tuple(m.addr for m in members))
+        three_pids = [m.proc.pid for m in members if m.proc]
+        one_addrs, one_pids = stack.enter_context(dynd_cluster(root / "dynd1", 1, 1, 1, 1,
+                                                               args.sync))
+        one = Target("dynd", tuple(one_addrs))
+        stores = {"dynd3": (three, three_pids, ("a", "e")), "dynd1": (one, one_pids, ("a",))}
+        if _available("etcd", "etcd", args.skip):
+            addrs, pids = stack.enter_context(etcd_cluster(root / "etcd"))
+            stores["etcd"] = (Target("etcd", tuple(addrs),
+                                     factory="tests.bench.drivers:open_etcd"), pids, ("a",))
+        if _available("redis-server", "redis", args.skip):
+            addrs, pids = stack.enter_context(redis_server(root / "redis", fsync_always=True))
+            stores["redis"] = (Target("redis", tuple(addrs),
+                                      factory="tests.bench.drivers:open_redis"), pids, ("a",))
+        for name, (_, pids, _) in stores.items():
+            turns.add(name, pids)
+        stack.callback(turns.resume_all)  # a paused process would not see its SIGTERM
+        for name, (target, _, workloads) in stores.items():
+            turns.only(name)
+            _load(target, config, workloads)
+
+        def run(name: str, what: BenchConfig) -> dict[str, Any]:
+            target, pids, _ = stores[name]
+            turns.only(name)
+            return measure(target, what, pids)
+        pairs = [("a3", "dynd3", "etcd", ycsb_a, _a_figures),
+                 ("a1", "dynd1", "redis", ycsb_a, _a_figures),
+                 ("single", "dynd3", "etcd", one_at_a_time, _one_at_a_time_figures)]
+        for index, figures in enumerate(measured):
+            for part, ours, theirs, what, summary in pairs:
+                sides = [("dynd", ours), (theirs, theirs)]
+                for side, name in sides if index % 2 == 0 else reversed(sides):
+                    if name in stores:
+                        figures.setdefault(part, {})[side] = summary(run(name, what))
+            turns.only("dynd3")
+            figures["e"] = {name: _run_variant(three, variant, three_pids)
+                            for name, variant in variants.items()}
+            print(f"round {index + 1}: {figures}", file=sys.stderr, flush=True)
+        turns.only("dynd3")
+        members[-1].stop()
+        turns.add("dynd3", three_pids[:-1])  # the stopped node's pid may be reused
+        live = Target("dynd", tuple(m.addr for m in members[:-1]))
+        for figures in measured:
+            figures["e_down"] = _run_variant(live, variants["E forward"], three_pids[:-1])
+    rounds = [targets.round_figures(figures) for figures in measured]
+    rows = targets.evaluate(rounds)
+    where = {"commit": _commit(), "load_average": {"start": load_at_start,
+                                                   "end": os.getloadavg()[0]}}
+    print(f"commit {where['commit']}, load average {load_at_start:.1f} at the start and "
+          f"{where['load_average']['end']:.1f} at the end; {args.rounds} rounds of "
+          f"{config.duration:g} s\n")
+    print(targets.table(rows))
+    return {**where, "measured": measured, "figures": rounds, "targets": rows}
+
+
+def _commit() -> str:
+    """The commit of the tree measured (``-dirty`` with uncommitted changes)."""
+    described = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe",
+                                "--always", "--dirty"], capture_output=True, text=True)
+    return described.stdout.strip() or "unknown"
+
+
+def _available(binary: str, name: str, skip: list[str]) -> bool:
+    if name in skip:
+        return False
+    if shutil.which(binary) is None:
+        print(f"note: {binary} not installed (make bench-deps); skipped", file=sys.stderr)
+        return False
+    return True
 
 
 def main() -> None:
@@ -478,19 +637,28 @@ def main() -> None:
                         help="Load --records keys, then report each node's RSS.")
     parser.add_argument("--ycsb-e", action="store_true",
                         help="YCSB-E against YCSB-C, pipelined gets and etcd range reads.")
+    parser.add_argument("--all", action="store_true",
+                        help="Every target of issues 16 and 19 in interleaved rounds; one "
+                        "table of target, median, rounds, threshold and verdict.")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="--ycsb-e: interleaved rounds (medians reported).")
+                        help="--ycsb-e, --all: interleaved rounds (medians reported).")
+    parser.add_argument("--redis-fsync-always", action="store_true",
+                        help="Redis with an AOF fsynced before each reply (--all always is).")
     parser.add_argument("--json", metavar="FILE", help="Also write the reports as JSON.")
     args = parser.parse_args()
     config = BenchConfig(workload="e" if args.ycsb_e else args.workload, records=args.records,
                          duration=args.duration, warmup=args.warmup,
                          concurrency=args.concurrency, procs=args.procs,
                          connections=args.connections, value_size=args.value_size)
-    mode = (ycsb_e if args.ycsb_e else scale if args.scale else single if args.single
-            else run_profile if args.profile else resident if args.rss else compare)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    mode: Any = (suite if args.all else ycsb_e if args.ycsb_e else scale if args.scale
+                 else single if args.single else run_profile if args.profile
+                 else resident if args.rss else compare)
     print(f"machine: {machine()['cores']} cores, {machine()['date']}; workload "
-          f"{config.workload}, {config.records} records, {config.concurrency} in flight, "
-          f"{config.procs} client processes, {config.value_size} B values\n", flush=True)
+          f"{'a, c, e' if args.all else config.workload}, {config.records} records, "
+          f"{config.concurrency} in flight, {config.procs} client processes, "
+          f"{config.value_size} B values\n", flush=True)
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dynd-bench-")))
         reports = mode(args, config, root)
