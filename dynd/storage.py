@@ -21,9 +21,10 @@ Writes go through group commit: ``stage()`` queues a Batch and makes its writes
 visible at once to every read through an in-memory overlay of not-yet-committed
 writes; ``run()`` (one service task) drains the queue into one RocksDB
 WriteBatch, writes it (fsync under ``sync="batch"``), and wakes every waiter of
-that drain. Reads and the commit call rocksdict directly: its calls hold the
-GIL, a synced write through its fsync included, so a worker thread would not
-let the node run meanwhile, and its hop costs more than the call (measured: about 160 us per call).
+that drain. Reads and the commit call rocksdict directly from the trio thread: a
+worker thread's hop costs more than a read (about 160 us), and although RocksDB
+releases the GIL through a synced write, a worker thread for the commit cost more
+CPU per operation than the node's stall for the fsync (docs/benchmarks.md).
 A read-modify-write without an ``await`` between read and ``stage()`` is thus
 atomic. The overlay holds only the writes of the current drain and the ones
 staged while it was written, so scans merge it cheaply.
