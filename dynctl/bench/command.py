@@ -10,8 +10,6 @@ import click
 from common.errors import UsageError
 from common.messages import MAX_QUERY_LIMIT
 from dynctl.bench.config import MAX_CONCURRENCY, MAX_PROCS, BenchConfig, Target
-from dynctl.bench.engine import run_benchmark
-from dynctl.bench.report import plot, render_report
 from dynctl.client import LIMITS, parse_nodes
 from dynctl.invocation import Session
 from dynctl.output import Outcome, Output
@@ -157,6 +155,10 @@ def register_bench(group: click.Group, command: Callable[..., Any]) -> None:
             "coordination": coordination,
             "tls_ca": settings.tls_ca, "tls_cert": settings.tls_cert,
             "tls_key": settings.tls_key})
+        # The engine and report (multiprocessing, HDR histograms, the drivers) load only
+        # when a benchmark runs: every other dynctl command starts faster without them.
+        from dynctl.bench.engine import run_benchmark
+        from dynctl.bench.report import plot, render_report
         with LiveProgress(session.output, config) as progress:
             report = await run_benchmark(target, config, progress)
         if plot_path:
