@@ -1,4 +1,6 @@
-"""Frames on the wire: a 4-byte big-endian length, then one CBOR map.
+"""Frames on the wire: a 4-byte big-endian length, then one CBOR map, or a batch: a CBOR
+array of 1..MAX_BATCH_MESSAGES maps, messages that were ready together for one connection
+(one frame to read, validate and decode instead of one each).
 
 Sans-IO in the h11 style: the connection code feeds whatever bytes it read to
 ``FrameDecoder.receive_data`` and pulls complete messages with
@@ -16,6 +18,7 @@ before anything is allocated for them.
 
 from __future__ import annotations
 
+from collections import deque
 from struct import Struct
 from typing import Any
 
@@ -26,6 +29,7 @@ from common.errors import ProtocolError
 _LENGTH = Struct(">I")
 _HEADER_BYTES = _LENGTH.size
 MAX_WIRE_FRAME_BYTES = 2**32 - 1  # the largest body a 4-byte length prefix can describe
+MAX_BATCH_MESSAGES = 64  # messages in one batch frame; the frame size limit holds as well
 
 # Argument of a CBOR initial byte whose additional info is 24..27: 1, 2, 4 or 8 bytes.
 _ARGUMENT = {24: Struct(">B"), 25: Struct(">H"), 26: Struct(">I"), 27: Struct(">Q")}
@@ -99,7 +103,91 @@ def decode_body(body: bytes, max_nesting: int) -> dict[Any, Any]:
     return msg
 
 
-def _validate_cbor(body: bytes, max_nesting: int) -> None:
+def is_batch(body: bytes) -> bool:
+    """Whether a (non-empty) frame body is a batch: a CBOR array, where a message is a map."""
+    return body[0] >> 5 == 4
+
+
+def decode_batch(body: bytes, max_nesting: int) -> list[dict[Any, Any]]:
+    """Decode a batch frame body into its messages, each held to a lone frame's rules.
+
+    The array adds one level, so ``max_nesting + 1`` bounds every message by ``max_nesting``.
+    Anything wrong refuses the whole frame (a ProtocolError, as for a lone frame that is
+    not valid CBOR): no message of a batch that is not well formed is served.
+    """
+    info = body[0] & 0x1F
+    count = info if info < 24 else body[1] if info == 24 and len(body) > 1 else None
+    if count is None or not 1 <= count <= MAX_BATCH_MESSAGES:
+        raise ProtocolError(f"a batch frame holds 1..{MAX_BATCH_MESSAGES} messages")
+    _validate_cbor(body, max_nesting + 1, top_major=4)
+    try:
+        messages = cbor2.loads(body, max_depth=max_nesting + 1, allow_indefinite=False,
+                               allow_duplicate_keys=False)
+    except (cbor2.CBORDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"invalid CBOR: {exc}") from exc
+    if not all(isinstance(message, dict) for message in messages):
+        raise ProtocolError("every message of a batch frame must be a CBOR map")
+    return messages
+
+
+def batch_frames(frames: list[bytes], max_frame_bytes: int) -> list[tuple[bytes, int]]:
+    """Encoded frames as they go on the wire: consecutive ones joined into batch frames of
+    at most MAX_BATCH_MESSAGES messages and ``max_frame_bytes`` body bytes (a frame too
+    large to join any goes alone). Each wire frame with how many messages it carries.
+
+    A CBOR array is its header followed by its items, so the bodies are reused as they are.
+    """
+    wire: list[tuple[bytes, int]] = []
+    group: list[bytes] = []
+    size = 0  # body bytes of the group, array header excluded
+
+    def close_group() -> None:
+        if len(group) == 1:
+            wire.append((_LENGTH.pack(len(group[0])) + group[0], 1))
+        elif group:
+            header = bytes([0x80 | len(group)]) if len(group) < 24 else bytes(
+                [0x98, len(group)])
+            body_length = len(header) + size
+            wire.append((b"".join((_LENGTH.pack(body_length), header, *group)), len(group)))
+        group.clear()
+
+    for frame in frames:
+        body = frame[_HEADER_BYTES:]
+        if len(group) == MAX_BATCH_MESSAGES or (
+                group and size + len(body) + _MAX_BATCH_HEADER_BYTES > max_frame_bytes):
+            close_group()
+            size = 0
+        group.append(body)
+        size += len(body)
+    close_group()
+    return wire
+
+
+_MAX_BATCH_HEADER_BYTES = 2  # a CBOR array header for up to 255 items
+
+
+class FrameSizes:
+    """How many messages each frame carried (1: a lone frame), in one direction: a
+    histogram over 1..MAX_BATCH_MESSAGES, for the metrics."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts = [0] * (MAX_BATCH_MESSAGES + 1)  # index: messages in the frame
+
+    def observe(self, messages: int) -> None:
+        self.counts[messages] += 1
+
+    @property
+    def frames(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def messages(self) -> int:
+        return sum(size * count for size, count in enumerate(self.counts))
+
+
+def _validate_cbor(body: bytes, max_nesting: int, top_major: int = 5) -> None:
     """Walk the CBOR item in ``body`` once, without recursion and without copying strings.
 
     ``left`` counts the items the innermost open container still expects, negated for a map
@@ -111,7 +199,7 @@ def _validate_cbor(body: bytes, max_nesting: int) -> None:
     end = len(body)
     if end == 0:
         raise ProtocolError("empty frame body")
-    if body[0] >> 5 != 5:
+    if body[0] >> 5 != top_major:
         raise ProtocolError(f"message must be a CBOR map, not a {_MAJOR_NAMES[body[0] >> 5]}")
     stack: list[int] = []
     left = 1
@@ -173,7 +261,8 @@ class FrameDecoder:
     decoder stays usable: the caller may answer with an error and carry on.
     """
 
-    def __init__(self, max_frame_bytes: int, max_nesting: int = 16) -> None:
+    def __init__(self, max_frame_bytes: int, max_nesting: int = 16,
+                 sizes: FrameSizes | None = None) -> None:
         if not 1 <= max_frame_bytes <= MAX_WIRE_FRAME_BYTES:
             raise ValueError(f"max_frame_bytes must be in 1..{MAX_WIRE_FRAME_BYTES}")
         if max_nesting < 1:
@@ -184,11 +273,19 @@ class FrameDecoder:
         self._start = 0  # offset of the first unconsumed byte in _buffer
         self._body_length: int | None = None  # length prefix of the frame at _start, once read
         self._error: ProtocolError | None = None
+        self._batched: deque[dict[Any, Any]] = deque()  # the rest of the last batch frame
+        self.batches = 0  # batch frames read: the other end reads them too
+        self.sizes = sizes
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a message (a partial frame, or more)."""
         return len(self._buffer) - self._start
+
+    @property
+    def pending(self) -> bool:
+        """Whether more may be ready without reading: messages of a batch, or bytes."""
+        return bool(self._batched) or len(self._buffer) > self._start
 
     @property
     def failed(self) -> bool:
@@ -204,6 +301,8 @@ class FrameDecoder:
     def next_message(self) -> dict[Any, Any] | None:
         """Return the next complete message, or None if more data is needed."""
         self._raise_if_failed()
+        if self._batched:
+            return self._batched.popleft()
         length = self._read_length_prefix()
         if length is None:
             return None
@@ -216,7 +315,16 @@ class FrameDecoder:
         self._start = body_end
         self._body_length = None
         self._compact()
-        return decode_body(body, self._max_nesting)
+        if not is_batch(body):
+            if self.sizes is not None:
+                self.sizes.observe(1)
+            return decode_body(body, self._max_nesting)
+        messages = decode_batch(body, self._max_nesting)
+        self.batches += 1
+        if self.sizes is not None:
+            self.sizes.observe(len(messages))
+        self._batched.extend(messages[1:])
+        return messages[0]
 
     def _read_length_prefix(self) -> int | None:
         if self._body_length is None and self.buffered >= _HEADER_BYTES:

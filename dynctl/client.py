@@ -401,6 +401,7 @@ class Client(AuthMethods):
                 if self._nursery is None:
                     raise Unavailable(f"connection to {addr} closed")
                 connection = await Connection.open(addr, self._nursery, ssl_context=self._tls)
+                connection.learn_batching()
                 self._connections[addr] = connection
             return connection
 

@@ -19,6 +19,7 @@ from common.config import Config, ConfigError, load_config, parse_hostport
 from common.errors import DynError
 from common.wire.trio_helpers import single_exception_unwrapped
 from dynd import security
+from dynd.features import FRAME_BATCHES
 from dynd.metrics_http import serve_metrics
 from dynd.node import Node
 from dynd.server import Server
@@ -113,7 +114,10 @@ async def serve(config: Config, formatter: EventFormatter,
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
-        node = Node(config, storage, TcpTransport(peer_tls), addr=f"{host}:{bound}")
+        transport = TcpTransport(peer_tls)
+        node = Node(config, storage, transport, addr=f"{host}:{bound}")
+        transport.may_batch = lambda: FRAME_BATCHES in node.view.state.features
+        transport.frames_in, transport.frames_out = node.stats.frames_in, node.stats.frames_out
         formatter.node_id = node.id
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
@@ -121,7 +125,9 @@ async def serve(config: Config, formatter: EventFormatter,
             if config.metrics_listen:
                 await nursery.start(serve_metrics, config.metrics_listen, node.stats.registry)
             await nursery.start(Server(node.handle, config.limits, server_tls,
-                                        answer_now=node.answer_now).serve, listeners)
+                                        answer_now=node.answer_now,
+                                        frames_in=node.stats.frames_in,
+                                        frames_out=node.stats.frames_out).serve, listeners)
             log.info("event=listening addr=%s:%d data_dir=%s tls=%s", host, bound,
                      config.data_dir, "mutual" if server_tls is not None else "off")
             sd_notify("READY=1")

@@ -20,9 +20,11 @@ SORT_KEYS = "sk"  # items with a sort key: (bucket, key, sk)
 EXPIRY = "ttl"  # siblings with expires_at (3-item wire form), bucket ttl and grace
 RBAC = "rbac"  # access control: the `auth` key of the cluster state
 BATCHED_REAP = "reap2"  # p_digests and the batched p_reap (items); before it, one key a call
-SUPPORTED = frozenset({SORT_KEYS, EXPIRY, RBAC, BATCHED_REAP})
+FRAME_BATCHES = "batch"  # batch frames between nodes (several messages in one frame)
+SUPPORTED = frozenset({SORT_KEYS, EXPIRY, RBAC, BATCHED_REAP, FRAME_BATCHES})
 _NEEDS = {SORT_KEYS: "sort keys", EXPIRY: "writes with an expiry and bucket ttl/grace",
-          RBAC: "access control", BATCHED_REAP: "batched reaping"}
+          RBAC: "access control", BATCHED_REAP: "batched reaping",
+          FRAME_BATCHES: "batch frames"}
 
 
 class Features:

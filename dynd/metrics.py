@@ -34,6 +34,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from common.codec import FrameSizes
 from common.errors import Unavailable
 from dynd import membership
 from dynd.cluster import ClusterView
@@ -47,6 +48,7 @@ _MAX_MICROS = 120_000_000  # latencies above two minutes are clamped
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 SIBLING_BUCKETS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+FRAME_MESSAGE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # messages per frame; 64: MAX_BATCH_MESSAGES
 
 # Coordinated client ops: an `unavailable` answer to one of them is a quorum failure (quorum
 # not met, deadline passed, or no replica reachable; the client sees the same exit code 4).
@@ -85,6 +87,13 @@ class Buckets:
         return exported
 
 
+def _frame_buckets(sizes: FrameSizes) -> list[tuple[str, float]]:
+    """FRAME_MESSAGE_BUCKETS of ``sizes`` as cumulative (le, frames) pairs, and +Inf."""
+    exported = [(floatToGoString(bound), float(sum(sizes.counts[:bound + 1])))
+                for bound in FRAME_MESSAGE_BUCKETS]
+    return [*exported, ("+Inf", float(sizes.frames))]
+
+
 @dataclass(slots=True)
 class _OpStats:
     """What one operation's requests add up to: exact percentiles (HDR) for `dynctl stats`,
@@ -103,6 +112,8 @@ class Stats:
         self._outcomes: Tally[tuple[str, str]] = Tally()
         self.events: Tally[str] = Tally()
         self.siblings = Buckets(SIBLING_BUCKETS)
+        self.frames_in = FrameSizes()  # messages per frame read, on every connection
+        self.frames_out = FrameSizes()  # and written
         self.hint_ages = HintAgeWatch()
         self._collector: NodeCollector | None = None
         self.registry.register(_RequestCollector(self))
@@ -181,6 +192,12 @@ class _RequestCollector(Collector):
         siblings = HistogramMetricFamily("dynd_get_siblings", "Live siblings returned per get")
         siblings.add_metric([], stats.siblings.cumulative(), sum_value=stats.siblings.total)
         yield siblings
+        frames = HistogramMetricFamily(
+            "dynd_frame_messages", "Messages per frame on the node's connections (above 1: "
+            "a batch frame), by direction", labels=["direction"])
+        for direction, sizes in (("in", stats.frames_in), ("out", stats.frames_out)):
+            frames.add_metric([direction], _frame_buckets(sizes), sum_value=sizes.messages)
+        yield frames
 
 
 class HintAgeWatch:

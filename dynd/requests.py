@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from common import dvvset, messages
+from common.codec import MAX_BATCH_MESSAGES
 from common.config import Config
 from common.errors import DynError, Rejected, Unavailable
 from common.ring import Target, partition_of
@@ -56,7 +57,8 @@ class Requests:
     # ---- client ops ------------------------------------------------------------------
 
     def now_ping(self, op: str, fields: dict[str, Any], peer: Peer, reply: Reply) -> bool:
-        reply({"node": self.node_id, "epoch": self.view.state.epoch}, None)
+        reply({"node": self.node_id, "epoch": self.view.state.epoch,
+               "batch": MAX_BATCH_MESSAGES}, None)  # a client may send batch frames
         return True
 
     def _sort_key(self, fields: dict[str, Any]) -> bytes | None:

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from common import messages
-from common.codec import FrameDecoder, encode_frame
+from common.codec import FrameDecoder, FrameSizes, encode_frame
 from common.errors import DynError, ProtocolError, Unauthorized
 from common.limits import Limits
 from common.messages import Request
@@ -75,14 +75,20 @@ class Server:
     """``handler`` answers a request in a task of its own; ``answer_now``, when given, is
     offered each request first, in the reader loop, and takes what needs no task: a replica
     read answered on the spot, a replica write answered when its group commit lands. No
-    spawn, no scheduler pass; the request holds its admission slot until answered."""
+    spawn, no scheduler pass; the request holds its admission slot until answered.
+
+    A connection that sent a batch frame reads them: its replies are batched too, those
+    due together (``frames_in``/``frames_out`` count the messages per frame)."""
 
     def __init__(
         self, handler: Handler, limits: Limits, ssl_context: ssl.SSLContext | None = None,
-        answer_now: ImmediateHandler | None = None,
+        answer_now: ImmediateHandler | None = None, *,
+        frames_in: FrameSizes | None = None, frames_out: FrameSizes | None = None,
     ) -> None:
         self.handler = handler
         self.answer_now = answer_now
+        self.frames_in = frames_in
+        self.frames_out = frames_out
         self.limits = limits
         self.ssl_context = ssl_context
         self.connections = 0
@@ -134,9 +140,14 @@ class Server:
                 return
             identity = _common_name(stream.getpeercert())
         peer = Peer(address, identity)
-        decoder = FrameDecoder(self.limits.max_frame_bytes, self.limits.max_nesting)
-        writer = FrameWriter(stream, send_timeout=self.limits.frame_timeout)
-        admission = trio.Semaphore(self.limits.max_inflight_per_connection)
+        decoder = FrameDecoder(self.limits.max_frame_bytes, self.limits.max_nesting,
+                               self.frames_in)
+        writer = FrameWriter(stream, send_timeout=self.limits.frame_timeout,
+                             max_batch_bytes=self.limits.max_frame_bytes,
+                             sizes=self.frames_out)
+        writer.may_batch = lambda: decoder.batches > 0
+        inflight = self.limits.max_inflight_per_connection
+        admission = trio.Semaphore(inflight, max_value=inflight)
         fatal: ProtocolError | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer.run)
@@ -198,7 +209,7 @@ class Server:
                 admission.acquire_nowait()
             except trio.WouldBlock:
                 await admission.acquire()
-            reply = partial(_reply, request, writer, admission)
+            reply = partial(_reply, request, writer, admission, decoder)
             if self.answer_now is not None:
                 try:
                     if self.answer_now(request, peer, reply):
@@ -218,18 +229,22 @@ class Server:
 
 
 def _reply(request: Request, writer: FrameWriter, admission: trio.Semaphore,
-           result: dict[str, Any] | None, error: Exception | None) -> None:
+           decoder: FrameDecoder, result: dict[str, Any] | None,
+           error: Exception | None) -> None:
     """Queue the answer to ``request`` (its result, or the error; a crash is logged) and
-    free its admission slot."""
+    free its admission slot. Deferred to the writer task, to share a batch frame, while
+    other replies are due: requests still in flight, or read and not yet dispatched."""
     admission.release()
+    defer = writer.may_batch() and (
+        decoder.pending or admission.value < admission.max_value)
     if error is None:
         assert result is not None
-        writer.send(encode_frame(messages.ok(request.id, **result)))
+        writer.send(encode_frame(messages.ok(request.id, **result)), defer=defer)
         return
     if not isinstance(error, DynError):
         log.error("event=handler_crash op=%s", request.op, exc_info=error)
         error = DynError(f"internal error: {error!r}")
-    writer.send(encode_frame(messages.failure(request.id, error)))
+    writer.send(encode_frame(messages.failure(request.id, error)), defer=defer)
 
 
 def _address_of(stream: trio.SocketStream) -> str:

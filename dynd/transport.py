@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import trio
 
+from common.codec import FrameSizes
 from common.errors import Unavailable, Unreachable
 from common.wire.connection import Connection, ReplyCallback
 
@@ -35,12 +36,19 @@ class Transport(Protocol):
 
 
 class TcpTransport:
-    """One lazily opened connection per peer, shared by every task of the node."""
+    """One lazily opened connection per peer, shared by every task of the node.
+
+    ``may_batch()``: whether peers read batch frames (the daemon sets it to its cluster's
+    feature once the node exists, so a peer of an older release never receives one);
+    ``frames_in`` and ``frames_out`` count messages per frame, for the metrics."""
 
     MAX_BACKOFF = 5.0
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context
+        self.may_batch: Callable[[], bool] | None = None  # None: never
+        self.frames_in: FrameSizes | None = None
+        self.frames_out: FrameSizes | None = None
         self._connections: dict[str, Connection] = {}
         self._connecting: dict[str, trio.Lock] = {}
         self._backoff: dict[str, tuple[float, float]] = {}  # addr -> (retry_at, delay)
@@ -77,8 +85,9 @@ class TcpTransport:
             try:
                 with trio.fail_after(timeout):
                     connection = await Connection.open(
-                        addr, self._nursery, ssl_context=self.ssl_context
-                    )
+                        addr, self._nursery, ssl_context=self.ssl_context,
+                        may_batch=self.may_batch, frames_in=self.frames_in,
+                        frames_out=self.frames_out)
             except (Unavailable, trio.TooSlowError) as exc:
                 delay = min(max(delay * 2, 0.1), self.MAX_BACKOFF)
                 self._backoff[addr] = (trio.current_time() + delay, delay)

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from common.codec import FrameDecoder, encode_frame
+from common.codec import FrameDecoder, FrameSizes, encode_frame
 from common.errors import (
     DynError,
     ProtocolError,
@@ -87,15 +87,24 @@ class Connection:
     ends it and fails every waiting request with Unavailable, after which ``closed`` is
     true and every ``call`` fails at once: the owner opens a new connection. ``call`` has
     no deadline of its own; callers wrap it in theirs.
+
+    Requests sent while others are in flight go in batch frames once ``may_batch()`` says
+    the node reads them (the peer transport: the cluster's feature; the client:
+    ``learn_batching``, the node's ping reply); a request alone goes at once, alone.
     """
 
-    def __init__(self, stream: trio.abc.Stream, addr: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, addr: str, *,
+                 may_batch: Callable[[], bool] | None = None,
+                 frames_in: FrameSizes | None = None,
+                 frames_out: FrameSizes | None = None) -> None:
         self.addr = addr
         self._stream = stream
-        self._decoder = FrameDecoder(MAX_REPLY_BYTES, LIMITS.max_nesting)
+        self._decoder = FrameDecoder(MAX_REPLY_BYTES, LIMITS.max_nesting, frames_in)
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
-        self._writer = FrameWriter(stream)
+        self._writer = FrameWriter(stream, sizes=frames_out)
+        if may_batch is not None:
+            self._writer.may_batch = may_batch
         self._slots = trio.Semaphore(LIMITS.max_inflight_per_connection)
         self._broken: DynError | None = None
         self._scope = trio.CancelScope()
@@ -104,7 +113,10 @@ class Connection:
 
     @classmethod
     async def open(cls, addr: str, nursery: trio.Nursery, *,
-                   ssl_context: ssl.SSLContext | None = None) -> Connection:
+                   ssl_context: ssl.SSLContext | None = None,
+                   may_batch: Callable[[], bool] | None = None,
+                   frames_in: FrameSizes | None = None,
+                   frames_out: FrameSizes | None = None) -> Connection:
         """Connect to ``addr`` (TLS when ``ssl_context`` is given) and start serving.
 
         Unavailable when the node cannot be reached, Unauthorized when TLS is refused.
@@ -112,7 +124,8 @@ class Connection:
         """
         host, port = parse_addr(addr)
         stream = await _open_stream(addr, host, port, ssl_context)
-        connection = cls(stream, addr)
+        connection = cls(stream, addr, may_batch=may_batch, frames_in=frames_in,
+                         frames_out=frames_out)
         await nursery.start(connection._run)
         return connection
 
@@ -173,13 +186,26 @@ class Connection:
             raise
         return partial(self._abandon, rid)
 
+    def learn_batching(self) -> None:
+        """Ask the node (a ping, sent without waiting) whether it reads batch frames, and
+        batch once it says so; a node that predates them never announces it."""
+        def announced(result: dict[str, Any] | None, error: DynError | None) -> None:
+            batch = (result or {}).get("batch")
+            if isinstance(batch, int) and not isinstance(batch, bool) and batch > 1:
+                self._writer.may_batch = _always
+
+        self.submit("ping", {}, announced)
+
     def _send(self, op: str, fields: dict[str, Any], pending: _Pending) -> int:
-        """Queue the request's frame under a fresh id; a slot is already held for it."""
+        """Queue the request's frame under a fresh id; a slot is already held for it.
+        With other requests in flight it waits for the writer task (at most a scheduler
+        pass) to share a batch frame with what is sent in the same pass."""
         rid = self._next_id
         self._next_id = rid + 1 if rid < _MAX_REQUEST_ID else 1
         frame = encode_frame(request(op, rid, **fields), LIMITS.max_frame_bytes)
+        defer = bool(self._pending) and self._writer.may_batch()
         self._pending[rid] = pending
-        self._writer.send(frame)
+        self._writer.send(frame, defer=defer)
         return rid
 
     def _abandon(self, rid: int) -> None:
@@ -266,6 +292,10 @@ class Connection:
                 self._slots.release()
                 _answer(pending, None, _fresh(error))
         self._scope.cancel()
+
+
+def _always() -> bool:
+    return True
 
 
 def _result(message: dict[str, Any]) -> dict[str, Any]:

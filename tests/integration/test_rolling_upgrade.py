@@ -44,7 +44,7 @@ FEATURE_PROBES = {
     "rbac": ["role", "create", "upgrade-probe"],
 }
 # Features no command needs: the nodes fall back on the older protocol until they are active.
-INTERNAL_FEATURES = {"reap2"}
+INTERNAL_FEATURES = {"reap2", "batch"}
 
 
 def _has_commit(commit: str) -> bool:
