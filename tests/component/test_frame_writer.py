@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import trio
 
+from common.codec import FrameSizes, batch_frames, encode_frame
 from common.wire.framing import FrameWriter
 
 
@@ -55,4 +56,46 @@ async def test_what_the_kernel_does_not_take_is_queued_in_order() -> None:
         nursery.start_soon(writer.run)
         assert await _read(theirs, 4_000_000) == b"".join(frames)
         await writer.drained()
+        nursery.cancel_scope.cancel()
+
+
+def _always() -> bool:
+    return True
+
+
+async def test_frames_queued_together_go_as_one_batch_frame_once_the_other_end_reads_them(
+) -> None:
+    ours, theirs = await _pair()
+    sizes = FrameSizes()
+    writer = FrameWriter(ours, sizes=sizes)
+    writer.may_batch = _always
+    frames = [encode_frame({"id": rid, "ok": True}) for rid in range(1, 4)]
+    for frame in frames:
+        writer.send(frame, defer=True)  # more expected right behind: left to the task
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        ((batch, _),) = batch_frames(frames, 1 << 20)
+        assert await _read(theirs, len(batch)) == batch
+        nursery.cancel_scope.cancel()
+    assert sizes.counts[3] == 1 and sizes.frames == 1
+
+
+async def test_a_frame_alone_is_sent_at_once_even_when_batching() -> None:
+    ours, theirs = await _pair()
+    writer = FrameWriter(ours)  # its run() task is never started
+    writer.may_batch = _always
+    frame = encode_frame({"id": 1, "ok": True})
+    writer.send(frame)
+    assert await _read(theirs, len(frame)) == frame
+
+
+async def test_without_batching_queued_frames_go_as_they_are() -> None:
+    ours, theirs = await _pair()
+    writer = FrameWriter(ours, eager=False)  # may_batch: never (an older peer)
+    frames = [encode_frame({"id": rid, "ok": True}) for rid in range(1, 4)]
+    for frame in frames:
+        writer.send(frame)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        assert await _read(theirs, sum(map(len, frames))) == b"".join(frames)
         nursery.cancel_scope.cancel()

@@ -9,7 +9,8 @@ stream itself. The properties, the ones the server relies on:
 - it never buffers more than ``max_frame_bytes + 4 + chunk`` bytes;
 - ``validate_request`` raises nothing but a DynError (ProtocolError or Rejected), and a
   request it accepts has a known op and every required field;
-- an accepted message encodes back into a frame that decodes to the same CBOR;
+- an accepted message encodes back into a frame that decodes to the same CBOR, a message
+  taken out of a batch frame too (so a batch holds each message to a lone frame's rules);
 - an accepted ``query``'s condition is one sort-key range and its continuation token is
   either refused (Rejected: exit 5) or resumes strictly inside that range; an accepted
   ``p_query`` is a range a query merge can be driven over.
@@ -22,7 +23,7 @@ from typing import Any
 
 import cbor2
 
-from common.codec import FrameDecoder, decode_body, encode_frame
+from common.codec import FrameDecoder, batch_frames, decode_body, encode_frame
 from common.errors import DynError, ProtocolError, Rejected
 from common.limits import Limits
 from common.messages import SCHEMA, request, validate_request
@@ -133,9 +134,18 @@ def seed(corpus: Path) -> None:
         return
     for rid, name in enumerate(_SEED_FIELDS, start=1):
         (corpus / f"seed-{name}").write_bytes(seed_input(name, rid))
+    (corpus / "seed-batch").write_bytes(batch_seed_input())
 
 
 def seed_input(name: str, rid: int = 1) -> bytes:
     """The corpus input of seed ``name``: chunk byte 0xff, then its frame."""
     op = name.removesuffix("_auth")  # several seeds of one op: p_gossip with an auth state
     return b"\xff" + encode_frame(request(op, rid, **_SEED_FIELDS[name]))
+
+
+def batch_seed_input() -> bytes:
+    """The corpus input of a batch frame: chunk byte 0xff, then ping, get and put in one."""
+    frames = [encode_frame(request(op, rid, **_SEED_FIELDS[op]))
+              for rid, op in enumerate(("ping", "get", "put"), start=1)]
+    ((frame, _),) = batch_frames(frames, LIMITS.max_frame_bytes)
+    return b"\xff" + frame
