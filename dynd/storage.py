@@ -21,11 +21,12 @@ Writes go through group commit: ``stage()`` queues a Batch and makes its writes
 visible at once to every read through an in-memory overlay of not-yet-committed
 writes; ``run()`` (one service task) drains the queue into one RocksDB
 WriteBatch, writes it (fsync under ``sync="batch"``), and wakes every waiter of
-that drain. Reads and the commit call rocksdict directly: its calls hold the
-GIL, a synced write through its fsync included, so a worker thread would not
-let the node run meanwhile, and its hop costs more than the call (measured: about 160 us per call).
-A read-modify-write without an ``await`` between read and ``stage()`` is thus
-atomic. The overlay holds only the writes of the current drain and the ones
+that drain. Reads call rocksdict directly (a worker thread's hop costs more than a
+read: about 160 us). A synced write goes to a worker thread: RocksDB releases the GIL
+through the write and its fsync, so the node goes on serving and staging the next
+group meanwhile instead of stalling for every fsync; one write at a time, in staging
+order (``_write_lock``). A read-modify-write without an ``await`` between read and
+``stage()`` is thus atomic. The overlay holds only the writes of the current drain and the ones
 staged while it was written, so scans merge it cheaply.
 
 If a RocksDB write fails, every waiter of that drain gets StorageError, the
@@ -44,6 +45,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -312,6 +314,12 @@ class Storage:
         self._max_batch_ops = max_batch_ops
         self._write_options = rocksdict.WriteOptions()
         self._write_options.sync = fsync
+        self._synced_options = rocksdict.WriteOptions()
+        self._synced_options.sync = True
+        # One RocksDB write at a time, groups in staging order, whichever thread writes;
+        # the groups a worker wrote wait in _written for the trio thread to finish them.
+        self._write_lock = threading.Lock()
+        self._written: list[tuple[list[_Staged], BaseException | None]] = []
         # Column-family views (reads) and handles (WriteBatch): both pin the DB open,
         # so close() drops every one of them before closing it.
         self._views = {name: db.get_column_family(name) for name in _COLUMN_FAMILIES}
@@ -616,14 +624,9 @@ class Storage:
         """
         self._check_open()
         self.stage(batch)
-        self._write_options.sync, fsync = True, self._write_options.sync
-        try:
-            while self._queue:
-                failure = self._commit_group()
-                if failure is not None:
-                    raise failure
-        finally:
-            self._write_options.sync = fsync
+        failure = self._commit_all(self._synced_options)
+        if failure is not None:
+            raise failure
 
     async def write(self, batch: Batch) -> None:
         """Stage ``batch`` and wait until it is durable; StorageError if it failed."""
@@ -644,17 +647,26 @@ class Storage:
                 await trio.lowlevel.checkpoint()  # let ready tasks join this group
                 if self._db is None:
                     return
-                failure = self._commit_group() if self._queue else None  # commit_synced
-                if failure is not None:                              # may have taken it
+                if self._write_options.sync:  # the fsync off the event loop
+                    await trio.to_thread.run_sync(self._write_group, self._write_options)
+                else:
+                    self._write_group(self._write_options)
+                failure = self._finish_written()
+                if failure is not None:
                     raise failure  # every waiter has it; the node stops (module docstring)
                 if not self._queue:
                     self._has_work = trio.Event()
         finally:
-            self._commit_all()
+            self._commit_all(self._write_options)
 
-    def _commit_all(self) -> None:
-        while self._queue and self._db is not None:
-            self._commit_group()
+    def _commit_all(self, options: rocksdict.WriteOptions) -> StorageError | None:
+        """Write every staged group now, from the trio thread (after a worker's write in
+        progress): the first failure, if a write failed."""
+        failure = self._finish_written()
+        while failure is None and self._queue and self._db is not None:
+            self._write_group(options)
+            failure = self._finish_written()
+        return failure
 
     def _take_group(self) -> list[_Staged]:
         group = [self._queue.popleft()]
@@ -664,9 +676,10 @@ class Storage:
             group.append(self._queue.popleft())
         return group
 
-    def _write_batch(self, write_batch: rocksdict.WriteBatch) -> None:
+    def _write_batch(self, write_batch: rocksdict.WriteBatch,
+                     options: rocksdict.WriteOptions) -> None:
         assert self._db is not None
-        self._db.write(write_batch, self._write_options)
+        self._db.write(write_batch, options)
 
     def _build_batch(self, group: list[_Staged]) -> rocksdict.WriteBatch:
         write_batch = rocksdict.WriteBatch(raw_mode=True)
@@ -678,16 +691,29 @@ class Storage:
                     write_batch.put(raw_key, value, self._handles[cf])
         return write_batch
 
-    def _commit_group(self) -> StorageError | None:
-        """Write one group; if the write failed, a StorageError as its waiters got."""
-        group = self._take_group()
-        error: BaseException | None = None
-        try:
-            self._write_batch(self._build_batch(group))
-        except Exception as exc:  # rocksdict raises plain Exception
-            error = exc
-        self._finish_group(group, error)
-        return None if error is None else group[0].ticket._failure()
+    def _write_group(self, options: rocksdict.WriteOptions) -> None:
+        """Write the next group, if any is left (in the trio thread or a worker): only
+        the queue, the batch and RocksDB are touched here; the trio thread finishes it."""
+        with self._write_lock:
+            if not self._queue or self._db is None:
+                return
+            group = self._take_group()
+            error: BaseException | None = None
+            try:
+                self._write_batch(self._build_batch(group), options)
+            except Exception as exc:  # rocksdict raises plain Exception
+                error = exc
+            self._written.append((group, error))
+
+    def _finish_written(self) -> StorageError | None:
+        """Finish the groups written (trio thread): the first failure, if any failed."""
+        failure = None
+        while self._written:
+            group, error = self._written.pop(0)
+            self._finish_group(group, error)
+            if error is not None and failure is None:
+                failure = group[0].ticket._failure()
+        return failure
 
     def _finish_group(self, group: list[_Staged], error: BaseException | None) -> None:
         for staged in group:
@@ -759,7 +785,7 @@ class Storage:
         """Commit what is staged, then close every view, handle and the DB; idempotent."""
         if self._db is None:
             return
-        self._commit_all()
+        self._commit_all(self._write_options)
         views, self._views = list(self._views.values()), {}
         self._handles.clear()
         db, self._db = self._db, None

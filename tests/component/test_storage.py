@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -219,6 +220,40 @@ async def test_concurrent_writes_share_group_commits(storage: Storage) -> None:
     assert sum(_count(storage, p) for p in range(8)) == 1000
 
 
+async def test_a_commit_synced_waits_for_the_group_a_worker_is_writing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A synced group is written by a worker thread while the node goes on; a commit_synced
+    meanwhile (cluster state, the clean-stop record) must not overtake that write, or the
+    older value would land last and be what a read gets once the overlay lets go."""
+    path = str(tmp_path / "db")
+    store = Storage.open(path)
+    writing = threading.Event()
+    write_batch = Storage._write_batch
+
+    def slow_in_a_worker(self: Storage, batch: object, options: object) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            writing.set()
+            time.sleep(0.05)
+        write_batch(self, batch, options)
+
+    monkeypatch.setattr(Storage, "_write_batch", slow_in_a_worker)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        older = store.stage(Batch().put(1, "b", b"k", b"older"))
+        while not writing.is_set():
+            await trio.sleep(0.001)
+        store.commit_synced(Batch().put(1, "b", b"k", b"newer"))
+        await older.wait()
+        nursery.cancel_scope.cancel()
+    assert store.get(1, "b", b"k") == b"newer"
+    store.close()
+    reopened = Storage.open(path)
+    try:
+        assert reopened.get(1, "b", b"k") == b"newer"
+    finally:
+        reopened.close()
+
+
 async def test_a_group_commit_stops_at_max_batch_ops(tmp_path: Path) -> None:
     store = Storage.open(str(tmp_path / "db"), max_batch_ops=10)
     tickets = [store.stage(Batch().put(1, "b", b"%d" % i, b"v")) for i in range(95)]
@@ -261,7 +296,7 @@ async def test_a_write_error_reaches_every_waiter_and_stops_the_writer(
         except StorageError as exc:
             stopped.append(exc)
 
-    def broken(write_batch: object) -> None:
+    def broken(write_batch: object, options: object) -> None:
         raise RuntimeError("IO error: No space left on device")
 
     async def writer(i: int) -> None:

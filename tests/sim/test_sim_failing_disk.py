@@ -33,10 +33,10 @@ async def test_a_failing_disk_stops_its_node_and_writes_go_on(
         broken_storage = nodes[BROKEN].storage
         write_batch = Storage._write_batch
 
-        def dying_disk(self: Storage, batch: object) -> None:
+        def dying_disk(self: Storage, batch: object, options: object) -> None:
             if self is broken_storage:
                 raise OSError(5, "Input/output error")
-            write_batch(self, batch)
+            write_batch(self, batch, options)
 
         monkeypatch.setattr(Storage, "_write_batch", dying_disk)
         first = next(key for i in range(1000) if BROKEN in nodes[BROKEN].view.routing().primaries(
