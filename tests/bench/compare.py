@@ -271,10 +271,7 @@ def compare(args: argparse.Namespace, config: BenchConfig, root: Path) -> list[d
     stores = [("etcd", "etcd", etcd_cluster, "open_etcd"),
               ("redis-server", "redis", redis_server, "open_redis")]
     for binary, name, start, factory in stores:
-        if name in args.skip:
-            continue
-        if shutil.which(binary) is None:
-            print(f"note: {binary} not installed (make bench-deps); skipped", file=sys.stderr)
+        if not _available(binary, name, args.skip):
             continue
         fsync = {"fsync_always": args.redis_fsync_always} if name == "redis" else {}
         with start(root / name, **fsync) as (addrs, pids):
@@ -438,7 +435,7 @@ def ycsb_e(args: argparse.Namespace, config: BenchConfig, root: Path) -> list[di
     again through the two live nodes."""
     variants = e_variants(config)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
-    etcd_ready = "etcd" not in args.skip and shutil.which("etcd") is not None
+    etcd_ready = _available("etcd", "etcd", args.skip)
     with ExitStack() as stack:
         members = stack.enter_context(dynd_members(root / "dynd", 3, 3, 2, 2,
                                                    f'sync = "{args.sync}"\n'))
@@ -450,8 +447,6 @@ def ycsb_e(args: argparse.Namespace, config: BenchConfig, root: Path) -> list[di
             etcd = Target("etcd", tuple(etcd_addrs), factory="tests.bench.drivers:open_etcd")
             _load(etcd, config, ("e",))
             results["etcd E forward"] = []
-        else:
-            print("note: etcd not installed or skipped (make bench-deps)", file=sys.stderr)
         for round_index in range(args.rounds):
             for name, variant in variants.items():
                 results[name].append(_run_variant(dynd, variant, pids))
@@ -606,6 +601,7 @@ def _commit() -> str:
 
 
 def _available(binary: str, name: str, skip: list[str]) -> bool:
+    """Whether to run the store ``name``: not ``--skip``ped, and installed (else says so)."""
     if name in skip:
         return False
     if shutil.which(binary) is None:

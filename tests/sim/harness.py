@@ -603,6 +603,28 @@ async def restart_after(sim: SimNode, delay: float) -> None:
         await sim.start()
 
 
+async def leave(cluster: SimCluster, node_id: str) -> bool:
+    """Stage ``node_id``'s leave through the first node and commit it; False when a fault
+    got in the way (the caller tries again later)."""
+    try:
+        await cluster.client_call("admin", cluster.nodes[0].addr, "cluster_leave",
+                                  node=node_id)
+        await cluster.client_call("admin", cluster.nodes[0].addr, "cluster_commit")
+    except DynError:
+        return False
+    return True
+
+
+async def crash_one(cluster: SimCluster, rng: random.Random, spared: str,
+                    longest_down: float) -> None:
+    """Crash a node other than ``spared`` (one at a time: only while every node is up) and
+    restart it 2..``longest_down`` seconds later."""
+    victim = rng.choice([s for s in cluster.nodes if s.id != spared])
+    if victim.up and len(cluster.live()) == len(cluster.nodes):
+        await victim.crash()
+        cluster.nursery.start_soon(restart_after, victim, rng.uniform(2, longest_down))
+
+
 # ---- items of one partition key ------------------------------------------------------
 
 

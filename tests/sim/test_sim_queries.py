@@ -49,7 +49,8 @@ from tests.sim.harness import (
     Scenario,
     SimCluster,
     SimNode,
-    restart_after,
+    crash_one,
+    leave,
     run_seeds,
     seeded_run,
     settled_cluster,
@@ -260,19 +261,10 @@ async def _faults(cluster: SimCluster, rng: random.Random, checks: Checks,
     while not stop.is_set():
         await trio.sleep(rng.uniform(3, 8))
         if not left and trio.current_time() > WORKLOAD_SECONDS / 3:
-            try:
-                await cluster.client_call("admin", cluster.nodes[0].addr, "cluster_leave",
-                                          node=LEAVER)
-                await cluster.client_call("admin", cluster.nodes[0].addr, "cluster_commit")
-                left = True
-            except DynError:
-                pass  # a fault got in the way: try again later
+            left = await leave(cluster, LEAVER)
             continue
         if rng.random() < 0.4:
-            victim = rng.choice([s for s in cluster.nodes if s.id != LEAVER])
-            if victim.up and len(cluster.live()) == len(cluster.nodes):
-                await victim.crash()
-                cluster.nursery.start_soon(restart_after, victim, rng.uniform(2, 12))
+            await crash_one(cluster, rng, LEAVER, 12)
         elif rng.random() < 0.7:
             addrs = [s.addr for s in cluster.nodes]
             rng.shuffle(addrs)
