@@ -217,6 +217,30 @@ def test_digest_tells_clocks_apart(history, data):
 
 actors = st.text(min_size=1, max_size=dvv.MAX_ACTOR_CHARS)
 version_vectors = st.dictionaries(actors, st.integers(0, dvv.MAX_INT), max_size=8)
+# Heads of every width: lengths and ints on both sides of 24, 2**8, 2**16 and 2**32.
+head_ints = st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, dvv.MAX_INT]
+                            ) | st.integers(0, dvv.MAX_INT)
+values = st.none() | st.binary(max_size=300) | st.sampled_from([bytes(65536), bytes(70000)])
+siblings = st.builds(Sibling, values, head_ints, st.none() | head_ints)
+any_clocks = st.builds(
+    DVVSet,
+    st.lists(st.tuples(actors, head_ints, st.lists(siblings, max_size=3).map(tuple)),
+             max_size=4).map(tuple),
+    st.lists(siblings, max_size=2).map(tuple))
+
+
+@settings(max_examples=300, deadline=None)
+@given(clock=any_clocks)
+def test_encode_writes_exactly_the_canonical_cbor_of_the_wire_form(clock):
+    assert dvv.encode(clock) == cbor2.dumps(dvv.to_wire(clock), canonical=True)
+
+
+@given(vv=version_vectors)
+def test_encode_context_writes_exactly_the_canonical_cbor_of_its_pairs(vv):
+    payload = cbor2.dumps([[a, n] for a, n in sorted(vv.items())], canonical=True)
+    expected = base64.urlsafe_b64encode(payload).rstrip(b"=").decode() if vv else ""
+    assert dvv.encode_context(vv) == expected
+
 
 
 @given(vv=version_vectors)
