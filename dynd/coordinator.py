@@ -468,8 +468,13 @@ class Coordinator:
             check()
 
         def finished() -> None:
+            nonlocal replicate
             core.give_up(self._no_reply())
             decide()
+            # replicate and acked name each other: a reference cycle that would keep the
+            # whole put (clock, value, request, reply) until the collector's next pass, and
+            # make that pass walk every put since the last one. No reply is taken now.
+            del replicate
 
         fan = _FanOut(self, finished)
         fan.track(ticket, landed)

@@ -4,6 +4,7 @@ fallback and for the ops that need one)."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,35 @@ async def test_fast_path_and_handle_give_the_same_answers(
         assert node.dispatch.inflight == 0  # every request counted in was counted out
         node.dispatch.stopping = True  # a stopping node takes nothing on the fast path
         assert await _fast(node, "ping") is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_gets_and_puts_leave_no_reference_cycles(make_node: Callable[..., Node]) -> None:
+    """What a request builds is freed when it is answered, by reference counting: a cycle
+    (two closures naming each other kept every put until the collector's next pass) makes
+    that pass walk every request since the last one, a stall on a busy node."""
+    node = make_node()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await node.dispatch.ready.wait()
+        await _fast(node, "put", bucket="default", key=b"warm", value=b"v")
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(20):
+                put = await _fast(node, "put", bucket="default", key=b"k%d" % i, value=b"v")
+                assert put is not None
+                got = await _fast(node, "get", bucket="default", key=b"k%d" % i,
+                                  r=1)
+                assert got is not None and got["found"]
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            garbage = sorted({type(o).__qualname__ for o in gc.garbage})
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert garbage == []
         nursery.cancel_scope.cancel()
 
 
