@@ -218,8 +218,9 @@ def test_digest_tells_clocks_apart(history, data):
 actors = st.text(min_size=1, max_size=dvv.MAX_ACTOR_CHARS)
 version_vectors = st.dictionaries(actors, st.integers(0, dvv.MAX_INT), max_size=8)
 # Heads of every width: lengths and ints on both sides of 24, 2**8, 2**16 and 2**32.
-head_ints = st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, dvv.MAX_INT]
-                            ) | st.integers(0, dvv.MAX_INT)
+# Negative ones too: no decoder accepts them, but encode must still write what cbor2 does.
+head_ints = st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, dvv.MAX_INT,
+                             -1, -24, -25, -(2**63)]) | st.integers(-(2**63), dvv.MAX_INT)
 values = st.none() | st.binary(max_size=300) | st.sampled_from([bytes(65536), bytes(70000)])
 siblings = st.builds(Sibling, values, head_ints, st.none() | head_ints)
 any_clocks = st.builds(
