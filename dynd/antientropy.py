@@ -125,6 +125,10 @@ class AntiEntropy:
         self.records: dict[int, ExchangeRecord] = {}
         self._repair_lock = trio.Lock()
 
+    def status_fields(self) -> dict[str, Any]:
+        """What this service adds to ``status`` (Admin's status provider)."""
+        return {"antientropy": self.status_rows()}
+
     def status_rows(self) -> list[dict[str, Any]]:
         return [{"partition": r.partition, "last_exchange": r.last_exchange,
                  "compared": r.compared, "repaired": r.repaired}

@@ -197,6 +197,10 @@ class HintAgeWatch:
         self._warned: dict[str, float] = {}
         self.ages: dict[str, float] = {}  # as of the last check
 
+    def status_fields(self) -> dict[str, Any]:
+        """What the hint ages add to ``status`` (Admin's status provider)."""
+        return {"oldest_hint_seconds": round(max(self.ages.values(), default=0.0), 1)}
+
     def check(self, node_id: str, counts: Mapping[str, int], now: float,
               warn_after: float) -> list[str]:
         """Update the ages from the hint counts per target; return the targets warned about."""

@@ -124,11 +124,9 @@ class Node:
                       push_gossip=push_gossip, features=self.features,
                       antientropy=config.antientropy, wall=wall,
                       clock_offsets=self.gossip.offsets,
-                      status_providers=[
-                          lambda: {"transfers": self.transfers.rows(),
-                                   "antientropy": self.antientropy.status_rows()},
-                          lambda: {"oldest_hint_seconds": round(
-                              max(self.stats.hint_ages.ages.values(), default=0.0), 1)}],
+                      status_providers=[self.transfers.status_fields,
+                                        self.antientropy.status_fields,
+                                        self.stats.hint_ages.status_fields],
                       status_fields=auth_admin.status_fields)
         self.gauges = NodeCollector(self.view, self.liveness, storage, self.stats,
                                     gossip_totals=self.gossip.totals,

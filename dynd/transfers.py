@@ -94,6 +94,10 @@ class Transfers:
         """Ownership moves of the current epoch, with this node's pull progress where known."""
         return {"transfers": self.rows()}
 
+    def status_fields(self) -> dict[str, Any]:
+        """What this service adds to ``status`` (Admin's status provider)."""
+        return {"transfers": self.rows()}
+
     def rows(self) -> list[dict[str, Any]]:
         """The rows of ``op_transfers`` (also in ``status``)."""
         rows = [{"partition": t.partition, "source": next(iter(t.sources), ""),
