@@ -28,3 +28,22 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     yield make
     for storage in opened:
         storage.close()  # idempotent: a test may have closed it already
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failing test's report ends with the last lines of every dynd process still
+    running: what the nodes saw (refused connections, timeouts, crashes) is in their logs,
+    which are gone with the temporary directory by the time a CI failure is read."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    from tests.integration.harness import STARTED
+    for node in STARTED:
+        if node.running():
+            tail = node.log().splitlines()[-LOG_TAIL_LINES:]
+            report.sections.append((f"log of {node.node_id} ({node.addr})", "\n".join(tail)))
+
+
+LOG_TAIL_LINES = 40

@@ -20,6 +20,10 @@ import trio
 from common.errors import DynError
 from dynctl.client import Client, SyncClient
 
+# The processes started here and still running, so that a failing test's report carries
+# the end of their logs (tests/conftest.py).
+STARTED: list[DyndProcess] = []
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -51,6 +55,8 @@ class DyndProcess:
                 {} if self.code is None else {"PYTHONPATH": str(self.code)})},
         )
         log.close()
+        STARTED[:] = [node for node in STARTED if node.running() and node is not self]
+        STARTED.append(self)
         if wait:
             self.wait_ready()
 
@@ -84,6 +90,9 @@ class DyndProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
 
 def answers_ping(addr: str) -> bool:
