@@ -50,15 +50,13 @@ def node_id(storage: Storage, configured: str, rng: random.Random) -> str:
 
 class Identity:
     def __init__(self, storage: Storage, replica: Replica, node_id: str, addr: str,
-                 state: ClusterState | None, rng: random.Random, *,
-                 restored: bool = False) -> None:
+                 state: ClusterState | None, *, restored: bool = False) -> None:
         """``state``: the stored cluster state (None: a fresh data dir); ``restored``: the
         data dir is a restored backup (dynd.backup), whose actor is never kept."""
         self.storage = storage
         self.replica = replica
         self.id = node_id
         self.addr = addr
-        self.rng = rng
         self.hint_generation = int(storage.get_meta(META_HINT_GENERATION) or b"0")
         self.hints_released = True  # hints may have been released before a crash
         record = None if state is None else state.members.get(node_id)
@@ -133,9 +131,7 @@ class Identity:
         addrs = view.peer_addrs()
         if not addrs:
             return
-        known: int | None = None
-        with trio.move_on_after(peers.request_timeout):
-            known = await self._recorded_incarnation(addrs, peers)
+        known = await self._recorded_incarnation(addrs, peers)
         if known is not None and known < self.incarnation:
             return
         self.actor_kept = False
@@ -147,39 +143,47 @@ class Identity:
         """A restored backup: take an incarnation above every one the cluster knows of this
         node, so that no dot minted from here on can be one the node minted after the
         backup (its copy no longer shows them, the other replicas and clients' contexts
-        do). Asks the peers of the backup's cluster state until one answers, as a lost disk
-        waits for its seeds: serving before would risk minting those dots again. A one-node
-        cluster has nobody to ask: its own record is all there is."""
+        do). Asks every peer of the backup's cluster state and takes the highest record of
+        those that answer (a node announces each new life to its peers before it serves,
+        see `Node.run`), retrying until one answers, as a lost disk waits for its seeds:
+        serving before would risk minting those dots again. A one-node cluster has nobody
+        to ask: its own record is all there is."""
         if not self.restored:
             return
         delay = 0.5
         while addrs := view.peer_addrs():
-            with trio.move_on_after(peers.request_timeout):
-                known = await self._recorded_incarnation(addrs, peers)
-                if known is not None:
-                    self.set_incarnation(max(self.incarnation, known + 1))
-                    break
+            known = await self._recorded_incarnation(addrs, peers)
+            if known is not None:
+                self.set_incarnation(max(self.incarnation, known + 1))
+                break
             log.warning("event=restore_waiting_for_peers node=%s retry_in=%.1fs", self.id, delay)
             await trio.sleep(delay)
             delay = min(delay * 2, 10.0)
         log.warning("event=restored_from_backup node=%s actor=%s", self.id, self.actor)
 
     async def _recorded_incarnation(self, addrs: list[str], peers: Peers) -> int | None:
-        """The incarnation the first peer that answers records for this node (0: it does
-        not list it); None if none answered."""
-        addrs = list(addrs)
-        self.rng.shuffle(addrs)
-        for addr in addrs:
-            try:
-                reply = await peers.call_addr(addr, "p_gossip", {})
-                remote = membership.from_wire(reply["state"])
-            except (DynError, membership.MembershipError, KeyError) as exc:
-                log.info("event=peer_record_unknown node=%s peer=%s error=%r",
-                         self.id, addr, getattr(exc, "message", str(exc)))
-                continue
-            record = remote.members.get(self.id)
-            return 0 if record is None else record.incarnation
-        return None
+        """The highest incarnation the peers at ``addrs`` record for this node (0: one does
+        not list it), asked all at once, from those that answer within the request
+        timeout; None if none answered. The highest, not the first answer: a peer that has
+        not yet heard of this node's latest life answers an older one."""
+        answers: list[int] = []
+
+        async def ask(addr: str) -> None:
+            with trio.move_on_after(peers.request_timeout):
+                try:
+                    reply = await peers.call_addr(addr, "p_gossip", {})
+                    remote = membership.from_wire(reply["state"])
+                except (DynError, membership.MembershipError, KeyError) as exc:
+                    log.info("event=peer_record_unknown node=%s peer=%s error=%r",
+                             self.id, addr, getattr(exc, "message", str(exc)))
+                    return
+                record = remote.members.get(self.id)
+                answers.append(0 if record is None else record.incarnation)
+
+        async with trio.open_nursery() as nursery:
+            for addr in addrs:
+                nursery.start_soon(ask, addr)
+        return max(answers, default=None)
 
     async def persist(self, view: ClusterView) -> None:
         """Record id, incarnation and state before serving, and consume the clean-stop

@@ -69,7 +69,7 @@ class Node:
         self.stats = Stats(self.id)
         state = stored_state(storage)
         self.restored_from = backup.restored_from(storage.path)
-        self.identity = Identity(storage, self.replica, self.id, addr, state, rng,
+        self.identity = Identity(storage, self.replica, self.id, addr, state,
                                  restored=self.restored_from is not None)
         self.view = ClusterView(storage, self.id, state if state is not None else
                                 membership.new_cluster(f"{self.id}-{rng.getrandbits(64):016x}",
@@ -166,6 +166,11 @@ class Node:
             await self.identity.confirm_kept_actor(self.view, self.peers)
             await self.identity.renew_after_restore(self.view, self.peers)
             await self.identity.persist(self.view)
+            if not self.identity.actor_kept:
+                # Tell every reachable peer about this new life before minting under it: a
+                # backup restored soon after asks the peers which life to take next
+                # (Identity.renew_after_restore), and a stale answer would repeat its dots.
+                await self.gossip.push_now()
             if self.restored_from is not None:
                 backup.finish_restore(self.storage.path)
                 if backup.older_than_grace(self.restored_from, self.wall(),

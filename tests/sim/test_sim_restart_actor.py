@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import trio
 import trio.testing
 
 from common import dvvset
+from dynd.backup import write_backup
 from tests.sim.harness import BUCKET, Scenario, SimCluster, SimNode, settled_cluster, until
 from tests.sim.network import LinkFaults
 
@@ -132,3 +134,38 @@ async def test_a_copy_of_a_stopped_nodes_dir_restored_after_it_ran_on_renews_the
         shutil.rmtree(sim.path)
         shutil.move(backup, sim.path)
         assert await _start(sim) != kept
+
+
+@pytest.mark.parametrize("seed", range(1, 7))
+async def test_a_backup_restored_right_after_a_crash_and_restart_never_takes_that_life(
+        autojump_clock: trio.testing.MockClock, seed: int) -> None:
+    """The node crashed after its backup, started under its next incarnation and wrote at
+    once; the backup goes back in place before any gossip round. Every peer must know that
+    life by then (the restart announces it before serving) and the restore asks them all:
+    a copy that took the same life again would mint the same dots, and the peers would take
+    its new value for the one they hold (a lost update)."""
+    scenario = Scenario(nodes=3, ring_size=16, faults=LinkFaults())
+    async with settled_cluster(scenario, autojump_clock, "dynd-actor-restore-", seed=seed
+                               ) as (cluster, sims):
+        sim = sims[2]
+        assert sim.node is not None
+        backup_dir = sim.path + ".backup"
+        write_backup(sim.node.storage, backup_dir, sim.id, sim.node.identity.incarnation)
+        await sim.crash()
+        crashed_life = await _start(sim)
+        assert sim.node is not None
+        life = sim.node.identity.incarnation
+        assert [s.node.view.state.members[sim.id].incarnation for s in sims[:2]
+                if s.node is not None] == [life, life]  # announced before it served
+        await cluster.client_call("c", sim.addr, "put", bucket=BUCKET, key=KEY,
+                                  value=b"after the crash", w=3)
+        await sim.stop()
+        shutil.rmtree(sim.path)
+        shutil.move(backup_dir, sim.path)
+        assert await _start(sim) != crashed_life
+        await cluster.client_call("c", sim.addr, "put", bucket=BUCKET, key=KEY,
+                                  value=b"after the restore", w=3)
+        read = await cluster.client_call("c", sims[0].addr, "get", bucket=BUCKET, key=KEY,
+                                         r=3)
+    assert sorted(v["value"] for v in read["values"]) == [b"after the crash",
+                                                         b"after the restore"]
