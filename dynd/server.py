@@ -147,7 +147,7 @@ class Server:
             else:  # the peer stopped sending: answer what it already asked, then close
                 with trio.move_on_after(self.limits.request_timeout):
                     for _ in range(self.limits.max_inflight_per_connection):
-                        await admission.acquire()  # all slots back: every request answered
+                        await _admit(admission)  # all slots back: every request answered
                     await writer.drained()
             nursery.cancel_scope.cancel()
         if fatal is not None:
@@ -194,10 +194,7 @@ class Server:
             except DynError as exc:
                 writer.send(encode_frame(messages.failure(messages.reply_id(message), exc)))
                 continue
-            try:  # no scheduler round trip per frame while below the bound
-                admission.acquire_nowait()
-            except trio.WouldBlock:
-                await admission.acquire()
+            await _admit(admission)
             reply = partial(_reply, request, writer, admission)
             if self.answer_now is not None:
                 try:
@@ -215,6 +212,17 @@ class Server:
             reply(None, exc)
         else:
             reply(result, None)
+
+
+async def _admit(admission: trio.Semaphore) -> None:
+    """Take a slot, yielding to the scheduler only when none is free: a frame below the
+    bound costs no scheduler round trip, and a closed connection with nothing in flight
+    takes all its slots back at once (256 round trips kept it counted against
+    max_connections after the client had gone)."""
+    try:
+        admission.acquire_nowait()
+    except trio.WouldBlock:
+        await admission.acquire()
 
 
 def _reply(request: Request, writer: FrameWriter, admission: trio.Semaphore,

@@ -229,6 +229,19 @@ def test_connections_beyond_the_limit_are_refused(tight: DyndProcess) -> None:
             time.sleep(0.1)
 
 
+def test_a_closed_connection_stops_counting_against_the_limit_at_once(
+        tight: DyndProcess) -> None:
+    """A client that connects, asks and hangs up, again and again (a shell loop of dynctl
+    calls), is never refused: the node lets each connection go as soon as it reads the
+    hang-up, not after a scheduler round trip per admission slot."""
+    for attempt in range(4 * TIGHT["max_connections"]):
+        wire = Wire(tight)
+        try:
+            assert wire.ask("ping", attempt + 1)["ok"] is True, attempt
+        finally:
+            wire.close()
+
+
 def test_idle_connection_is_closed(tight: DyndProcess) -> None:
     wire = Wire(tight)
     try:
