@@ -170,7 +170,8 @@ class Node:
                 # Tell every reachable peer about this new life before minting under it: a
                 # backup restored soon after asks the peers which life to take next
                 # (Identity.renew_after_restore), and a stale answer would repeat its dots.
-                await self.gossip.push_now()
+                with trio.move_on_after(2 * self.config.gossip.interval):
+                    await self.gossip.push_now()
             if self.restored_from is not None:
                 backup.finish_restore(self.storage.path)
                 if backup.older_than_grace(self.restored_from, self.wall(),
