@@ -92,7 +92,7 @@ class Transfers:
 
     async def op_transfers(self, fields: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Ownership moves of the current epoch, with this node's pull progress where known."""
-        return {"transfers": self.rows()}
+        return self.status_fields()
 
     def status_fields(self) -> dict[str, Any]:
         """What this service adds to ``status`` (Admin's status provider)."""

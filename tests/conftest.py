@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 
 from dynd.node import Node
+from tests.integration.harness import STARTED
 from tests.support.nodes import open_node
+
+LOG_TAIL_LINES = 40  # of each running node's log, in a failing test's report
 
 
 @pytest.fixture
@@ -39,11 +42,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = outcome.get_result()
     if not report.failed:
         return
-    from tests.integration.harness import STARTED
     for node in STARTED:
         if node.running():
             tail = node.log().splitlines()[-LOG_TAIL_LINES:]
             report.sections.append((f"log of {node.node_id} ({node.addr})", "\n".join(tail)))
-
-
-LOG_TAIL_LINES = 40
